@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Both fetch what they need.
+CARGO ?= cargo
+
+.PHONY: demo test assets check-cuda bench bench-setup lint
+
+## Fetch the face-api package (weights, sample photographs) into $IDFORGE_CACHE, once.
+assets:
+	tools/fetch-assets >/dev/null
+
+## Ingest the face-api sample photographs and print the images table.
+demo: assets
+	$(CARGO) run --quiet -- ingest --recipe datasets/recipes/demo.toml
+	$(CARGO) run --quiet -- show runs/demo --rows 6
+
+## Every unit, integration and doc test of the workspace.
+test: assets
+	$(CARGO) test --workspace --all-targets --no-fail-fast
+	$(CARGO) test --workspace --doc
+
+## The CUDA build must keep compiling (no GPU needed to check it).
+check-cuda:
+	$(CARGO) check --features cuda
+
+## img2dataset in a virtual environment, for the side-by-side benchmark.
+bench-setup:
+	tools/img2dataset-bench/setup.sh
+
+## Fetch-and-validate throughput of idforge and img2dataset on the same loopback server.
+bench: assets bench-setup
+	$(CARGO) bench -p idforge-ingest --bench fetch_throughput
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

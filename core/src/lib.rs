@@ -1,0 +1,18 @@
+//! The contracts every idforge stage shares: table schemas and their Parquet files, the recipe,
+//! the run directory with its shards and completion markers, image decoding, progress reporting.
+//!
+//! Stages never depend on each other; they meet in the tables defined here.
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod error;
+pub mod hash;
+pub mod image_io;
+pub mod progress;
+pub mod recipe;
+pub mod run;
+pub mod schema;
+pub mod table;
+
+pub use error::{CoreError, Result};
+pub use run::{RunDir, Shard, Stage, StageStats};

@@ -1,0 +1,479 @@
+//! The run directory and the stage contract.
+//!
+//! ```text
+//! runs/<name>/<stage>/
+//!   plan.json                   shard count fixed by the first run
+//!   shards/<shard>.*            what the stage writes per shard (tables, journals)
+//!   stats/<shard>.json          written by the runner after a shard succeeds ...
+//!   completions/<shard>         ... then this empty marker; a re-run skips the shard
+//!   <table>.parquet, stats.json the merged output, written once every shard is complete
+//!   completions/final
+//! ```
+//!
+//! A shard is `i/N` of the stage's input rows. On one machine the runner goes through all N
+//! shards; on a cluster every task runs one (`--shard i/N`, or the Slurm array / Kubernetes
+//! indexed-job variables) and the last one to finish merges.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, IoContext, Result};
+
+/// `runs/<name>`: everything one recipe produces.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// The run `name` under `runs_root` (usually `runs/`).
+    pub fn new(runs_root: impl AsRef<Path>, name: &str) -> Self {
+        RunDir { root: runs_root.as_ref().join(name) }
+    }
+
+    /// A run directory given by its own path.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        RunDir { root: root.into() }
+    }
+
+    /// The run directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory a stage owns.
+    pub fn stage(&self, stage: &str) -> StageDir {
+        StageDir { path: self.root.join(stage) }
+    }
+}
+
+/// `runs/<name>/<stage>`: the files one stage owns.
+#[derive(Debug, Clone)]
+pub struct StageDir {
+    path: PathBuf,
+}
+
+impl StageDir {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A per-shard file: `shards/<shard>.<suffix>`.
+    pub fn shard_file(&self, shard: Shard, suffix: &str) -> PathBuf {
+        self.path.join("shards").join(format!("{}.{suffix}", shard.label()))
+    }
+
+    fn completion(&self, label: &str) -> PathBuf {
+        self.path.join("completions").join(label)
+    }
+
+    fn stats_file(&self, label: &str) -> PathBuf {
+        self.path.join("stats").join(format!("{label}.json"))
+    }
+
+    /// Whether the shard's completion marker exists.
+    pub fn is_complete(&self, shard: Shard) -> bool {
+        self.completion(&shard.label()).is_file()
+    }
+
+    /// Whether the merged output has been written.
+    pub fn is_final(&self) -> bool {
+        self.completion("final").is_file()
+    }
+
+    /// The merged `stats.json`, once final.
+    pub fn final_stats(&self) -> Result<StageStats> {
+        read_json(&self.path.join("stats.json"))
+    }
+
+    /// Stats of a completed shard.
+    pub fn shard_stats(&self, shard: Shard) -> Result<StageStats> {
+        read_json(&self.stats_file(&shard.label()))
+    }
+
+    /// Records stats, then the completion marker (never the marker without its stats).
+    fn complete(&self, label: &str, stats: &StageStats, stats_path: &Path) -> Result<()> {
+        write_json(stats_path, stats)?;
+        let marker = self.completion(label);
+        std::fs::create_dir_all(marker.parent().unwrap()).at(&marker)?;
+        std::fs::write(&marker, b"").at(&marker)
+    }
+
+    /// Fixes the shard count on first use; a later run with another count is an error.
+    fn check_plan(&self, count: usize) -> Result<()> {
+        #[derive(Serialize, Deserialize)]
+        struct Plan {
+            shards: usize,
+        }
+        let path = self.path.join("plan.json");
+        if path.is_file() {
+            let plan: Plan = read_json(&path)?;
+            if plan.shards != count {
+                return Err(CoreError::Shard {
+                    spec: format!("{count}"),
+                    message: format!(
+                        "{} was started with {} shards; use the same count, or remove {} to start over",
+                        self.path.display(),
+                        plan.shards,
+                        self.path.display()
+                    ),
+                });
+            }
+            return Ok(());
+        }
+        write_json(&path, &Plan { shards: count })
+    }
+}
+
+/// Reads a JSON file into `T`.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    serde_json::from_str(&text)
+        .map_err(|e| CoreError::Table { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Writes `value` as pretty JSON, atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).at(parent)?;
+    }
+    let tmp = crate::table::temp_sibling(path);
+    let text = serde_json::to_string_pretty(value).expect("stats serialise");
+    std::fs::write(&tmp, text + "\n").at(&tmp)?;
+    std::fs::rename(&tmp, path).at(path)
+}
+
+/// Shard `index` of `count` (zero-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shard {
+    /// Zero-based index.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The only shard of an unsharded run.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Builds a shard, checking `index < count`.
+    pub fn new(index: usize, count: usize) -> Result<Self> {
+        if count == 0 || index >= count {
+            return Err(CoreError::Shard {
+                spec: format!("{index}/{count}"),
+                message: "the index must be below the count, counting from 0 (e.g. 0/4 … 3/4)"
+                    .into(),
+            });
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Parses `i/N`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let bad = |m: &str| CoreError::Shard { spec: spec.to_string(), message: m.to_string() };
+        let (i, n) = spec.split_once('/').ok_or_else(|| bad("expected INDEX/COUNT, e.g. 3/8"))?;
+        let i = i.trim().parse().map_err(|_| bad("the index is not a number"))?;
+        let n = n.trim().parse().map_err(|_| bad("the count is not a number"))?;
+        Shard::new(i, n).map_err(|_| bad("the index must be below the count, counting from 0"))
+    }
+
+    /// The shard a cluster scheduler assigned to this process, if any: Slurm job arrays
+    /// (`SLURM_ARRAY_TASK_ID` and `SLURM_ARRAY_TASK_COUNT`, minus `SLURM_ARRAY_TASK_MIN`) or
+    /// Kubernetes indexed jobs (`JOB_COMPLETION_INDEX`, with the count in `IDFORGE_SHARDS`).
+    pub fn from_env() -> Result<Option<Self>> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+        let num = |k: &str| -> Result<Option<usize>> {
+            match var(k) {
+                None => Ok(None),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| CoreError::Shard {
+                    spec: format!("{k}={v}"),
+                    message: "not a number".into(),
+                }),
+            }
+        };
+        if let (Some(id), Some(count)) =
+            (num("SLURM_ARRAY_TASK_ID")?, num("SLURM_ARRAY_TASK_COUNT")?)
+        {
+            let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            return Shard::new(id.saturating_sub(min), count).map(Some);
+        }
+        if let Some(index) = num("JOB_COMPLETION_INDEX")? {
+            let count = num("IDFORGE_SHARDS")?.ok_or_else(|| CoreError::Shard {
+                spec: format!("JOB_COMPLETION_INDEX={index}"),
+                message: "set IDFORGE_SHARDS to the job's completions count".into(),
+            })?;
+            return Shard::new(index, count).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// The contiguous range of `total` rows this shard takes (sizes differ by at most one).
+    pub fn rows(&self, total: usize) -> Range<usize> {
+        let start = total * self.index / self.count;
+        let end = total * (self.index + 1) / self.count;
+        start..end
+    }
+
+    /// File-name label, `00003-of-00008`.
+    pub fn label(&self) -> String {
+        format!("{:05}-of-{:05}", self.index, self.count)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// What a stage reports for a shard or for the whole run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageStats {
+    /// Stage name.
+    pub stage: String,
+    /// `i/N`, or `all` for merged stats.
+    pub shard: String,
+    /// Input rows seen.
+    pub rows: u64,
+    /// Rows per outcome (status, verdict or reason).
+    pub counts: BTreeMap<String, u64>,
+    /// Wall-clock seconds of this run of the shard (merged stats: the sum).
+    pub seconds: f64,
+    /// When the work finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Stage-specific figures (bytes fetched, retries, ...).
+    #[serde(default)]
+    pub extra: BTreeMap<String, f64>,
+}
+
+impl StageStats {
+    /// Adds another shard's figures into this one.
+    pub fn merge(&mut self, other: &StageStats) {
+        self.rows += other.rows;
+        self.seconds += other.seconds;
+        for (k, v) in &other.counts {
+            *self.counts.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.extra {
+            *self.extra.entry(k.clone()).or_default() += v;
+        }
+        self.finished_at = self.finished_at.max(other.finished_at);
+    }
+}
+
+/// The contract of a stage: run one shard, then merge when all are done.
+///
+/// The runner ([`run_stage`]) owns stats and completion markers; a stage only writes its own
+/// files under the stage directory.
+pub trait Stage {
+    /// The stage's error type; core errors convert into it.
+    type Error: From<CoreError>;
+
+    /// Directory name under the run, e.g. `ingest`.
+    fn name(&self) -> &'static str;
+
+    /// Names of the tables the stage reads.
+    fn inputs(&self) -> &'static [&'static str];
+
+    /// Names of the tables the stage writes.
+    fn outputs(&self) -> &'static [&'static str];
+
+    /// Processes one shard. Must be resumable: a shard killed midway is run again from the start
+    /// of this call, and should not redo work it has journaled.
+    fn run_shard(&self, dir: &StageDir, shard: Shard) -> std::result::Result<StageStats, Self::Error>;
+
+    /// Merges the shards' outputs into the stage's tables once every shard is complete.
+    fn finalize(
+        &self,
+        dir: &StageDir,
+        shards: &[Shard],
+    ) -> std::result::Result<StageStats, Self::Error>;
+}
+
+/// Which shards this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardSelection {
+    /// All `N` shards, one after another.
+    All(usize),
+    /// Just this one (a cluster task).
+    One(Shard),
+}
+
+/// What [`run_stage`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageReport {
+    /// Shards run by this call.
+    pub ran: Vec<Shard>,
+    /// Shards skipped because they were already complete.
+    pub skipped: Vec<Shard>,
+    /// Shards still missing before the stage can be merged.
+    pub waiting_for: Vec<Shard>,
+    /// The merged stats, when every shard is complete.
+    pub merged: Option<StageStats>,
+}
+
+/// Runs the selected shards of `stage` (skipping complete ones), then merges once all are done.
+pub fn run_stage<S: Stage>(
+    stage: &S,
+    run: &RunDir,
+    selection: ShardSelection,
+) -> std::result::Result<StageReport, S::Error> {
+    let dir = run.stage(stage.name());
+    let count = match selection {
+        ShardSelection::All(n) => n,
+        ShardSelection::One(s) => s.count,
+    };
+    dir.check_plan(count)?;
+    let all: Vec<Shard> = (0..count).map(|i| Shard { index: i, count }).collect();
+    let mine: Vec<Shard> = match selection {
+        ShardSelection::All(_) => all.clone(),
+        ShardSelection::One(s) => vec![s],
+    };
+    let mut report =
+        StageReport { ran: vec![], skipped: vec![], waiting_for: vec![], merged: None };
+    for shard in mine {
+        if dir.is_complete(shard) {
+            report.skipped.push(shard);
+            continue;
+        }
+        let start = Instant::now();
+        let mut stats = stage.run_shard(&dir, shard)?;
+        stats.stage = stage.name().to_string();
+        stats.shard = shard.to_string();
+        stats.seconds = start.elapsed().as_secs_f64();
+        stats.finished_at = Some(Utc::now());
+        let label = shard.label();
+        dir.complete(&label, &stats, &dir.stats_file(&label))?;
+        report.ran.push(shard);
+    }
+    report.waiting_for = all.iter().copied().filter(|s| !dir.is_complete(*s)).collect();
+    if report.waiting_for.is_empty() {
+        if dir.is_final() && report.ran.is_empty() {
+            report.merged = Some(dir.final_stats()?);
+        } else {
+            let mut stats = stage.finalize(&dir, &all)?;
+            stats.stage = stage.name().to_string();
+            stats.shard = "all".into();
+            stats.finished_at = Some(Utc::now());
+            dir.complete("final", &stats, &dir.path.join("stats.json"))?;
+            report.merged = Some(stats);
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[test]
+    fn shards_cover_all_rows_exactly_once() {
+        for total in [0, 1, 7, 100, 101] {
+            for count in 1..6 {
+                let mut next = 0;
+                for index in 0..count {
+                    let r = Shard::new(index, count).unwrap().rows(total);
+                    assert_eq!(r.start, next);
+                    assert!(r.len() <= total / count + 1);
+                    next = r.end;
+                }
+                assert_eq!(next, total);
+            }
+        }
+    }
+
+    #[test]
+    fn parses_shard_specs_and_rejects_bad_ones() {
+        assert_eq!(Shard::parse("3/8").unwrap(), Shard { index: 3, count: 8 });
+        for bad in ["8/8", "1", "a/2", "0/0", "-1/3"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shard_from_slurm_and_kubernetes_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let slurm = env(&[
+            ("SLURM_ARRAY_TASK_ID", "5"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "2"),
+        ]);
+        assert_eq!(Shard::from_vars(slurm).unwrap(), Some(Shard { index: 3, count: 4 }));
+        let k8s = env(&[("JOB_COMPLETION_INDEX", "1"), ("IDFORGE_SHARDS", "2")]);
+        assert_eq!(Shard::from_vars(k8s).unwrap(), Some(Shard { index: 1, count: 2 }));
+        assert!(Shard::from_vars(env(&[("JOB_COMPLETION_INDEX", "1")])).is_err());
+        assert_eq!(Shard::from_vars(env(&[])).unwrap(), None);
+    }
+
+    struct Counting {
+        runs: RefCell<Vec<Shard>>,
+        fail_on: Option<usize>,
+    }
+
+    impl Stage for Counting {
+        type Error = CoreError;
+        fn name(&self) -> &'static str {
+            "count"
+        }
+        fn inputs(&self) -> &'static [&'static str] {
+            &[]
+        }
+        fn outputs(&self) -> &'static [&'static str] {
+            &[]
+        }
+        fn run_shard(&self, _: &StageDir, shard: Shard) -> Result<StageStats> {
+            if self.fail_on == Some(shard.index) {
+                return Err(CoreError::Shard { spec: shard.to_string(), message: "boom".into() });
+            }
+            self.runs.borrow_mut().push(shard);
+            Ok(StageStats { rows: 10, ..Default::default() })
+        }
+        fn finalize(&self, _: &StageDir, shards: &[Shard]) -> Result<StageStats> {
+            Ok(StageStats { rows: 10 * shards.len() as u64, ..Default::default() })
+        }
+    }
+
+    #[test]
+    fn failed_shard_leaves_no_marker_and_rerun_skips_finished_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path(), "r");
+        let stage = Counting { runs: RefCell::new(vec![]), fail_on: Some(2) };
+        assert!(run_stage(&stage, &run, ShardSelection::All(3)).is_err());
+        assert_eq!(stage.runs.borrow().len(), 2);
+        assert!(!run.stage("count").is_complete(Shard { index: 2, count: 3 }));
+
+        let stage = Counting { runs: RefCell::new(vec![]), fail_on: None };
+        let report = run_stage(&stage, &run, ShardSelection::All(3)).unwrap();
+        assert_eq!(*stage.runs.borrow(), vec![Shard { index: 2, count: 3 }]);
+        assert_eq!(report.skipped.len(), 2);
+        assert_eq!(report.merged.unwrap().rows, 30);
+        let shard_stats = run.stage("count").shard_stats(Shard { index: 2, count: 3 }).unwrap();
+        assert_eq!((shard_stats.rows, shard_stats.shard.as_str()), (10, "2/3"));
+    }
+
+    #[test]
+    fn one_shard_of_many_waits_for_the_others_before_merging() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path(), "r");
+        let stage = Counting { runs: RefCell::new(vec![]), fail_on: None };
+        let r = run_stage(&stage, &run, ShardSelection::One(Shard { index: 1, count: 2 })).unwrap();
+        assert_eq!(r.waiting_for, vec![Shard { index: 0, count: 2 }]);
+        assert!(r.merged.is_none());
+        let r = run_stage(&stage, &run, ShardSelection::One(Shard { index: 0, count: 2 })).unwrap();
+        assert_eq!(r.merged.unwrap().rows, 20);
+        let err = run_stage(&stage, &run, ShardSelection::All(3)).unwrap_err();
+        assert!(err.to_string().contains("started with 2 shards"), "{err}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Arrow schemas of the tables that pass between stages, one module per table.
+//!
+//! A schema change bumps the table's version constant; readers refuse other versions with a
+//! message that points at the migration note in `docs/ARCHITECTURE.md`.
+
+pub mod images;
+
+pub use images::{ImageRow, ImageStatus, ImagesTable, IMAGES_SCHEMA_VERSION, IMAGES_TABLE};

@@ -1,0 +1,152 @@
+//! The 64-bit DCT perceptual hash, as Python's `imagehash.phash` computes it (the reference that
+//! near-duplicate thresholds in the literature are quoted in):
+//!
+//! 1. grayscale with Pillow's `convert("L")`: `(R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16`;
+//! 2. resize to 32×32 with Pillow's Lanczos (a = 3, support scaled with the reduction), done here
+//!    with `fast_image_resize`, whose 8-bit convolution follows Pillow's fixed-point arithmetic;
+//! 3. 2-D DCT-II (scipy.fftpack's unnormalised one; the scale does not change the bits), rows
+//!    axis first; keep the top-left 8×8 block (vertical frequency major);
+//! 4. bit = coefficient > median of those 64 values (numpy median: mean of the middle two);
+//! 5. bits in row-major order, the first one most significant — the order of imagehash's hex.
+//!
+//! `tools/phash-reference/make_fixtures.py` regenerates the fixtures the tests compare against.
+
+use std::sync::OnceLock;
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::DynamicImage;
+
+const SIDE: usize = 32;
+const LOW: usize = 8;
+
+/// Pillow's `convert("L")` of an image (alpha ignored, as Pillow does).
+pub fn pillow_luma(img: &DynamicImage) -> (u32, u32, Vec<u8>) {
+    let (w, h) = (img.width(), img.height());
+    let luma = |r: u8, g: u8, b: u8| {
+        ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8
+    };
+    let data = match img {
+        DynamicImage::ImageLuma8(g) => g.as_raw().clone(),
+        DynamicImage::ImageRgb8(rgb) => {
+            rgb.as_raw().chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).collect()
+        }
+        DynamicImage::ImageRgba8(rgba) => {
+            rgba.as_raw().chunks_exact(4).map(|p| luma(p[0], p[1], p[2])).collect()
+        }
+        other => other.to_rgb8().as_raw().chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).collect(),
+    };
+    (w, h, data)
+}
+
+/// The 32×32 Lanczos-resized grayscale image the hash is computed from.
+pub fn phash_input(img: &DynamicImage) -> [u8; SIDE * SIDE] {
+    let (w, h, gray) = pillow_luma(img);
+    let src = Image::from_vec_u8(w, h, gray, PixelType::U8).expect("buffer matches dimensions");
+    let mut dst = Image::new(SIDE as u32, SIDE as u32, PixelType::U8);
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    Resizer::new().resize(&src, &mut dst, &opts).expect("u8 to u8 resize is supported");
+    let mut out = [0u8; SIDE * SIDE];
+    out.copy_from_slice(dst.buffer());
+    out
+}
+
+/// cos(π·k·(2n+1)/64) for k < 8, n < 32: the only DCT basis values the low block needs.
+fn basis() -> &'static [[f64; SIDE]; LOW] {
+    static BASIS: OnceLock<[[f64; SIDE]; LOW]> = OnceLock::new();
+    BASIS.get_or_init(|| {
+        let mut b = [[0.0; SIDE]; LOW];
+        for (k, row) in b.iter_mut().enumerate() {
+            for (n, v) in row.iter_mut().enumerate() {
+                *v = (std::f64::consts::PI * k as f64 * (2 * n + 1) as f64 / (2 * SIDE) as f64).cos();
+            }
+        }
+        b
+    })
+}
+
+/// The top-left 8×8 block of scipy.fftpack's 2-D DCT-II of the 32×32 input, `[vertical][horizontal]`.
+pub fn dct_low(pixels: &[u8; SIDE * SIDE]) -> [[f64; LOW]; LOW] {
+    let b = basis();
+    // Vertical pass: col_coef[u][x] = 2 Σ_y p[y][x] cos(..u..y..)
+    let mut vert = [[0.0f64; SIDE]; LOW];
+    for (u, row) in vert.iter_mut().enumerate() {
+        for y in 0..SIDE {
+            let c = b[u][y];
+            for x in 0..SIDE {
+                row[x] += f64::from(pixels[y * SIDE + x]) * c;
+            }
+        }
+        for v in row.iter_mut() {
+            *v *= 2.0;
+        }
+    }
+    let mut out = [[0.0f64; LOW]; LOW];
+    for u in 0..LOW {
+        for v in 0..LOW {
+            out[u][v] = 2.0 * (0..SIDE).map(|x| vert[u][x] * b[v][x]).sum::<f64>();
+        }
+    }
+    out
+}
+
+/// Median as numpy computes it (mean of the two middle values for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// The 64-bit perceptual hash of an image.
+pub fn phash(img: &DynamicImage) -> u64 {
+    hash_from_input(&phash_input(img))
+}
+
+/// The hash of an already prepared 32×32 grayscale input.
+pub fn hash_from_input(pixels: &[u8; SIDE * SIDE]) -> u64 {
+    let low = dct_low(pixels);
+    let flat: Vec<f64> = low.iter().flatten().copied().collect();
+    let med = median(&flat);
+    flat.iter().fold(0u64, |h, &c| (h << 1) | u64::from(c > med))
+}
+
+/// Number of differing bits.
+pub fn hamming(a: u64, b: u64) -> u32 {
+    (a ^ b).count_ones()
+}
+
+/// imagehash's 16-digit hex form.
+pub fn to_hex(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_image_hashes_to_zero_and_hex_is_sixteen_digits() {
+        let img = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(50, 40, image::Luma([90])));
+        // All AC coefficients are 0 and the DC is above the median: only the first bit is set.
+        assert_eq!(phash(&img), 1 << 63);
+        assert_eq!(to_hex(1 << 63), "8000000000000000");
+    }
+
+    #[test]
+    fn dct_of_a_constant_matches_scipy_scaling() {
+        // scipy.fftpack.dct (type II, unnormalised) of a constant c over N = 32 is 2·N·c at k = 0.
+        let low = dct_low(&[10; SIDE * SIDE]);
+        assert!((low[0][0] - (2.0 * 32.0) * (2.0 * 32.0) * 10.0).abs() < 1e-6);
+        assert!(low[0][1].abs() < 1e-9 && low[1][0].abs() < 1e-9);
+    }
+
+    #[test]
+    fn pillow_luma_uses_pillow_rounding() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(1, 1, image::Rgb([255, 0, 0])));
+        // Pillow: Image.new("RGB", (1, 1), (255, 0, 0)).convert("L").getpixel((0, 0)) == 76
+        assert_eq!(pillow_luma(&img).2, vec![76]);
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(1, 1, image::Rgb([0, 0, 255])));
+        assert_eq!(pillow_luma(&img).2, vec![29]);
+    }
+}

@@ -1,0 +1,564 @@
+//! Input rows: URL lists (CSV, TSV, JSONL, Parquet) and folders of images.
+//!
+//! All sources of a recipe are read in order into one list of [`InputRow`]s; a row's position in
+//! it is its `row_id`. Columns other than url / identity / caption are carried through to the
+//! images table as text (JSON text for non-string JSON values).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, StringArray};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::{Deserialize, Serialize};
+
+use idforge_core::schema::images::FIXED_COLUMNS;
+
+use crate::error::IngestError;
+
+/// File extensions a folder walk takes as images. Anything else is skipped (and counted),
+/// except `.txt` files next to an image, which are read as its caption.
+pub const IMAGE_EXTENSIONS: [&str; 11] =
+    ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "avif", "heic", "jfif"];
+
+/// Layout of a URL list file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListFormat {
+    /// Comma-separated with a header row.
+    Csv,
+    /// Tab-separated with a header row.
+    Tsv,
+    /// One JSON object per line.
+    Jsonl,
+    /// A Parquet file.
+    Parquet,
+}
+
+impl ListFormat {
+    /// Guesses the format from the file extension.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "csv" => Some(Self::Csv),
+            "tsv" | "tab" => Some(Self::Tsv),
+            "jsonl" | "ndjson" => Some(Self::Jsonl),
+            "parquet" | "pq" => Some(Self::Parquet),
+            _ => None,
+        }
+    }
+}
+
+/// How a folder source assigns identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderIdentity {
+    /// Each first-level sub-folder is one identity; files directly in the folder are unlabeled.
+    #[default]
+    Subfolder,
+    /// No labels (event or group photos, for identity discovery downstream).
+    None,
+}
+
+fn default_url_column() -> String {
+    "url".into()
+}
+fn default_identity_column() -> String {
+    "identity".into()
+}
+fn default_caption_column() -> String {
+    "caption".into()
+}
+
+/// One source in the recipe's `[[ingest.sources]]` list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceSpec {
+    /// A list of URLs with an identity per row.
+    Urls {
+        /// The list file.
+        path: PathBuf,
+        /// Its format; guessed from the extension when absent.
+        #[serde(default)]
+        format: Option<ListFormat>,
+        /// Column holding the URL.
+        #[serde(default = "default_url_column")]
+        url_column: String,
+        /// Column holding the identity; `""` for unlabeled rows.
+        #[serde(default = "default_identity_column")]
+        identity_column: String,
+        /// Column holding a caption, used when present in the file.
+        #[serde(default = "default_caption_column")]
+        caption_column: String,
+    },
+    /// A folder of image files.
+    Folder {
+        /// The folder.
+        path: PathBuf,
+        /// How identities are assigned.
+        #[serde(default)]
+        identity: FolderIdentity,
+    },
+}
+
+impl SourceSpec {
+    /// A source given on the command line: a folder, or a list file whose format is guessed.
+    pub fn from_cli(path: PathBuf) -> Self {
+        if path.is_dir() {
+            SourceSpec::Folder { path, identity: FolderIdentity::Subfolder }
+        } else {
+            SourceSpec::Urls {
+                path,
+                format: None,
+                url_column: default_url_column(),
+                identity_column: default_identity_column(),
+                caption_column: default_caption_column(),
+            }
+        }
+    }
+
+    /// The file or folder this source reads.
+    pub fn path(&self) -> &Path {
+        match self {
+            SourceSpec::Urls { path, .. } | SourceSpec::Folder { path, .. } => path,
+        }
+    }
+
+    /// The same source with its path resolved by `f` (e.g. against the recipe's folder).
+    pub fn with_path(mut self, f: impl FnOnce(&Path) -> PathBuf) -> Self {
+        match &mut self {
+            SourceSpec::Urls { path, .. } | SourceSpec::Folder { path, .. } => *path = f(path),
+        }
+        self
+    }
+}
+
+/// Where an input row's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Fetched over HTTP(S).
+    Url,
+    /// Read from a local file.
+    File,
+}
+
+/// One row to ingest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputRow {
+    /// Position across all sources.
+    pub row_id: u64,
+    /// URL or file path.
+    pub source: String,
+    /// How to get the bytes.
+    pub origin: Origin,
+    /// Identity label, if any.
+    pub identity: Option<String>,
+    /// Caption from the source.
+    pub caption: Option<String>,
+    /// Extra column values aligned with [`Inputs::extra_columns`].
+    pub extra: Vec<Option<String>>,
+}
+
+/// All input rows of a recipe, with the union of their extra columns.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// Extra column names, in first-seen order.
+    pub extra_columns: Vec<String>,
+    /// The rows, `row_id` = index.
+    pub rows: Vec<InputRow>,
+    /// Files a folder walk skipped because they are not images by extension.
+    pub skipped_files: u64,
+}
+
+/// A row as read from one source, before row ids and column alignment.
+struct RawRow {
+    source: String,
+    origin: Origin,
+    identity: Option<String>,
+    caption: Option<String>,
+    extra: Vec<(String, String)>,
+}
+
+impl Inputs {
+    /// Reads every source in order.
+    pub fn read(sources: &[SourceSpec]) -> Result<Self, IngestError> {
+        let mut inputs = Inputs::default();
+        let mut column_index: HashMap<String, usize> = HashMap::new();
+        for spec in sources {
+            let (raw, skipped) = match spec {
+                SourceSpec::Urls { path, format, url_column, identity_column, caption_column } => {
+                    let format = match format.or_else(|| ListFormat::from_path(path)) {
+                        Some(f) => f,
+                        None => {
+                            return Err(IngestError::source(
+                                path,
+                                "cannot tell the list format from the extension; \
+                                 use .csv, .tsv, .jsonl or .parquet, or set `format`",
+                            ));
+                        }
+                    };
+                    let cols = Columns { url: url_column, identity: identity_column, caption: caption_column };
+                    (read_list(path, format, &cols)?, 0)
+                }
+                SourceSpec::Folder { path, identity } => read_folder(path, *identity)?,
+            };
+            inputs.skipped_files += skipped;
+            for r in raw {
+                let mut extra = vec![None; inputs.extra_columns.len()];
+                for (name, value) in r.extra {
+                    let idx = *column_index.entry(name.clone()).or_insert_with(|| {
+                        inputs.extra_columns.push(name);
+                        inputs.extra_columns.len() - 1
+                    });
+                    if idx >= extra.len() {
+                        extra.resize(idx + 1, None);
+                    }
+                    extra[idx] = Some(value);
+                }
+                inputs.rows.push(InputRow {
+                    row_id: inputs.rows.len() as u64,
+                    source: r.source,
+                    origin: r.origin,
+                    identity: r.identity,
+                    caption: r.caption,
+                    extra,
+                });
+            }
+        }
+        let width = inputs.extra_columns.len();
+        for r in &mut inputs.rows {
+            r.extra.resize(width, None);
+        }
+        Ok(inputs)
+    }
+}
+
+struct Columns<'a> {
+    url: &'a str,
+    identity: &'a str,
+    caption: &'a str,
+}
+
+/// Splits a record (column name → value) into a raw row, checking the required columns.
+struct RowBuilder<'a> {
+    path: &'a Path,
+    cols: &'a Columns<'a>,
+}
+
+impl RowBuilder<'_> {
+    fn check_header(&self, header: &[String]) -> Result<(), IngestError> {
+        let has = |c: &str| header.iter().any(|h| h == c);
+        let listing = header.join(", ");
+        if !has(self.cols.url) {
+            return Err(IngestError::source(
+                self.path,
+                format!("no `{}` column (columns: {listing}); set `url_column`", self.cols.url),
+            ));
+        }
+        if !self.cols.identity.is_empty() && !has(self.cols.identity) {
+            return Err(IngestError::source(
+                self.path,
+                format!(
+                    "no `{}` column (columns: {listing}); set `identity_column`, or set it to \"\" \
+                     for unlabeled rows",
+                    self.cols.identity
+                ),
+            ));
+        }
+        for h in header {
+            let taken = [self.cols.url, self.cols.identity, self.cols.caption];
+            if !taken.contains(&h.as_str()) && FIXED_COLUMNS.contains(&h.as_str()) {
+                return Err(IngestError::source(
+                    self.path,
+                    format!(
+                        "column `{h}` would collide with the images table's own `{h}` column; \
+                         rename it in the list"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `line` is 1-based, for messages.
+    fn build(&self, line: usize, fields: Vec<(String, Option<String>)>) -> Result<RawRow, IngestError> {
+        let mut url = None;
+        let mut identity = None;
+        let mut caption = None;
+        let mut extra = Vec::new();
+        for (name, value) in fields {
+            let value = value.filter(|v| !v.is_empty());
+            if name == self.cols.url {
+                url = value.map(|v| v.trim().to_string());
+            } else if !self.cols.identity.is_empty() && name == self.cols.identity {
+                identity = value;
+            } else if name == self.cols.caption {
+                caption = value;
+            } else if let Some(v) = value {
+                extra.push((name, v));
+            }
+        }
+        let source = url.ok_or_else(|| {
+            IngestError::source(self.path, format!("row {line}: empty `{}`", self.cols.url))
+        })?;
+        let origin = if source.contains("://") { Origin::Url } else { Origin::File };
+        Ok(RawRow { source, origin, identity, caption, extra })
+    }
+}
+
+fn read_list(path: &Path, format: ListFormat, cols: &Columns) -> Result<Vec<RawRow>, IngestError> {
+    let b = RowBuilder { path, cols };
+    let open = || File::open(path).map_err(|e| IngestError::source(path, e.to_string()));
+    let mut rows = Vec::new();
+    match format {
+        ListFormat::Csv | ListFormat::Tsv => {
+            let delimiter = if format == ListFormat::Csv { b',' } else { b'\t' };
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(delimiter)
+                .flexible(false)
+                .from_reader(open()?);
+            let header: Vec<String> = reader
+                .headers()
+                .map_err(|e| IngestError::source(path, e.to_string()))?
+                .iter()
+                .map(str::to_string)
+                .collect();
+            b.check_header(&header)?;
+            for (i, rec) in reader.records().enumerate() {
+                let rec = rec.map_err(|e| IngestError::source(path, e.to_string()))?;
+                let fields = header
+                    .iter()
+                    .cloned()
+                    .zip(rec.iter().map(|v| Some(v.to_string())))
+                    .collect();
+                rows.push(b.build(i + 2, fields)?);
+            }
+        }
+        ListFormat::Jsonl => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| IngestError::source(path, e.to_string()))?;
+            let mut header_checked = false;
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+                    .map_err(|e| IngestError::source(path, format!("line {}: {e}", i + 1)))?;
+                if !header_checked {
+                    // Later lines may add keys; the required ones must be on the first.
+                    b.check_header(&obj.keys().cloned().collect::<Vec<_>>())?;
+                    header_checked = true;
+                }
+                let fields = obj
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            serde_json::Value::Null => None,
+                            serde_json::Value::String(s) => Some(s),
+                            other => Some(other.to_string()),
+                        };
+                        (k, v)
+                    })
+                    .collect();
+                rows.push(b.build(i + 1, fields)?);
+            }
+        }
+        ListFormat::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open()?)
+                .map_err(|e| IngestError::source(path, e.to_string()))?;
+            let header: Vec<String> =
+                builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+            b.check_header(&header)?;
+            let reader = builder.build().map_err(|e| IngestError::source(path, e.to_string()))?;
+            let opts = FormatOptions::default();
+            let mut line = 0;
+            for batch in reader {
+                let batch = batch.map_err(|e| IngestError::source(path, e.to_string()))?;
+                let columns: Vec<_> = batch.columns().to_vec();
+                let formatters = columns
+                    .iter()
+                    .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| IngestError::source(path, e.to_string()))?;
+                for i in 0..batch.num_rows() {
+                    line += 1;
+                    let fields = header
+                        .iter()
+                        .zip(columns.iter().zip(&formatters))
+                        .map(|(name, (col, fmt))| {
+                            let v = if col.is_null(i) {
+                                None
+                            } else if let Some(s) = col.as_any().downcast_ref::<StringArray>() {
+                                Some(s.value(i).to_string())
+                            } else {
+                                Some(fmt.value(i).to_string())
+                            };
+                            (name.clone(), v)
+                        })
+                        .collect();
+                    rows.push(b.build(line, fields)?);
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn read_folder(root: &Path, identity: FolderIdentity) -> Result<(Vec<RawRow>, u64), IngestError> {
+    if !root.is_dir() {
+        return Err(IngestError::source(
+            root,
+            "is not a folder (for the demo photographs, run tools/fetch-assets first)",
+        ));
+    }
+    let mut rows = Vec::new();
+    let mut skipped = 0;
+    let walker = walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name();
+    for entry in walker {
+        let entry = entry.map_err(|e| IngestError::source(root, e.to_string()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        if rel.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.')) {
+            continue;
+        }
+        let ext = entry.path().extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        if !ext.as_deref().is_some_and(|e| IMAGE_EXTENSIONS.contains(&e)) {
+            if ext.as_deref() != Some("txt") {
+                skipped += 1;
+            }
+            continue;
+        }
+        let label = match identity {
+            FolderIdentity::Subfolder if rel.components().count() > 1 => rel
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+            _ => None,
+        };
+        let caption = std::fs::read_to_string(entry.path().with_extension("txt"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        rows.push(RawRow {
+            source: entry.path().display().to_string(),
+            origin: Origin::File,
+            identity: label,
+            caption,
+            extra: Vec::new(),
+        });
+    }
+    Ok((rows, skipped))
+}
+
+/// Resolves every source path against `base` (the recipe's folder).
+pub fn resolve_sources(sources: Vec<SourceSpec>, base: &Path) -> Vec<SourceSpec> {
+    sources
+        .into_iter()
+        .map(|s| s.with_path(|p| if p.is_absolute() { p.to_path_buf() } else { base.join(p) }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(path: PathBuf) -> SourceSpec {
+        SourceSpec::from_cli(path)
+    }
+
+    #[test]
+    fn csv_tsv_and_jsonl_give_the_same_rows_with_extras_carried() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("a.csv");
+        std::fs::write(&csv, "url,identity,license,caption\nhttp://h/1.jpg,ann,cc-by,a smile\nhttp://h/2.jpg,bob,,\n").unwrap();
+        let tsv = dir.path().join("b.tsv");
+        std::fs::write(&tsv, "identity\turl\tlicense\nann\thttp://h/3.jpg\tcc0\n").unwrap();
+        let jsonl = dir.path().join("c.jsonl");
+        std::fs::write(&jsonl, "{\"url\":\"http://h/4.jpg\",\"identity\":\"cy\",\"score\":0.5}\n\n{\"url\":\"http://h/5.jpg\",\"identity\":null}\n").unwrap();
+        let inputs = Inputs::read(&[urls(csv), urls(tsv), urls(jsonl)]).unwrap();
+        assert_eq!(inputs.extra_columns, vec!["license", "score"]);
+        let r: Vec<_> = inputs
+            .rows
+            .iter()
+            .map(|r| (r.row_id, r.source.as_str(), r.identity.as_deref(), r.caption.as_deref(), r.extra.clone()))
+            .collect();
+        assert_eq!(
+            r,
+            vec![
+                (0, "http://h/1.jpg", Some("ann"), Some("a smile"), vec![Some("cc-by".into()), None]),
+                (1, "http://h/2.jpg", Some("bob"), None, vec![None, None]),
+                (2, "http://h/3.jpg", Some("ann"), None, vec![Some("cc0".into()), None]),
+                (3, "http://h/4.jpg", Some("cy"), None, vec![None, Some("0.5".into())]),
+                (4, "http://h/5.jpg", None, None, vec![None, None]),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_columns_and_collisions_name_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("a.csv");
+        std::fs::write(&csv, "link,identity\nhttp://h/1.jpg,ann\n").unwrap();
+        let e = Inputs::read(&[urls(csv.clone())]).unwrap_err().to_string();
+        assert!(e.contains("no `url` column (columns: link, identity); set `url_column`"), "{e}");
+        std::fs::write(&csv, "url\nhttp://h/1.jpg\n").unwrap();
+        let e = Inputs::read(&[urls(csv.clone())]).unwrap_err().to_string();
+        assert!(e.contains("identity_column"), "{e}");
+        std::fs::write(&csv, "url,identity,status\nhttp://h/1.jpg,a,x\n").unwrap();
+        let e = Inputs::read(&[urls(csv)]).unwrap_err().to_string();
+        assert!(e.contains("collide"), "{e}");
+    }
+
+    #[test]
+    fn unlabeled_lists_and_custom_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("a.csv");
+        std::fs::write(&csv, "image,who\nhttp://h/1.jpg,ann\n").unwrap();
+        let spec = SourceSpec::Urls {
+            path: csv,
+            format: None,
+            url_column: "image".into(),
+            identity_column: "".into(),
+            caption_column: "caption".into(),
+        };
+        let inputs = Inputs::read(&[spec]).unwrap();
+        assert_eq!(inputs.rows[0].identity, None);
+        assert_eq!(inputs.extra_columns, vec!["who"]);
+    }
+
+    #[test]
+    fn folders_take_subfolders_as_identities_and_txt_as_captions() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("ann/nested")).unwrap();
+        std::fs::create_dir_all(root.join("bob")).unwrap();
+        std::fs::create_dir_all(root.join(".hidden")).unwrap();
+        for f in ["ann/1.jpg", "ann/nested/2.PNG", "bob/3.webp", "loose.jpg", ".hidden/x.jpg", "bob/notes.md"] {
+            std::fs::write(root.join(f), b"x").unwrap();
+        }
+        std::fs::write(root.join("ann/1.txt"), "a woman smiling\n").unwrap();
+        let spec = SourceSpec::Folder { path: root.to_path_buf(), identity: FolderIdentity::Subfolder };
+        let inputs = Inputs::read(&[spec]).unwrap();
+        let got: Vec<_> = inputs
+            .rows
+            .iter()
+            .map(|r| {
+                let rel = Path::new(&r.source).strip_prefix(root).unwrap().display().to_string();
+                (rel, r.identity.clone(), r.caption.clone())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("ann/1.jpg".into(), Some("ann".into()), Some("a woman smiling".into())),
+                ("ann/nested/2.PNG".into(), Some("ann".into()), None),
+                ("bob/3.webp".into(), Some("bob".into()), None),
+                ("loose.jpg".into(), None, None),
+            ]
+        );
+        assert_eq!(inputs.skipped_files, 1);
+        assert!(inputs.rows.iter().all(|r| r.origin == Origin::File));
+    }
+}

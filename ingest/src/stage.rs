@@ -1,0 +1,329 @@
+//! The ingest stage: input rows of a shard → fetched, validated, stored rows, journaled one by
+//! one; once every shard is done, the merged `images.parquet` with duplicates flagged.
+//!
+//! Files under `runs/<name>/ingest/`:
+//! - `inputs.json`: row count and fingerprint of the sources, checked on every re-run;
+//! - `shards/<shard>.journal.jsonl`: one finished row per line, appended as rows finish, so a
+//!   killed run resumes where it stopped (a torn last line is discarded);
+//! - `shards/<shard>.images.parquet`: the shard's rows, before duplicate flags;
+//! - `images.parquet`, `stats.json`: the merged table;
+//! - `store/ab/cdef….<ext>`: the bytes (unless the recipe names another store).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use idforge_core::error::IoContext;
+use idforge_core::progress::Progress;
+use idforge_core::run::{StageDir, read_json, write_json};
+use idforge_core::schema::{IMAGES_TABLE, ImageRow, ImageStatus, ImagesTable};
+use idforge_core::{Shard, Stage, StageStats};
+
+use crate::error::IngestError;
+use crate::fetch::{Fetched, Fetcher};
+use crate::settings::IngestSettings;
+use crate::source::{InputRow, Inputs, Origin};
+use crate::store::Store;
+use crate::validate::{Validated, validate};
+
+/// The ingest stage, ready to run: sources read, client built, store chosen.
+pub struct IngestStage {
+    settings: IngestSettings,
+    inputs: Inputs,
+    store: Store,
+    /// Prefix that turns a store-relative path into the `store_path` column value.
+    store_prefix: String,
+    fetcher: Arc<Fetcher>,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct InputsFingerprint {
+    rows: usize,
+    sha256: String,
+}
+
+impl InputsFingerprint {
+    fn of(inputs: &Inputs) -> Self {
+        let mut text = String::new();
+        for r in &inputs.rows {
+            text.push_str(&r.source);
+            text.push('\t');
+            text.push_str(r.identity.as_deref().unwrap_or(""));
+            text.push('\n');
+        }
+        InputsFingerprint { rows: inputs.rows.len(), sha256: idforge_core::hash::sha256_hex(text.as_bytes()) }
+    }
+}
+
+impl IngestStage {
+    /// Reads the sources and prepares the stage for the run directory `run_root`.
+    pub fn new(settings: IngestSettings, run_root: &Path) -> Result<Self, IngestError> {
+        if settings.sources.is_empty() {
+            return Err(IngestError::Settings(
+                "no sources: add [[ingest.sources]] to the recipe or pass --source".into(),
+            ));
+        }
+        if settings.shards == 0 {
+            return Err(IngestError::Settings("shards must be at least 1".into()));
+        }
+        let inputs = Inputs::read(&settings.sources)?;
+        let store_root = settings.store.clone().unwrap_or_else(|| run_root.join("ingest").join("store"));
+        let store_prefix = match store_root.strip_prefix(run_root) {
+            Ok(rel) => format!("{}/", rel.display()),
+            Err(_) => format!("{}/", std::path::absolute(&store_root).unwrap_or(store_root.clone()).display()),
+        };
+        let threads = if settings.decode_threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            settings.decode_threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("ingest-decode-{i}"))
+            .build()
+            .map_err(|e| IngestError::Settings(e.to_string()))?;
+        let fetcher = Arc::new(Fetcher::new(settings.fetch.clone())?);
+        Ok(IngestStage { settings, inputs, store: Store::new(store_root), store_prefix, fetcher, pool: Arc::new(pool) })
+    }
+
+    /// The input rows read from the sources.
+    pub fn inputs(&self) -> &Inputs {
+        &self.inputs
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &IngestSettings {
+        &self.settings
+    }
+
+    /// Checks that the sources are the ones this run started with.
+    fn check_inputs(&self, dir: &StageDir) -> Result<(), IngestError> {
+        let path = dir.path().join("inputs.json");
+        let now = InputsFingerprint::of(&self.inputs);
+        if path.is_file() {
+            let then: InputsFingerprint = read_json(&path)?;
+            if then != now {
+                return Err(IngestError::Settings(format!(
+                    "the sources changed since {} was started ({} rows then, {} now); \
+                     use a new run name, or remove that folder to start over",
+                    dir.path().display(),
+                    then.rows,
+                    now.rows
+                )));
+            }
+            return Ok(());
+        }
+        Ok(write_json(&path, &now)?)
+    }
+
+    async fn process(&self, row: InputRow) -> Result<ImageRow, IngestError> {
+        let mut out = ImageRow::pending(row.row_id, row.source.clone(), row.identity.clone());
+        out.caption = row.caption;
+        out.extra = row.extra;
+        let bytes = match row.origin {
+            Origin::Url => match self.fetcher.fetch(&row.source).await {
+                Fetched::Body { bytes, http_status } => {
+                    out.http_status = Some(http_status);
+                    Some(bytes)
+                }
+                Fetched::Failed { status, error, http_status } => {
+                    out.status = status;
+                    out.error = Some(error);
+                    out.http_status = http_status;
+                    None
+                }
+            },
+            Origin::File => None,
+        };
+        let source = PathBuf::from(&row.source);
+        let is_file = row.origin == Origin::File;
+        if bytes.is_none() && !is_file {
+            out.fetched_at = Some(Utc::now());
+            return Ok(out);
+        }
+        let (max_pixels, max_bytes, store) = (self.settings.max_pixels, self.settings.fetch.max_bytes, self.store.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pool.spawn(move || {
+            let result = match bytes {
+                Some(b) => validate(&b, max_pixels, &store).map(|v| (v, b.len() as u64)),
+                None => read_local(&source, max_bytes).and_then(|r| match r {
+                    Ok(b) => validate(&b, max_pixels, &store).map(|v| (v, b.len() as u64)),
+                    Err((status, error)) => Ok((Validated::Rejected { image_id: String::new(), status, error }, 0)),
+                }),
+            };
+            let _ = tx.send(result);
+        });
+        let (validated, len) = rx
+            .await
+            .expect("decode pool never drops a task")
+            .map_err(|e| IngestError::Core(idforge_core::CoreError::io(self.store.root(), e)))?;
+        out.fetched_at = Some(Utc::now());
+        match validated {
+            Validated::Image { image_id, width, height, format, phash, store_path } => {
+                out.image_id = Some(image_id);
+                out.width = Some(width);
+                out.height = Some(height);
+                out.format = Some(format.to_string());
+                out.phash = Some(phash);
+                out.bytes = Some(len);
+                out.store_path = Some(format!("{}{store_path}", self.store_prefix));
+            }
+            Validated::Rejected { image_id, status, error } => {
+                out.image_id = (!image_id.is_empty()).then_some(image_id);
+                out.bytes = (len > 0).then_some(len);
+                out.status = status;
+                out.error = Some(error);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a local file; a missing or oversized file is a row status, not a run error.
+#[allow(clippy::type_complexity)]
+fn read_local(path: &Path, max_bytes: u64) -> std::io::Result<Result<Vec<u8>, (ImageStatus, String)>> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > max_bytes => {
+            return Ok(Err((ImageStatus::TooLarge, format!("file is {} bytes, over max_bytes = {max_bytes}", m.len()))));
+        }
+        Ok(_) => {}
+        Err(e) => return Ok(Err((ImageStatus::ReadError, format!("cannot read {}: {e}", path.display())))),
+    }
+    Ok(std::fs::read(path).map_err(|e| (ImageStatus::ReadError, format!("cannot read {}: {e}", path.display()))))
+}
+
+/// Loads the rows finished so far and leaves the file ready for appending whole lines.
+fn open_journal(path: &Path) -> Result<(HashMap<u64, ImageRow>, File), IngestError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).at(parent)?;
+    }
+    let mut file = OpenOptions::new().create(true).read(true).append(true).open(path).at(path)?;
+    let mut done = HashMap::new();
+    let mut good_len = 0u64;
+    let mut reader = BufReader::new(&mut file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).at(path)?;
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        match serde_json::from_str::<ImageRow>(&line) {
+            Ok(row) => {
+                done.insert(row.row_id, row);
+                good_len += n as u64;
+            }
+            Err(_) => break,
+        }
+    }
+    drop(reader);
+    // A line torn by a kill is dropped; its row is simply done again.
+    file.set_len(good_len).at(path)?;
+    file.seek(std::io::SeekFrom::End(0)).at(path)?;
+    Ok((done, file))
+}
+
+fn stats_of(rows: &[ImageRow]) -> StageStats {
+    let mut stats = StageStats { rows: rows.len() as u64, ..Default::default() };
+    for r in rows {
+        *stats.counts.entry(r.status.as_str().to_string()).or_default() += 1;
+    }
+    stats
+}
+
+impl Stage for IngestStage {
+    type Error = IngestError;
+
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+
+    fn inputs(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn outputs(&self) -> &'static [&'static str] {
+        &[IMAGES_TABLE]
+    }
+
+    fn run_shard(&self, dir: &StageDir, shard: Shard) -> Result<StageStats, IngestError> {
+        self.check_inputs(dir)?;
+        let range = shard.rows(self.inputs.rows.len());
+        let journal_path = dir.shard_file(shard, "journal.jsonl");
+        let (mut done, mut journal) = open_journal(&journal_path)?;
+        done.retain(|id, _| range.contains(&(*id as usize)));
+        let todo: Vec<InputRow> =
+            self.inputs.rows[range.clone()].iter().filter(|r| !done.contains_key(&r.row_id)).cloned().collect();
+        let progress = Progress::new(format!("ingest {shard}"), range.len() as u64);
+        progress.inc(done.len() as u64);
+        let before = (
+            self.fetcher.counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            self.fetcher.counters.requests.load(std::sync::atomic::Ordering::Relaxed),
+            self.fetcher.counters.retries.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .worker_threads(2)
+            .thread_name("ingest-net")
+            .build()
+            .at(dir.path())?;
+        let concurrency = self.settings.fetch.concurrency;
+        runtime.block_on(async {
+            let mut results =
+                futures_util::stream::iter(todo).map(|row| self.process(row)).buffer_unordered(concurrency);
+            while let Some(row) = results.next().await {
+                let row = row?;
+                let mut line = serde_json::to_string(&row).expect("rows serialise");
+                line.push('\n');
+                // One write per line: a kill leaves at most one torn line, which open_journal drops.
+                journal.write_all(line.as_bytes()).at(&journal_path)?;
+                done.insert(row.row_id, row);
+                progress.inc(1);
+            }
+            Ok::<_, IngestError>(())
+        })?;
+        progress.finish();
+        let mut rows: Vec<ImageRow> = done.into_values().collect();
+        rows.sort_by_key(|r| r.row_id);
+        let table = ImagesTable { extra_columns: self.inputs.extra_columns.clone(), rows };
+        table.write(&dir.shard_file(shard, "images.parquet"))?;
+        let mut stats = stats_of(&table.rows);
+        let c = &self.fetcher.counters;
+        let delta = |now: &std::sync::atomic::AtomicU64, then: u64| (now.load(std::sync::atomic::Ordering::Relaxed) - then) as f64;
+        stats.extra.insert("bytes_fetched".into(), delta(&c.bytes, before.0));
+        stats.extra.insert("http_requests".into(), delta(&c.requests, before.1));
+        stats.extra.insert("http_retries".into(), delta(&c.retries, before.2));
+        Ok(stats)
+    }
+
+    fn finalize(&self, dir: &StageDir, shards: &[Shard]) -> Result<StageStats, IngestError> {
+        let mut table = ImagesTable { extra_columns: self.inputs.extra_columns.clone(), rows: Vec::new() };
+        let mut extra = StageStats::default();
+        for &shard in shards {
+            let part = ImagesTable::read(&dir.shard_file(shard, "images.parquet"))?;
+            table.rows.extend(part.rows);
+            extra.merge(&dir.shard_stats(shard)?);
+        }
+        table.rows.sort_by_key(|r| r.row_id);
+        let counts = crate::dedup::flag_duplicates(&mut table.rows, self.settings.phash_threshold);
+        table.write(&dir.path().join("images.parquet"))?;
+        for &shard in shards {
+            // The shard tables hold every row now; the journals are no longer needed.
+            let _ = std::fs::remove_file(dir.shard_file(shard, "journal.jsonl"));
+        }
+        let mut stats = stats_of(&table.rows);
+        stats.seconds = extra.seconds;
+        stats.extra = extra.extra;
+        stats.extra.insert("exact_duplicates".into(), counts.exact_duplicates as f64);
+        stats.extra.insert("near_duplicates".into(), counts.near_duplicates as f64);
+        stats.extra.insert("skipped_non_image_files".into(), self.inputs.skipped_files as f64);
+        Ok(stats)
+    }
+}

@@ -1,0 +1,197 @@
+//! `idforge ingest`: arguments mirrored from the recipe's `[ingest]` table, then resolved into
+//! [`IngestSettings`] (recipe first, flags on top).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use idforge_core::recipe::Recipe;
+use idforge_core::run::{RunDir, ShardSelection, run_stage};
+use idforge_core::schema::ImagesTable;
+use idforge_core::Shard;
+use idforge_ingest::source::resolve_sources;
+use idforge_ingest::{IngestSettings, IngestStage, SourceSpec};
+
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+Examples:
+  idforge ingest --recipe datasets/recipes/demo.toml
+  idforge ingest --name faces --source urls.csv --source photos/ --per-host-rate 2
+  idforge ingest --recipe r.toml --shard 3/8        # one task of a cluster array
+
+Every input row ends in runs/<name>/ingest/images.parquet with a status (ok, http_error,
+timeout, too_large, not_image, decode_error, opted_out, duplicate, conflict, ...) and a reason.
+Interrupt at any time and run the same command again: finished rows are not fetched again.")]
+pub struct IngestArgs {
+    /// Recipe file (TOML) naming the run, its sources and settings.
+    #[arg(long, short)]
+    recipe: Option<PathBuf>,
+    /// Run name (folder under --runs-dir); required without a recipe.
+    #[arg(long)]
+    name: Option<String>,
+    /// Folder holding runs.
+    #[arg(long, env = "IDFORGE_RUNS")]
+    runs_dir: Option<PathBuf>,
+    /// Extra source: a URL list (.csv, .tsv, .jsonl, .parquet with `url`, `identity` columns)
+    /// or a folder whose sub-folders are identities. Repeatable; added after the recipe's.
+    #[arg(long = "source", short = 's')]
+    sources: Vec<PathBuf>,
+    /// Run only shard INDEX/COUNT (zero-based), e.g. 3/8. Without it, the Slurm array or
+    /// Kubernetes indexed-job variables are used if set, else every shard runs here.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Number of shards the rows are split into.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Content-addressed store folder (default: runs/<name>/ingest/store).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Requests in flight across all hosts.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Requests in flight to one host.
+    #[arg(long)]
+    per_host_concurrency: Option<usize>,
+    /// Requests per second to one host (0 = unlimited).
+    #[arg(long)]
+    per_host_rate: Option<f64>,
+    /// Seconds to connect.
+    #[arg(long)]
+    connect_timeout: Option<f64>,
+    /// Seconds for a whole request, body included.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Retries after the first attempt (408, 429, 5xx, timeouts, resets).
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Largest body in bytes.
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// Largest image in pixels (decompression-bomb guard).
+    #[arg(long)]
+    max_pixels: Option<u64>,
+    /// Redirects to follow.
+    #[arg(long)]
+    max_redirects: Option<usize>,
+    /// User agent; its first token is matched against robots.txt and X-Robots-Tag scopes.
+    #[arg(long)]
+    user_agent: Option<String>,
+    /// Do not honour robots.txt. Only for sites you own or have permission to crawl.
+    #[arg(long)]
+    ignore_robots_txt: bool,
+    /// Do not honour X-Robots-Tag opt-outs (noai, noimageai, ...). Only with permission.
+    #[arg(long)]
+    ignore_x_robots_tag: bool,
+    /// pHash Hamming distance at or below which two images are the same photograph.
+    #[arg(long)]
+    phash_threshold: Option<u32>,
+    /// Threads for decoding and hashing (0 = one per core).
+    #[arg(long)]
+    decode_threads: Option<usize>,
+}
+
+/// The arguments resolved against the recipe: what to run, where, with which settings.
+struct Resolved {
+    name: String,
+    runs_dir: PathBuf,
+    settings: IngestSettings,
+    selection: ShardSelection,
+}
+
+fn resolve(args: IngestArgs) -> anyhow::Result<Resolved> {
+    let recipe = args.recipe.as_deref().map(Recipe::load).transpose()?;
+    let mut settings: IngestSettings = match &recipe {
+        Some(r) => r.stage("ingest")?,
+        None => IngestSettings::default(),
+    };
+    if let Some(r) = &recipe {
+        settings.sources = resolve_sources(std::mem::take(&mut settings.sources), &r.base_dir());
+        settings.store = settings.store.map(|s| r.resolve(&s));
+    }
+    settings.sources.extend(args.sources.into_iter().map(SourceSpec::from_cli));
+    let name = match (args.name, &recipe) {
+        (Some(n), _) => n,
+        (None, Some(r)) => r.name.clone(),
+        (None, None) => bail!("give --recipe, or --name for a run without one"),
+    };
+    let runs_dir = args
+        .runs_dir
+        .or_else(|| recipe.as_ref().map(|r| r.runs_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("runs"));
+    let f = &mut settings.fetch;
+    macro_rules! set {
+        ($field:expr, $arg:expr) => {
+            if let Some(v) = $arg {
+                $field = v;
+            }
+        };
+    }
+    set!(f.concurrency, args.concurrency);
+    set!(f.per_host_concurrency, args.per_host_concurrency);
+    set!(f.per_host_rate, args.per_host_rate);
+    set!(f.connect_timeout_s, args.connect_timeout);
+    set!(f.timeout_s, args.timeout);
+    set!(f.retries, args.retries);
+    set!(f.max_bytes, args.max_bytes);
+    set!(f.max_redirects, args.max_redirects);
+    set!(f.user_agent, args.user_agent);
+    if args.ignore_robots_txt {
+        f.robots_txt = false;
+    }
+    if args.ignore_x_robots_tag {
+        f.x_robots_tag = false;
+    }
+    set!(settings.max_pixels, args.max_pixels);
+    set!(settings.phash_threshold, args.phash_threshold);
+    set!(settings.decode_threads, args.decode_threads);
+    set!(settings.shards, args.shards);
+    if args.store.is_some() {
+        settings.store = args.store;
+    }
+    let shard = match args.shard {
+        Some(s) => Some(Shard::parse(&s)?),
+        None => Shard::from_env()?,
+    };
+    let selection = match shard {
+        Some(s) => {
+            settings.shards = s.count;
+            ShardSelection::One(s)
+        }
+        None => ShardSelection::All(settings.shards),
+    };
+    Ok(Resolved { name, runs_dir, settings, selection })
+}
+
+pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let r = resolve(args)?;
+    let run = RunDir::new(&r.runs_dir, &r.name);
+    let stage = IngestStage::new(r.settings, run.root())
+        .with_context(|| format!("preparing the ingest stage of run `{}`", r.name))?;
+    let f = &stage.settings().fetch;
+    eprintln!(
+        "ingest `{}`: {} rows from {} source(s) into {}{}{}",
+        r.name,
+        stage.inputs().rows.len(),
+        stage.settings().sources.len(),
+        run.stage("ingest").path().display(),
+        if f.robots_txt { "" } else { " [robots.txt ignored]" },
+        if f.x_robots_tag { "" } else { " [X-Robots-Tag ignored]" },
+    );
+    let report = run_stage(&stage, &run, r.selection).with_context(|| format!("running ingest for `{}`", r.name))?;
+    if !report.skipped.is_empty() {
+        let list: Vec<String> = report.skipped.iter().map(|s| s.to_string()).collect();
+        eprintln!("already complete, skipped: shard {}", list.join(", "));
+    }
+    if report.merged.is_none() {
+        let list: Vec<String> = report.waiting_for.iter().map(|s| s.to_string()).collect();
+        println!("shard done; the table is merged when the remaining shards finish: {}", list.join(", "));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table_path = run.stage("ingest").path().join("images.parquet");
+    let table = ImagesTable::read(&table_path)?;
+    println!("{}", table_path.display());
+    print!("{}", idforge_ingest::summary::summarize(&table));
+    Ok(ExitCode::SUCCESS)
+}

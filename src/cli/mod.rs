@@ -1,0 +1,41 @@
+//! Command-line arguments and their dispatch to the stage libraries.
+
+mod device;
+mod ingest;
+mod show;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// idforge builds identity-oriented face datasets, captions them into split prompts, trains
+/// PhotoMaker / IP-Adapter-style adapters and benchmarks identity-personalization methods.
+///
+/// Every stage reads the previous stage's tables from runs/<name>/ and writes its own there;
+/// re-running a stage resumes it. See README.md for the recipe format.
+#[derive(Debug, Parser)]
+#[command(name = "idforge", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fetch or read images from URL lists and folders into the `images` table and the store.
+    Ingest(ingest::IngestArgs),
+    /// Summarise a table (`images.parquet`) or a run folder.
+    Show(show::ShowArgs),
+    /// Show the tensor backend in use (CPU `flex`, or CUDA when built with `--features cuda`)
+    /// and measure its matmul throughput.
+    Device(device::DeviceArgs),
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Ingest(a) => ingest::run(a),
+        Command::Show(a) => show::run(a),
+        Command::Device(a) => device::run(a),
+    }
+}
