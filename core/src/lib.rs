@@ -10,6 +10,7 @@ pub mod hash;
 pub mod image_io;
 pub mod progress;
 pub mod recipe;
+pub mod resample;
 pub mod run;
 pub mod schema;
 pub mod table;

@@ -93,7 +93,7 @@ fn valid_name(s: &str) -> bool {
 }
 
 fn expand_table(t: &mut toml::Table) -> std::result::Result<(), String> {
-    for v in t.values_mut() {
+    for (_, v) in t.iter_mut() {
         expand_value(v)?;
     }
     Ok(())

@@ -194,14 +194,13 @@ async fn send(sock: &mut TcpStream, status: &str, headers: &[(&str, String)], bo
 async fn respond(sock: &mut TcpStream, state: &State, path: &str, hit: usize) -> std::io::Result<bool> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let image = |name: &str| state.images.get(name).cloned();
-    let not_found = || (String::from("404 Not Found"), Vec::new());
     match parts.as_slice() {
         ["robots.txt"] => {
             send(sock, "200 OK", &[("Content-Type", "text/plain".into())], b"User-agent: *\nDisallow: /private/\n").await?;
         }
         ["img" | "private", name] => match image(name) {
             Some(b) => send(sock, "200 OK", &[("Content-Type", content_type(name).into())], &b).await?,
-            None => send(sock, &not_found().0, &[], b"").await?,
+            None => send(sock, "404 Not Found", &[], b"").await?,
         },
         ["status", code] => {
             let code: u16 = code.parse().unwrap_or(500);
@@ -301,7 +300,7 @@ async fn respond(sock: &mut TcpStream, state: &State, path: &str, hit: usize) ->
                 send(sock, "200 OK", &headers, &b).await?;
             }
         }
-        _ => send(sock, &not_found().0, &[], b"").await?,
+        _ => send(sock, "404 Not Found", &[], b"").await?,
     }
     Ok(true)
 }
