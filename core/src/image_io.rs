@@ -62,6 +62,33 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
     image::guess_format(bytes).ok()
 }
 
+/// Whether a JPEG has an end-of-image marker after its first scan. Markers are walked from the
+/// start so that an EXIF thumbnail's own end marker (before the scan) does not count; inside
+/// entropy-coded data a 0xFF byte is always stuffed, so `FF D9` there is the real marker.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        let marker = bytes[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        if marker == 0xDA {
+            return bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]);
+        }
+        if (0xD0..=0xD9).contains(&marker) || marker == 0x01 {
+            i += 2;
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+        i += 2 + len;
+    }
+    false
+}
+
 /// Decodes `bytes` under a pixel limit and applies EXIF orientation.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
     let format = sniff_format(bytes).ok_or_else(|| {
@@ -76,6 +103,14 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
         format: format_name(format).to_string(),
         message: e.to_string(),
     };
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a cut-off scan with grey and reports success; a half-grey
+        // photograph must not pass as an image.
+        return Err(DecodeError::Corrupt {
+            format: "jpg".into(),
+            message: "the data ends before the end-of-image marker (truncated file)".into(),
+        });
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     // Decoders allocate the full frame; bound it by the pixel limit at 16 bytes per pixel
@@ -133,6 +168,21 @@ mod tests {
         let bytes = png(64, 64);
         let err = decode(&bytes[..bytes.len() / 2], DEFAULT_MAX_PIXELS).unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn truncated_jpeg_is_corrupt_even_though_the_decoder_would_fill_it() {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 9]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg).encode_image(&img).unwrap();
+        assert!(jpeg_is_complete(&jpeg));
+        assert!(decode(&jpeg, DEFAULT_MAX_PIXELS).is_ok());
+        let err = decode(&jpeg[..jpeg.len() - 40], DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        // Trailing bytes after the end marker (some cameras append data) are fine.
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"vendor trailer");
+        assert!(decode(&trailing, DEFAULT_MAX_PIXELS).is_ok());
     }
 
     #[test]

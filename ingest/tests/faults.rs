@@ -10,17 +10,17 @@ use idforge_core::Shard;
 use idforge_ingest::testkit::{FixtureServer, synthetic_jpeg};
 use idforge_ingest::{IngestSettings, IngestStage, SourceSpec};
 
-/// Distinct fixture images `a.jpg` … `h.jpg`, plus `h_q.jpg`: `h.jpg` re-encoded at quality 60.
+/// Distinct fixture images `a.jpg` … `g.jpg`, plus a photograph `h.png` and `h_q.png`, the same
+/// photograph after a JPEG round trip at quality 40 (the pHash fixtures).
 fn server() -> FixtureServer {
-    let mut images: Vec<(String, Vec<u8>)> = "abcdefgh"
+    let mut images: Vec<(String, Vec<u8>)> = "abcdefg"
         .chars()
         .enumerate()
         .map(|(i, c)| (format!("{c}.jpg"), synthetic_jpeg(320, 240, i as u32 * 5 + 1)))
         .collect();
-    let h = image::load_from_memory(&images[7].1).unwrap().to_rgb8();
-    let mut q = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut q, 60).encode_image(&h).unwrap();
-    images.push(("h_q.jpg".into(), q));
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phash");
+    images.push(("h.png".into(), std::fs::read(fixtures.join("sample1_160.png")).unwrap()));
+    images.push(("h_q.png".into(), std::fs::read(fixtures.join("sample1_160_q40.png")).unwrap()));
     FixtureServer::start(images).unwrap()
 }
 
@@ -104,8 +104,8 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
         (u("/img/a.jpg?copy=1"), "ann"),
         (u("/img/g.jpg"), "ann"),
         (u("/img/g.jpg?again"), "bob"),
-        (u("/img/h.jpg"), "cy"),
-        (u("/img/h_q.jpg"), "cy"),
+        (u("/img/h.png"), "cy"),
+        (u("/img/h_q.png"), "cy"),
     ];
     let start = Instant::now();
     let t = ingest(tmp.path(), &rows, |_| {});
@@ -154,15 +154,16 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
     expect(&t, &u("/img/a.jpg?copy=1"), Duplicate, Some(&format!("same bytes as row {a_id}")), Some(200));
     expect(&t, &u("/img/g.jpg"), Conflict, Some("also labelled `bob`"), Some(200));
     expect(&t, &u("/img/g.jpg?again"), Conflict, Some("labelled `ann`, not `bob`"), Some(200));
-    let h = find(&t, &u("/img/h.jpg"));
+    let h = find(&t, &u("/img/h.png"));
     assert_eq!(h.status, Ok);
-    let hq = find(&t, &u("/img/h_q.jpg"));
+    let hq = find(&t, &u("/img/h_q.png"));
     assert_eq!((hq.status, hq.duplicate_of), (Duplicate, Some(h.row_id)), "{:?}", hq.error);
     assert!(hq.error.as_deref().unwrap().starts_with("near-duplicate of row"), "{:?}", hq.error);
 
     let stats = RunDir::new(tmp.path().join("runs"), "t").stage("ingest").final_stats().unwrap();
     assert_eq!(stats.rows, rows.len() as u64);
     assert_eq!(stats.counts["ok"], 7);
+    assert_eq!(stats.counts["conflict"], 2);
     assert_eq!(stats.extra["exact_duplicates"], 1.0);
     assert_eq!(stats.extra["near_duplicates"], 1.0);
 }
