@@ -55,6 +55,7 @@ fn journal_rows(path: &Path) -> Vec<ImageRow> {
 fn a_killed_run_resumes_without_losing_or_refetching_rows() {
     const N: usize = 120;
     let images: Vec<(String, Vec<u8>)> = (0..N).map(|i| (format!("{i}.jpg"), synthetic_jpeg(96, 64, i as u32))).collect();
+    let shas: Vec<String> = images.iter().map(|(_, b)| idforge_core::hash::sha256_hex(b)).collect();
     let srv = FixtureServer::start(images).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let list = tmp.path().join("urls.tsv");
@@ -84,6 +85,10 @@ fn a_killed_run_resumes_without_losing_or_refetching_rows() {
     child.wait().unwrap();
     let finished_before: HashSet<String> = journal_rows(&journal).into_iter().map(|r| r.source).collect();
     assert!(finished_before.len() >= N / 3 && finished_before.len() < N, "{}", finished_before.len());
+    let store = tmp.path().join("resume/ingest/store");
+    let stored_before: Vec<usize> =
+        (0..N).filter(|&i| store.join(&shas[i][..2]).join(format!("{}.jpg", &shas[i][2..])).is_file()).collect();
+    assert!(stored_before.len() >= finished_before.len() - 4, "{} stored", stored_before.len());
 
     let mut second = idforge();
     run_args(&mut second);
@@ -103,6 +108,9 @@ fn a_killed_run_resumes_without_losing_or_refetching_rows() {
             // In flight when killed (at most the concurrency), or not started yet.
             assert!(hits <= 2, "{path}: {hits} hits");
         }
+    }
+    for i in stored_before {
+        assert_eq!(srv.hits(&format!("/slow/30/{i}.jpg")), 1, "{i}.jpg was in the store before the kill");
     }
     let refetched = (0..N).filter(|i| srv.hits(&format!("/slow/30/{i}.jpg")) == 2).count();
     assert!(refetched <= 4, "only rows in flight at the kill are fetched twice ({refetched})");

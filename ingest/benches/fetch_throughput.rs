@@ -6,8 +6,10 @@
 //! writes the Parquet table. img2dataset runs from `.venv-bench` (`make bench-setup`); without
 //! it, only idforge is measured and the bench says so.
 //!
-//! `cargo bench -p idforge-ingest --bench fetch_throughput -- [N]` (default 600). Results go to
-//! stdout and `target/bench/fetch_throughput.json`.
+//! `cargo bench -p idforge-ingest --bench fetch_throughput -- [N]` (default 2000: img2dataset
+//! needs a few thousand URLs to amortise starting its worker processes). Results go to stdout
+//! and `target/bench/fetch_throughput.json`. Under `cargo test --all-targets` (no `--bench`
+//! argument) it runs a 24-URL smoke version of the idforge side only.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,7 +32,8 @@ struct Figure {
 
 fn main() {
     // `cargo bench` passes `--bench`; the first bare number is N.
-    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(600);
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(if benchmarking { 2000 } else { 24 });
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let photos = demo_photos().unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<String> = photos.iter().map(|(n, _)| n.clone()).collect();
@@ -68,6 +71,11 @@ fn main() {
     let python = root.join(".venv-bench/bin/python");
     let script = root.join("tools/img2dataset-bench/run.py");
     let mut figures = vec![idforge];
+    if !benchmarking {
+        assert_eq!(fetched, n, "smoke run: every URL fetched and decoded");
+        eprintln!("smoke run ({n} URLs, idforge only): {:.1} images/s", figures[0].images_per_s);
+        return;
+    }
     if python.is_file() {
         let urls_txt = tmp.path().join("urls.txt");
         std::fs::write(&urls_txt, urls.join("\n") + "\n").unwrap();

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -30,7 +30,7 @@ use crate::fetch::{Fetched, Fetcher};
 use crate::settings::IngestSettings;
 use crate::source::{InputRow, Inputs, Origin};
 use crate::store::Store;
-use crate::validate::{Validated, validate};
+use crate::validate::{Inspected, inspect};
 
 /// The ingest stage, ready to run: sources read, client built, store chosen.
 pub struct IngestStage {
@@ -123,11 +123,11 @@ impl IngestStage {
         Ok(write_json(&path, &now)?)
     }
 
-    async fn process(&self, row: InputRow) -> Result<ImageRow, IngestError> {
+    async fn process(&self, row: InputRow, journal: &Arc<Journal>) -> Result<ImageRow, IngestError> {
         let mut out = ImageRow::pending(row.row_id, row.source.clone(), row.identity.clone());
         out.caption = row.caption;
         out.extra = row.extra;
-        let bytes = match row.origin {
+        let body = match row.origin {
             Origin::Url => match self.fetcher.fetch(&row.source).await {
                 Fetched::Body { bytes, http_status } => {
                     out.http_status = Some(http_status);
@@ -137,97 +137,119 @@ impl IngestStage {
                     out.status = status;
                     out.error = Some(error);
                     out.http_status = http_status;
-                    None
+                    out.fetched_at = Some(Utc::now());
+                    journal.append(&out)?;
+                    return Ok(out);
                 }
             },
             Origin::File => None,
         };
-        let source = PathBuf::from(&row.source);
-        let is_file = row.origin == Origin::File;
-        if bytes.is_none() && !is_file {
-            out.fetched_at = Some(Utc::now());
-            return Ok(out);
-        }
-        let (max_pixels, max_bytes, store) = (self.settings.max_pixels, self.settings.fetch.max_bytes, self.store.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let (journal, store, prefix) = (journal.clone(), self.store.clone(), self.store_prefix.clone());
+        let (max_pixels, max_bytes) = (self.settings.max_pixels, self.settings.fetch.max_bytes);
         self.pool.spawn(move || {
-            let result = match bytes {
-                Some(b) => validate(&b, max_pixels, &store).map(|v| (v, b.len() as u64)),
-                None => read_local(&source, max_bytes).and_then(|r| match r {
-                    Ok(b) => validate(&b, max_pixels, &store).map(|v| (v, b.len() as u64)),
-                    Err((status, error)) => Ok((Validated::Rejected { image_id: String::new(), status, error }, 0)),
-                }),
-            };
+            let result = (|| {
+                let bytes = match body {
+                    Some(b) => Ok(b),
+                    None => read_local(Path::new(&out.source), max_bytes),
+                };
+                let mut stored = None;
+                match bytes {
+                    Err((status, error)) => {
+                        out.status = status;
+                        out.error = Some(error);
+                    }
+                    Ok(bytes) => {
+                        out.bytes = Some(bytes.len() as u64);
+                        match inspect(&bytes, max_pixels) {
+                            Inspected::Image { image_id, width, height, format, phash } => {
+                                let rel = Store::relative_path(&image_id, format);
+                                out.store_path = Some(format!("{prefix}{}", rel.display()));
+                                stored = Some((image_id.clone(), format, bytes));
+                                out.image_id = Some(image_id);
+                                out.width = Some(width);
+                                out.height = Some(height);
+                                out.format = Some(format.to_string());
+                                out.phash = Some(phash);
+                            }
+                            Inspected::Rejected { image_id, status, error } => {
+                                out.image_id = Some(image_id);
+                                out.status = status;
+                                out.error = Some(error);
+                            }
+                        }
+                    }
+                }
+                out.fetched_at = Some(Utc::now());
+                // Journal first, then store: a stored file always has its journal line, and a
+                // journaled row whose file is missing (killed in between) is redone on resume.
+                journal.append(&out)?;
+                if let Some((sha, ext, bytes)) = stored {
+                    store.put(&sha, ext, &bytes).map_err(|e| {
+                        idforge_core::CoreError::io(store.root().join(Store::relative_path(&sha, ext)), e)
+                    })?;
+                }
+                Ok(out)
+            })();
             let _ = tx.send(result);
         });
-        let (validated, len) = rx
-            .await
-            .expect("decode pool never drops a task")
-            .map_err(|e| IngestError::Core(idforge_core::CoreError::io(self.store.root(), e)))?;
-        out.fetched_at = Some(Utc::now());
-        match validated {
-            Validated::Image { image_id, width, height, format, phash, store_path } => {
-                out.image_id = Some(image_id);
-                out.width = Some(width);
-                out.height = Some(height);
-                out.format = Some(format.to_string());
-                out.phash = Some(phash);
-                out.bytes = Some(len);
-                out.store_path = Some(format!("{}{store_path}", self.store_prefix));
-            }
-            Validated::Rejected { image_id, status, error } => {
-                out.image_id = (!image_id.is_empty()).then_some(image_id);
-                out.bytes = (len > 0).then_some(len);
-                out.status = status;
-                out.error = Some(error);
-            }
-        }
-        Ok(out)
+        rx.await.expect("decode pool never drops a task")
     }
 }
 
 /// Reads a local file; a missing or oversized file is a row status, not a run error.
-#[allow(clippy::type_complexity)]
-fn read_local(path: &Path, max_bytes: u64) -> std::io::Result<Result<Vec<u8>, (ImageStatus, String)>> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > max_bytes => {
-            return Ok(Err((ImageStatus::TooLarge, format!("file is {} bytes, over max_bytes = {max_bytes}", m.len()))));
-        }
-        Ok(_) => {}
-        Err(e) => return Ok(Err((ImageStatus::ReadError, format!("cannot read {}: {e}", path.display())))),
+fn read_local(path: &Path, max_bytes: u64) -> Result<Vec<u8>, (ImageStatus, String)> {
+    let unreadable = |e: std::io::Error| (ImageStatus::ReadError, format!("cannot read {}: {e}", path.display()));
+    let len = std::fs::metadata(path).map_err(unreadable)?.len();
+    if len > max_bytes {
+        return Err((ImageStatus::TooLarge, format!("file is {len} bytes, over max_bytes = {max_bytes}")));
     }
-    Ok(std::fs::read(path).map_err(|e| (ImageStatus::ReadError, format!("cannot read {}: {e}", path.display()))))
+    std::fs::read(path).map_err(unreadable)
 }
 
-/// Loads the rows finished so far and leaves the file ready for appending whole lines.
-fn open_journal(path: &Path) -> Result<(HashMap<u64, ImageRow>, File), IngestError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).at(parent)?;
-    }
-    let mut file = OpenOptions::new().create(true).read(true).append(true).open(path).at(path)?;
-    let mut done = HashMap::new();
-    let mut good_len = 0u64;
-    let mut reader = BufReader::new(&mut file);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).at(path)?;
-        if n == 0 || !line.ends_with('\n') {
-            break;
+/// The shard's journal: one JSON row per finished input row, appended with one write each.
+struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl Journal {
+    /// Opens the journal, returning the rows finished so far. A line torn by a kill is cut off.
+    fn open(path: &Path) -> Result<(Self, HashMap<u64, ImageRow>), IngestError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).at(parent)?;
         }
-        match serde_json::from_str::<ImageRow>(&line) {
-            Ok(row) => {
-                done.insert(row.row_id, row);
-                good_len += n as u64;
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(path).at(path)?;
+        let mut done = HashMap::new();
+        let mut good_len = 0u64;
+        let mut reader = BufReader::new(&mut file);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).at(path)?;
+            if n == 0 || !line.ends_with('\n') {
+                break;
             }
-            Err(_) => break,
+            match serde_json::from_str::<ImageRow>(&line) {
+                Ok(row) => {
+                    done.insert(row.row_id, row);
+                    good_len += n as u64;
+                }
+                Err(_) => break,
+            }
         }
+        drop(reader);
+        file.set_len(good_len).at(path)?;
+        file.seek(std::io::SeekFrom::End(0)).at(path)?;
+        Ok((Journal { path: path.to_path_buf(), file: Mutex::new(file) }, done))
     }
-    drop(reader);
-    // A line torn by a kill is dropped; its row is simply done again.
-    file.set_len(good_len).at(path)?;
-    file.seek(std::io::SeekFrom::End(0)).at(path)?;
-    Ok((done, file))
+
+    fn append(&self, row: &ImageRow) -> Result<(), IngestError> {
+        let mut line = serde_json::to_string(row).expect("rows serialise");
+        line.push('\n');
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(file.write_all(line.as_bytes()).at(&self.path)?)
+    }
 }
 
 fn stats_of(rows: &[ImageRow]) -> StageStats {
@@ -256,9 +278,17 @@ impl Stage for IngestStage {
     fn run_shard(&self, dir: &StageDir, shard: Shard) -> Result<StageStats, IngestError> {
         self.check_inputs(dir)?;
         let range = shard.rows(self.inputs.rows.len());
-        let journal_path = dir.shard_file(shard, "journal.jsonl");
-        let (mut done, mut journal) = open_journal(&journal_path)?;
-        done.retain(|id, _| range.contains(&(*id as usize)));
+        let (journal, mut done) = Journal::open(&dir.shard_file(shard, "journal.jsonl"))?;
+        let journal = Arc::new(journal);
+        done.retain(|id, row| {
+            let stored = match (&row.image_id, &row.format) {
+                (Some(sha), Some(ext)) if row.status == ImageStatus::Ok => {
+                    self.store.root().join(Store::relative_path(sha, ext)).is_file()
+                }
+                _ => true,
+            };
+            range.contains(&(*id as usize)) && stored
+        });
         let todo: Vec<InputRow> =
             self.inputs.rows[range.clone()].iter().filter(|r| !done.contains_key(&r.row_id)).cloned().collect();
         let progress = Progress::new(format!("ingest {shard}"), range.len() as u64);
@@ -277,13 +307,9 @@ impl Stage for IngestStage {
         let concurrency = self.settings.fetch.concurrency;
         runtime.block_on(async {
             let mut results =
-                futures_util::stream::iter(todo).map(|row| self.process(row)).buffer_unordered(concurrency);
+                futures_util::stream::iter(todo).map(|row| self.process(row, &journal)).buffer_unordered(concurrency);
             while let Some(row) = results.next().await {
                 let row = row?;
-                let mut line = serde_json::to_string(&row).expect("rows serialise");
-                line.push('\n');
-                // One write per line: a kill leaves at most one torn line, which open_journal drops.
-                journal.write_all(line.as_bytes()).at(&journal_path)?;
                 done.insert(row.row_id, row);
                 progress.inc(1);
             }

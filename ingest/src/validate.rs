@@ -1,14 +1,13 @@
-//! What happens to fetched bytes: hash, decode under the pixel limit, perceptual hash, store.
+//! What happens to received bytes before they are stored: content hash, decode under the pixel
+//! limit (with EXIF orientation), perceptual hash.
 
 use idforge_core::image_io::{self, DecodeError};
 use idforge_core::schema::ImageStatus;
 
-use crate::store::Store;
-
-/// The outcome of validating one body.
+/// What the bytes turned out to be.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Validated {
-    /// A good image, stored.
+pub enum Inspected {
+    /// A good image.
     Image {
         /// sha256 hex of the bytes.
         image_id: String,
@@ -16,12 +15,10 @@ pub enum Validated {
         width: u32,
         /// Height after EXIF orientation.
         height: u32,
-        /// Sniffed format name.
+        /// Sniffed format name (also the store file's extension).
         format: &'static str,
         /// Perceptual hash.
         phash: u64,
-        /// Path relative to the store root.
-        store_path: String,
     },
     /// Not usable: the status and why.
     Rejected {
@@ -34,32 +31,24 @@ pub enum Validated {
     },
 }
 
-/// Hashes, decodes and stores `bytes`. A store write failure (disk full, permissions) is an
-/// error that stops the run rather than a row status: the row could be fetched again later.
-pub fn validate(bytes: &[u8], max_pixels: u64, store: &Store) -> std::io::Result<Validated> {
+/// Hashes and decodes `bytes`; never fails, a bad body is a [`Inspected::Rejected`].
+pub fn inspect(bytes: &[u8], max_pixels: u64) -> Inspected {
     let image_id = idforge_core::hash::sha256_hex(bytes);
-    let decoded = match image_io::decode(bytes, max_pixels) {
-        Ok(d) => d,
+    match image_io::decode(bytes, max_pixels) {
+        Ok(d) => Inspected::Image {
+            image_id,
+            width: d.width,
+            height: d.height,
+            format: image_io::format_name(d.format),
+            phash: crate::phash::phash(&d.image),
+        },
         Err(e) => {
             let status = match e {
                 DecodeError::NotImage(_) => ImageStatus::NotImage,
                 DecodeError::TooManyPixels { .. } => ImageStatus::TooLarge,
                 _ => ImageStatus::DecodeError,
             };
-            return Ok(Validated::Rejected { image_id, status, error: e.to_string() });
+            Inspected::Rejected { image_id, status, error: e.to_string() }
         }
-    };
-    let format = image_io::format_name(decoded.format);
-    let phash = crate::phash::phash(&decoded.image);
-    let rel = store.put(&image_id, format, bytes).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("writing to the store {}: {e}", store.root().display()))
-    })?;
-    Ok(Validated::Image {
-        image_id,
-        width: decoded.width,
-        height: decoded.height,
-        format,
-        phash,
-        store_path: rel.display().to_string(),
-    })
+    }
 }
