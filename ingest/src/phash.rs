@@ -13,7 +13,7 @@
 
 use std::sync::OnceLock;
 
-use idforge_core::resample::{Filter, Plane8, resize};
+use idforge_core::resample::{Filter, Plane8, resize, rgb_to_l};
 use image::DynamicImage;
 
 const SIDE: usize = 32;
@@ -22,18 +22,11 @@ const LOW: usize = 8;
 /// Pillow's `convert("L")` of an image (alpha ignored, as Pillow does).
 pub fn pillow_luma(img: &DynamicImage) -> (u32, u32, Vec<u8>) {
     let (w, h) = (img.width(), img.height());
-    let luma = |r: u8, g: u8, b: u8| {
-        ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8
-    };
     let data = match img {
         DynamicImage::ImageLuma8(g) => g.as_raw().clone(),
-        DynamicImage::ImageRgb8(rgb) => {
-            rgb.as_raw().chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).collect()
-        }
-        DynamicImage::ImageRgba8(rgba) => {
-            rgba.as_raw().chunks_exact(4).map(|p| luma(p[0], p[1], p[2])).collect()
-        }
-        other => other.to_rgb8().as_raw().chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).collect(),
+        DynamicImage::ImageRgb8(rgb) => rgb_to_l(rgb.as_raw(), 3),
+        DynamicImage::ImageRgba8(rgba) => rgb_to_l(rgba.as_raw(), 4),
+        other => rgb_to_l(other.to_rgb8().as_raw(), 3),
     };
     (w, h, data)
 }

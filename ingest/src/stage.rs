@@ -291,7 +291,7 @@ impl Stage for IngestStage {
         });
         let todo: Vec<InputRow> =
             self.inputs.rows[range.clone()].iter().filter(|r| !done.contains_key(&r.row_id)).cloned().collect();
-        let progress = Progress::new(format!("ingest {shard}"), range.len() as u64);
+        let progress = Progress::new(format!("ingest shard {shard}"), range.len() as u64);
         progress.inc(done.len() as u64);
         let before = (
             self.fetcher.counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
