@@ -7,7 +7,11 @@ fn device_reports_the_backend_and_a_correct_matmul() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("backend: flex"), "{stdout}");
     assert!(stdout.contains("GFLOP/s"), "{stdout}");
 }

@@ -9,7 +9,9 @@ pub const FACE_API_VERSION: &str = "1.7.15";
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("IDFORGE_CACHE") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("idforge"),
+        _ => dirs::cache_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("idforge"),
     }
 }
 

@@ -95,7 +95,13 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
         let head: String = bytes
             .iter()
             .take(16)
-            .map(|b| if b.is_ascii_graphic() || *b == b' ' { *b as char } else { '.' })
+            .map(|b| {
+                if b.is_ascii_graphic() || *b == b' ' {
+                    *b as char
+                } else {
+                    '.'
+                }
+            })
             .collect();
         DecodeError::NotImage(format!("no known image signature (starts with {head:?})"))
     })?;
@@ -121,13 +127,25 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
     let (w, h) = decoder.dimensions();
     let pixels = u64::from(w) * u64::from(h);
     if pixels > max_pixels {
-        return Err(DecodeError::TooManyPixels { width: w, height: h, pixels, limit: max_pixels });
+        return Err(DecodeError::TooManyPixels {
+            width: w,
+            height: h,
+            pixels,
+            limit: max_pixels,
+        });
     }
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     image.apply_orientation(orientation);
     let (width, height) = (image.width(), image.height());
-    Ok(Decoded { image, format, width, height })
+    Ok(Decoded {
+        image,
+        format,
+        width,
+        height,
+    })
 }
 
 #[cfg(test)]
@@ -153,7 +171,12 @@ mod tests {
         let err = decode(&png(40, 30), 1000).unwrap_err();
         assert_eq!(
             err,
-            DecodeError::TooManyPixels { width: 40, height: 30, pixels: 1200, limit: 1000 }
+            DecodeError::TooManyPixels {
+                width: 40,
+                height: 30,
+                pixels: 1200,
+                limit: 1000
+            }
         );
     }
 
@@ -172,9 +195,12 @@ mod tests {
 
     #[test]
     fn truncated_jpeg_is_corrupt_even_though_the_decoder_would_fill_it() {
-        let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 9]));
+        let img =
+            image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 9]));
         let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new(&mut jpeg).encode_image(&img).unwrap();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+            .encode_image(&img)
+            .unwrap();
         assert!(jpeg_is_complete(&jpeg));
         assert!(decode(&jpeg, DEFAULT_MAX_PIXELS).is_ok());
         let err = decode(&jpeg[..jpeg.len() - 40], DEFAULT_MAX_PIXELS).unwrap_err();
@@ -190,7 +216,9 @@ mod tests {
         // A 4×2 JPEG whose EXIF says "rotate 90° clockwise" shows as 2×4.
         let img = image::RgbImage::from_pixel(4, 2, image::Rgb([200, 10, 10]));
         let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new(&mut jpeg).encode_image(&img).unwrap();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+            .encode_image(&img)
+            .unwrap();
         let with_exif = insert_exif_orientation(&jpeg, 6);
         let d = decode(&with_exif, DEFAULT_MAX_PIXELS).unwrap();
         assert_eq!((d.width, d.height), (2, 4));

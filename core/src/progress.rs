@@ -46,9 +46,17 @@ impl Progress {
             Sink::Bar(bar)
         } else {
             eprintln!("{label}: 0/{total}");
-            Sink::Log { last: Mutex::new(Instant::now()) }
+            Sink::Log {
+                last: Mutex::new(Instant::now()),
+            }
         };
-        Progress { label, total, done: AtomicU64::new(0), start: Instant::now(), sink }
+        Progress {
+            label,
+            total,
+            done: AtomicU64::new(0),
+            start: Instant::now(),
+            sink,
+        }
     }
 
     /// Marks `n` more items done.
@@ -82,8 +90,16 @@ impl Progress {
     fn line(&self, done: u64) -> String {
         let secs = self.start.elapsed().as_secs_f64().max(1e-9);
         let rate = done as f64 / secs;
-        let pct = if self.total == 0 { 100.0 } else { 100.0 * done as f64 / self.total as f64 };
-        let eta = if rate > 0.0 { (self.total.saturating_sub(done)) as f64 / rate } else { 0.0 };
+        let pct = if self.total == 0 {
+            100.0
+        } else {
+            100.0 * done as f64 / self.total as f64
+        };
+        let eta = if rate > 0.0 {
+            (self.total.saturating_sub(done)) as f64 / rate
+        } else {
+            0.0
+        };
         format!(
             "{}: {done}/{} ({pct:.1}%) {rate:.1}/s, {secs:.0}s elapsed, eta {eta:.0}s",
             self.label, self.total

@@ -42,7 +42,10 @@ impl Recipe {
 
     /// Parses recipe text; `path` names it in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        let err = |message: String| CoreError::Recipe { path: path.to_path_buf(), message };
+        let err = |message: String| CoreError::Recipe {
+            path: path.to_path_buf(),
+            message,
+        };
         let mut table: toml::Table = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         expand_table(&mut table).map_err(err)?;
         let name = match table.remove("name") {
@@ -53,34 +56,53 @@ impl Recipe {
                 )));
             }
             Some(_) => return Err(err("`name` must be a string".into())),
-            None => return Err(err("missing `name = \"...\"` (the run's folder name)".into())),
+            None => {
+                return Err(err(
+                    "missing `name = \"...\"` (the run's folder name)".into()
+                ));
+            }
         };
         let runs_dir = match table.remove("runs_dir") {
             Some(toml::Value::String(s)) => PathBuf::from(s),
             Some(_) => return Err(err("`runs_dir` must be a string".into())),
             None => PathBuf::from("runs"),
         };
-        Ok(Recipe { path: path.to_path_buf(), name, runs_dir, table })
+        Ok(Recipe {
+            path: path.to_path_buf(),
+            name,
+            runs_dir,
+            table,
+        })
     }
 
     /// The folder relative paths in stage settings are resolved against.
     pub fn base_dir(&self) -> PathBuf {
-        self.path.parent().map(Path::to_path_buf).unwrap_or_default()
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 
     /// Resolves a path from the recipe against its folder (absolute paths stay as they are).
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir().join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir().join(p)
+        }
     }
 
     /// A stage's settings table, or `T::default()` if the recipe has none.
     pub fn stage<T: DeserializeOwned + Default>(&self, stage: &str) -> Result<T> {
         match self.table.get(stage) {
             None => Ok(T::default()),
-            Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| CoreError::Recipe {
-                path: self.path.clone(),
-                message: format!("[{stage}]: {e}"),
-            }),
+            Some(v) => v
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| CoreError::Recipe {
+                    path: self.path.clone(),
+                    message: format!("[{stage}]: {e}"),
+                }),
         }
     }
 }
@@ -89,7 +111,8 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn expand_table(t: &mut toml::Table) -> std::result::Result<(), String> {
@@ -120,7 +143,9 @@ pub fn expand_vars(s: &str) -> std::result::Result<String, String> {
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
         let var = &after[..end];
         let value = match std::env::var(var) {
             Ok(v) => v,
@@ -160,7 +185,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.name, "demo");
-        assert_eq!(r.stage::<Fake>("fake").unwrap(), Fake { workers: 3, path: "/data/x".into() });
+        assert_eq!(
+            r.stage::<Fake>("fake").unwrap(),
+            Fake {
+                workers: 3,
+                path: "/data/x".into()
+            }
+        );
         assert_eq!(r.stage::<Fake>("other").unwrap(), Fake::default());
         assert_eq!(r.resolve(Path::new("a.csv")), PathBuf::from("/r/a.csv"));
     }
@@ -170,9 +201,13 @@ mod tests {
         let r = Recipe::parse(Path::new("x.toml"), "name = \"d\"\n[fake]\nworkerz = 3").unwrap();
         let e = r.stage::<Fake>("fake").unwrap_err().to_string();
         assert!(e.contains("[fake]") && e.contains("workerz"), "{e}");
-        let e = Recipe::parse(Path::new("x.toml"), "name = \"../up\"").unwrap_err().to_string();
+        let e = Recipe::parse(Path::new("x.toml"), "name = \"../up\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("plain folder name"), "{e}");
-        let e = Recipe::parse(Path::new("x.toml"), "runs_dir = \"r\"").unwrap_err().to_string();
+        let e = Recipe::parse(Path::new("x.toml"), "runs_dir = \"r\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing `name"), "{e}");
     }
 }

@@ -38,7 +38,11 @@ impl Filter {
         }
         match self {
             Filter::Lanczos => {
-                if (-3.0..3.0).contains(&x) { sinc(x) * sinc(x / 3.0) } else { 0.0 }
+                if (-3.0..3.0).contains(&x) {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
             }
             Filter::Bicubic => {
                 const A: f64 = -0.5;
@@ -100,13 +104,26 @@ fn precompute(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
         for (x, kx) in k.iter().enumerate().take(xmax) {
             let w = if ww != 0.0 { kx / ww } else { *kx };
             let scaled = w * f64::from(1u32 << PRECISION_BITS);
-            weights[xx * ksize + x] = if w < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
+            weights[xx * ksize + x] = if w < 0.0 {
+                (-0.5 + scaled) as i32
+            } else {
+                (0.5 + scaled) as i32
+            };
         }
         bounds.push((xmin, xmax));
     }
     let hi = weights.iter().map(|&w| (w >> SPLIT) as i16).collect();
-    let lo = weights.iter().map(|&w| (w & ((1 << SPLIT) - 1)) as i16).collect();
-    Coeffs { ksize, bounds, weights, hi, lo }
+    let lo = weights
+        .iter()
+        .map(|&w| (w & ((1 << SPLIT) - 1)) as i16)
+        .collect();
+    Coeffs {
+        ksize,
+        bounds,
+        weights,
+        hi,
+        lo,
+    }
 }
 
 /// Σ p·w over one tap range, exactly, in a form that compiles to 16-bit multiply-adds.
@@ -160,7 +177,11 @@ macro_rules! with_avx2 {
     };
 }
 
-with_avx2!(horizontal, fn(src: &Plane8, out_w: usize, rows: std::ops::Range<usize>, c: &Coeffs) -> Plane8, horizontal_impl);
+with_avx2!(
+    horizontal,
+    fn(src: &Plane8, out_w: usize, rows: std::ops::Range<usize>, c: &Coeffs) -> Plane8,
+    horizontal_impl
+);
 
 /// Pillow's `convert("L")` of interleaved RGB (or RGBA, alpha ignored) bytes:
 /// `(R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16`.
@@ -169,11 +190,19 @@ pub fn rgb_to_l(data: &[u8], channels: usize) -> Vec<u8> {
     rgb_to_l_dispatch(data, channels)
 }
 
-with_avx2!(rgb_to_l_dispatch, fn(data: &[u8], channels: usize) -> Vec<u8>, rgb_to_l_impl);
+with_avx2!(
+    rgb_to_l_dispatch,
+    fn(data: &[u8], channels: usize) -> Vec<u8>,
+    rgb_to_l_impl
+);
 
 #[inline(always)]
 fn rgb_to_l_impl(data: &[u8], channels: usize) -> Vec<u8> {
-    if channels == 3 { rgb_to_l_n::<3>(data) } else { rgb_to_l_n::<4>(data) }
+    if channels == 3 {
+        rgb_to_l_n::<3>(data)
+    } else {
+        rgb_to_l_n::<4>(data)
+    }
 }
 
 #[inline(always)]
@@ -188,7 +217,10 @@ fn rgb_to_l_n<const C: usize>(data: &[u8]) -> Vec<u8> {
     let n = data.len() / C;
     let mut out = vec![0u8; n];
     let blocks = n / BLOCK;
-    for (o, p) in out[..blocks * BLOCK].chunks_exact_mut(BLOCK).zip(data.chunks_exact(BLOCK * C)) {
+    for (o, p) in out[..blocks * BLOCK]
+        .chunks_exact_mut(BLOCK)
+        .zip(data.chunks_exact(BLOCK * C))
+    {
         // Fixed-size blocks let the compiler de-interleave and vectorise.
         let (mut r, mut g, mut b) = ([0u8; BLOCK], [0u8; BLOCK], [0u8; BLOCK]);
         for i in 0..BLOCK {
@@ -230,7 +262,12 @@ fn horizontal_impl(src: &Plane8, out_w: usize, rows: std::ops::Range<usize>, c: 
             }
         }
     }
-    Plane8 { width: out_w, height: rows.len(), channels: ch, data }
+    Plane8 {
+        width: out_w,
+        height: rows.len(),
+        channels: ch,
+        data,
+    }
 }
 
 fn vertical(src: &Plane8, out_h: usize, c: &Coeffs, row_offset: usize) -> Plane8 {
@@ -250,7 +287,12 @@ fn vertical(src: &Plane8, out_h: usize, c: &Coeffs, row_offset: usize) -> Plane8
             *o = clip8(a);
         }
     }
-    Plane8 { width: src.width, height: out_h, channels: src.channels, data }
+    Plane8 {
+        width: src.width,
+        height: out_h,
+        channels: src.channels,
+        data,
+    }
 }
 
 /// Resizes `src` to `out_w`×`out_h` exactly as Pillow's `Image.resize((out_w, out_h), filter)`.
@@ -258,14 +300,21 @@ fn vertical(src: &Plane8, out_h: usize, c: &Coeffs, row_offset: usize) -> Plane8
 /// # Panics
 /// If a target side is 0 or `src.data` does not hold `width * height * channels` bytes.
 pub fn resize(src: &Plane8, out_w: usize, out_h: usize, filter: Filter) -> Plane8 {
-    assert!(out_w > 0 && out_h > 0, "resize to {out_w}×{out_h}: sides must be positive");
-    assert_eq!(src.data.len(), src.width * src.height * src.channels, "plane size mismatch");
+    assert!(
+        out_w > 0 && out_h > 0,
+        "resize to {out_w}×{out_h}: sides must be positive"
+    );
+    assert_eq!(
+        src.data.len(),
+        src.width * src.height * src.channels,
+        "plane size mismatch"
+    );
     let need_h = out_w != src.width;
     let need_v = out_h != src.height;
     // Pillow runs the vertical pass first when the height shrinks more than twice as much
     // as the width, to make the horizontal pass cheaper.
-    let horizontal_first =
-        !(src.height > out_h && (src.height - out_h) as i64 > (src.width as i64 - out_w as i64) * 2);
+    let horizontal_first = !(src.height > out_h
+        && (src.height - out_h) as i64 > (src.width as i64 - out_w as i64) * 2);
     let vc = need_v.then(|| precompute(src.height, out_h, filter));
     let hc = need_h.then(|| precompute(src.width, out_w, filter));
     match (hc, vc) {
@@ -295,8 +344,14 @@ mod tests {
         for (n_in, n_out) in [(1920, 32), (160, 32), (20, 32), (33, 32)] {
             let c = precompute(n_in, n_out, Filter::Lanczos);
             for (i, &(_, n)) in c.bounds.iter().enumerate() {
-                let s: i64 = c.weights[i * c.ksize..i * c.ksize + n].iter().map(|&w| i64::from(w)).sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= n as i64, "{n_in}->{n_out} #{i}: {s}");
+                let s: i64 = c.weights[i * c.ksize..i * c.ksize + n]
+                    .iter()
+                    .map(|&w| i64::from(w))
+                    .sum();
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= n as i64,
+                    "{n_in}->{n_out} #{i}: {s}"
+                );
             }
         }
     }
@@ -307,14 +362,26 @@ mod tests {
         let px: Vec<u8> = (0..1920u32).map(|i| (i * 37 % 256) as u8).collect();
         for (xx, &(xmin, n)) in c.bounds.iter().enumerate() {
             let taps = xx * c.ksize..xx * c.ksize + n;
-            let plain: i32 = px[xmin..xmin + n].iter().zip(&c.weights[taps.clone()]).map(|(&p, &w)| i32::from(p) * w).sum();
-            assert_eq!(dot_split(&px[xmin..xmin + n], &c.hi[taps.clone()], &c.lo[taps]), plain);
+            let plain: i32 = px[xmin..xmin + n]
+                .iter()
+                .zip(&c.weights[taps.clone()])
+                .map(|(&p, &w)| i32::from(p) * w)
+                .sum();
+            assert_eq!(
+                dot_split(&px[xmin..xmin + n], &c.hi[taps.clone()], &c.lo[taps]),
+                plain
+            );
         }
     }
 
     #[test]
     fn constant_images_stay_constant_and_identity_is_a_copy() {
-        let src = Plane8 { width: 97, height: 61, channels: 3, data: vec![200; 97 * 61 * 3] };
+        let src = Plane8 {
+            width: 97,
+            height: 61,
+            channels: 3,
+            data: vec![200; 97 * 61 * 3],
+        };
         for (w, h) in [(32, 32), (200, 13), (97, 30)] {
             let out = resize(&src, w, h, Filter::Lanczos);
             assert_eq!((out.width, out.height), (w, h));
@@ -326,7 +393,10 @@ mod tests {
     #[test]
     fn rgb_to_l_uses_pillow_rounding() {
         // Pillow: Image.new("RGB", (1, 1), c).convert("L").getpixel((0, 0)) for each c.
-        assert_eq!(rgb_to_l(&[255, 0, 0, 0, 0, 255, 255, 255, 255, 1, 2, 3], 3), vec![76, 29, 255, 2]);
+        assert_eq!(
+            rgb_to_l(&[255, 0, 0, 0, 0, 255, 255, 255, 255, 1, 2, 3], 3),
+            vec![76, 29, 255, 2]
+        );
         assert_eq!(rgb_to_l(&[255, 0, 0, 9, 0, 0, 255, 9], 4), vec![76, 29]);
     }
 }

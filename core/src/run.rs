@@ -33,7 +33,9 @@ pub struct RunDir {
 impl RunDir {
     /// The run `name` under `runs_root` (usually `runs/`).
     pub fn new(runs_root: impl AsRef<Path>, name: &str) -> Self {
-        RunDir { root: runs_root.as_ref().join(name) }
+        RunDir {
+            root: runs_root.as_ref().join(name),
+        }
     }
 
     /// A run directory given by its own path.
@@ -48,7 +50,9 @@ impl RunDir {
 
     /// The directory a stage owns.
     pub fn stage(&self, stage: &str) -> StageDir {
-        StageDir { path: self.root.join(stage) }
+        StageDir {
+            path: self.root.join(stage),
+        }
     }
 }
 
@@ -66,7 +70,9 @@ impl StageDir {
 
     /// A per-shard file: `shards/<shard>.<suffix>`.
     pub fn shard_file(&self, shard: Shard, suffix: &str) -> PathBuf {
-        self.path.join("shards").join(format!("{}.{suffix}", shard.label()))
+        self.path
+            .join("shards")
+            .join(format!("{}.{suffix}", shard.label()))
     }
 
     fn completion(&self, label: &str) -> PathBuf {
@@ -134,8 +140,10 @@ impl StageDir {
 /// Reads a JSON file into `T`.
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).at(path)?;
-    serde_json::from_str(&text)
-        .map_err(|e| CoreError::Table { path: path.to_path_buf(), message: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| CoreError::Table {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Writes `value` as pretty JSON, atomically.
@@ -176,10 +184,21 @@ impl Shard {
 
     /// Parses `i/N`.
     pub fn parse(spec: &str) -> Result<Self> {
-        let bad = |m: &str| CoreError::Shard { spec: spec.to_string(), message: m.to_string() };
-        let (i, n) = spec.split_once('/').ok_or_else(|| bad("expected INDEX/COUNT, e.g. 3/8"))?;
-        let i = i.trim().parse().map_err(|_| bad("the index is not a number"))?;
-        let n = n.trim().parse().map_err(|_| bad("the count is not a number"))?;
+        let bad = |m: &str| CoreError::Shard {
+            spec: spec.to_string(),
+            message: m.to_string(),
+        };
+        let (i, n) = spec
+            .split_once('/')
+            .ok_or_else(|| bad("expected INDEX/COUNT, e.g. 3/8"))?;
+        let i = i
+            .trim()
+            .parse()
+            .map_err(|_| bad("the index is not a number"))?;
+        let n = n
+            .trim()
+            .parse()
+            .map_err(|_| bad("the count is not a number"))?;
         Shard::new(i, n).map_err(|_| bad("the index must be below the count, counting from 0"))
     }
 
@@ -289,7 +308,11 @@ pub trait Stage {
 
     /// Processes one shard. Must be resumable: a shard killed midway is run again from the start
     /// of this call, and should not redo work it has journaled.
-    fn run_shard(&self, dir: &StageDir, shard: Shard) -> std::result::Result<StageStats, Self::Error>;
+    fn run_shard(
+        &self,
+        dir: &StageDir,
+        shard: Shard,
+    ) -> std::result::Result<StageStats, Self::Error>;
 
     /// Merges the shards' outputs into the stage's tables once every shard is complete.
     fn finalize(
@@ -338,8 +361,12 @@ pub fn run_stage<S: Stage>(
         ShardSelection::All(_) => all.clone(),
         ShardSelection::One(s) => vec![s],
     };
-    let mut report =
-        StageReport { ran: vec![], skipped: vec![], waiting_for: vec![], merged: None };
+    let mut report = StageReport {
+        ran: vec![],
+        skipped: vec![],
+        waiting_for: vec![],
+        merged: None,
+    };
     for shard in mine {
         if dir.is_complete(shard) {
             report.skipped.push(shard);
@@ -355,7 +382,11 @@ pub fn run_stage<S: Stage>(
         dir.complete(&label, &stats, &dir.stats_file(&label))?;
         report.ran.push(shard);
     }
-    report.waiting_for = all.iter().copied().filter(|s| !dir.is_complete(*s)).collect();
+    report.waiting_for = all
+        .iter()
+        .copied()
+        .filter(|s| !dir.is_complete(*s))
+        .collect();
     if report.waiting_for.is_empty() {
         if dir.is_final() && report.ran.is_empty() {
             report.merged = Some(dir.final_stats()?);
@@ -403,16 +434,27 @@ mod tests {
     #[test]
     fn shard_from_slurm_and_kubernetes_variables() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         let slurm = env(&[
             ("SLURM_ARRAY_TASK_ID", "5"),
             ("SLURM_ARRAY_TASK_COUNT", "4"),
             ("SLURM_ARRAY_TASK_MIN", "2"),
         ]);
-        assert_eq!(Shard::from_vars(slurm).unwrap(), Some(Shard { index: 3, count: 4 }));
+        assert_eq!(
+            Shard::from_vars(slurm).unwrap(),
+            Some(Shard { index: 3, count: 4 })
+        );
         let k8s = env(&[("JOB_COMPLETION_INDEX", "1"), ("IDFORGE_SHARDS", "2")]);
-        assert_eq!(Shard::from_vars(k8s).unwrap(), Some(Shard { index: 1, count: 2 }));
+        assert_eq!(
+            Shard::from_vars(k8s).unwrap(),
+            Some(Shard { index: 1, count: 2 })
+        );
         assert!(Shard::from_vars(env(&[("JOB_COMPLETION_INDEX", "1")])).is_err());
         assert_eq!(Shard::from_vars(env(&[])).unwrap(), None);
     }
@@ -435,13 +477,22 @@ mod tests {
         }
         fn run_shard(&self, _: &StageDir, shard: Shard) -> Result<StageStats> {
             if self.fail_on == Some(shard.index) {
-                return Err(CoreError::Shard { spec: shard.to_string(), message: "boom".into() });
+                return Err(CoreError::Shard {
+                    spec: shard.to_string(),
+                    message: "boom".into(),
+                });
             }
             self.runs.borrow_mut().push(shard);
-            Ok(StageStats { rows: 10, ..Default::default() })
+            Ok(StageStats {
+                rows: 10,
+                ..Default::default()
+            })
         }
         fn finalize(&self, _: &StageDir, shards: &[Shard]) -> Result<StageStats> {
-            Ok(StageStats { rows: 10 * shards.len() as u64, ..Default::default() })
+            Ok(StageStats {
+                rows: 10 * shards.len() as u64,
+                ..Default::default()
+            })
         }
     }
 
@@ -449,17 +500,26 @@ mod tests {
     fn failed_shard_leaves_no_marker_and_rerun_skips_finished_ones() {
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::new(tmp.path(), "r");
-        let stage = Counting { runs: RefCell::new(vec![]), fail_on: Some(2) };
+        let stage = Counting {
+            runs: RefCell::new(vec![]),
+            fail_on: Some(2),
+        };
         assert!(run_stage(&stage, &run, ShardSelection::All(3)).is_err());
         assert_eq!(stage.runs.borrow().len(), 2);
         assert!(!run.stage("count").is_complete(Shard { index: 2, count: 3 }));
 
-        let stage = Counting { runs: RefCell::new(vec![]), fail_on: None };
+        let stage = Counting {
+            runs: RefCell::new(vec![]),
+            fail_on: None,
+        };
         let report = run_stage(&stage, &run, ShardSelection::All(3)).unwrap();
         assert_eq!(*stage.runs.borrow(), vec![Shard { index: 2, count: 3 }]);
         assert_eq!(report.skipped.len(), 2);
         assert_eq!(report.merged.unwrap().rows, 30);
-        let shard_stats = run.stage("count").shard_stats(Shard { index: 2, count: 3 }).unwrap();
+        let shard_stats = run
+            .stage("count")
+            .shard_stats(Shard { index: 2, count: 3 })
+            .unwrap();
         assert_eq!((shard_stats.rows, shard_stats.shard.as_str()), (10, "2/3"));
     }
 
@@ -467,11 +527,24 @@ mod tests {
     fn one_shard_of_many_waits_for_the_others_before_merging() {
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::new(tmp.path(), "r");
-        let stage = Counting { runs: RefCell::new(vec![]), fail_on: None };
-        let r = run_stage(&stage, &run, ShardSelection::One(Shard { index: 1, count: 2 })).unwrap();
+        let stage = Counting {
+            runs: RefCell::new(vec![]),
+            fail_on: None,
+        };
+        let r = run_stage(
+            &stage,
+            &run,
+            ShardSelection::One(Shard { index: 1, count: 2 }),
+        )
+        .unwrap();
         assert_eq!(r.waiting_for, vec![Shard { index: 0, count: 2 }]);
         assert!(r.merged.is_none());
-        let r = run_stage(&stage, &run, ShardSelection::One(Shard { index: 0, count: 2 })).unwrap();
+        let r = run_stage(
+            &stage,
+            &run,
+            ShardSelection::One(Shard { index: 0, count: 2 }),
+        )
+        .unwrap();
         assert_eq!(r.merged.unwrap().rows, 20);
         let err = run_stage(&stage, &run, ShardSelection::All(3)).unwrap_err();
         assert!(err.to_string().contains("started with 2 shards"), "{err}");

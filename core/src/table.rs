@@ -20,12 +20,18 @@ pub const TABLE_KEY: &str = "idforge.table";
 pub const VERSION_KEY: &str = "idforge.schema_version";
 
 fn table_err(path: &Path, e: impl std::fmt::Display) -> CoreError {
-    CoreError::Table { path: path.to_path_buf(), message: e.to_string() }
+    CoreError::Table {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// A sibling path for writing before the atomic rename.
 pub fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -35,7 +41,9 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch, table: &str, version: u32
         std::fs::create_dir_all(parent).at(parent)?;
     }
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid zstd level"),
+        ))
         .set_key_value_metadata(Some(vec![
             KeyValue::new(TABLE_KEY.to_string(), table.to_string()),
             KeyValue::new(VERSION_KEY.to_string(), version.to_string()),
@@ -56,17 +64,27 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch, table: &str, version: u32
 pub fn read_parquet(path: &Path, table: &str, version: u32) -> Result<Vec<RecordBatch>> {
     let file = File::open(path).at(path)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| table_err(path, e))?;
-    let kv = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+    let kv = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
     let get = |k: &str| kv.iter().find(|e| e.key == k).and_then(|e| e.value.clone());
     match get(TABLE_KEY) {
         Some(t) if t == table => {}
         Some(t) => {
-            return Err(table_err(path, format!("holds table `{t}`, expected `{table}`")));
+            return Err(table_err(
+                path,
+                format!("holds table `{t}`, expected `{table}`"),
+            ));
         }
         None => {
             return Err(table_err(
                 path,
-                format!("has no `{TABLE_KEY}` metadata; it was not written by idforge as `{table}`"),
+                format!(
+                    "has no `{TABLE_KEY}` metadata; it was not written by idforge as `{table}`"
+                ),
             ));
         }
     }
@@ -80,5 +98,7 @@ pub fn read_parquet(path: &Path, table: &str, version: u32) -> Result<Vec<Record
         });
     }
     let reader = builder.build().map_err(|e| table_err(path, e))?;
-    reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| table_err(path, e))
+    reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| table_err(path, e))
 }

@@ -33,15 +33,24 @@ struct Figure {
 fn main() {
     // `cargo bench` passes `--bench`; the first bare number is N.
     let benchmarking = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(if benchmarking { 2000 } else { 24 });
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(if benchmarking { 2000 } else { 24 });
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let photos = demo_photos().unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<String> = photos.iter().map(|(n, _)| n.clone()).collect();
-    let mean_kb = photos.iter().map(|(_, b)| b.len()).sum::<usize>() as f64 / photos.len() as f64 / 1024.0;
+    let mean_kb =
+        photos.iter().map(|(_, b)| b.len()).sum::<usize>() as f64 / photos.len() as f64 / 1024.0;
     let server = FixtureServer::start(photos).expect("fixture server");
-    let urls: Vec<String> = (0..n).map(|i| server.url(&format!("/img/{}?i={i}", names[i % names.len()]))).collect();
+    let urls: Vec<String> = (0..n)
+        .map(|i| server.url(&format!("/img/{}?i={i}", names[i % names.len()])))
+        .collect();
     let tmp = tempfile::tempdir().expect("temp dir");
-    eprintln!("{n} URLs of {} photographs (mean {mean_kb:.0} KiB, 1920 px wide), {cores} cores", names.len());
+    eprintln!(
+        "{n} URLs of {} photographs (mean {mean_kb:.0} KiB, 1920 px wide), {cores} cores",
+        names.len()
+    );
 
     // idforge
     let list = tmp.path().join("urls.csv");
@@ -64,7 +73,12 @@ fn main() {
     // after being fetched, decoded and hashed like any other.
     let fetched = table.rows.iter().filter(|r| r.width.is_some()).count();
     let idforge = figure("idforge", n, fetched, secs, cores);
-    assert!(table.rows.iter().all(|r| r.status != ImageStatus::HttpError));
+    assert!(
+        table
+            .rows
+            .iter()
+            .all(|r| r.status != ImageStatus::HttpError)
+    );
 
     // img2dataset
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -73,7 +87,10 @@ fn main() {
     let mut figures = vec![idforge];
     if !benchmarking {
         assert_eq!(fetched, n, "smoke run: every URL fetched and decoded");
-        eprintln!("smoke run ({n} URLs, idforge only): {:.1} images/s", figures[0].images_per_s);
+        eprintln!(
+            "smoke run ({n} URLs, idforge only): {:.1} images/s",
+            figures[0].images_per_s
+        );
         return;
     }
     if python.is_file() {
@@ -101,10 +118,16 @@ fn main() {
                     cores,
                 ));
             }
-            _ => eprintln!("img2dataset failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)),
+            _ => eprintln!(
+                "img2dataset failed:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
     } else {
-        eprintln!("img2dataset not installed ({} missing): run `make bench-setup` to compare", python.display());
+        eprintln!(
+            "img2dataset not installed ({} missing): run `make bench-setup` to compare",
+            python.display()
+        );
     }
 
     println!("| tool | images | decoded ok | seconds | images/s | images/s/core |");
@@ -116,15 +139,29 @@ fn main() {
         );
     }
     if figures.len() == 2 {
-        println!("idforge / img2dataset throughput ratio: {:.2}× on {cores} cores", figures[0].images_per_s / figures[1].images_per_s);
+        println!(
+            "idforge / img2dataset throughput ratio: {:.2}× on {cores} cores",
+            figures[0].images_per_s / figures[1].images_per_s
+        );
     }
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     let json = serde_json::json!({ "cores": cores, "urls": n, "figures": figures });
-    std::fs::write(out.join("fetch_throughput.json"), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    std::fs::write(
+        out.join("fetch_throughput.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
 }
 
 fn figure(tool: &str, images: usize, ok: usize, seconds: f64, cores: usize) -> Figure {
     let rate = ok as f64 / seconds;
-    Figure { tool: tool.into(), images, ok, seconds, images_per_s: rate, images_per_s_per_core: rate / cores as f64 }
+    Figure {
+        tool: tool.into(),
+        images,
+        ok,
+        seconds,
+        images_per_s: rate,
+        images_per_s_per_core: rate / cores as f64,
+    }
 }

@@ -10,7 +10,11 @@ use idforge_ingest::phash::{dct_low, pillow_luma};
 use idforge_ingest::testkit::demo_photos;
 
 fn main() {
-    let reps = if std::env::args().any(|a| a == "--bench") { 10 } else { 1 };
+    let reps = if std::env::args().any(|a| a == "--bench") {
+        10
+    } else {
+        1
+    };
     let photos = demo_photos().unwrap_or_else(|e| panic!("{e}"));
     let mut t = [0f64; 5];
     let names = ["sha256", "decode", "grayscale", "resize 32x32", "dct"];
@@ -26,7 +30,17 @@ fn main() {
             let (w, h, data) = pillow_luma(&d.image);
             t[2] += s.elapsed().as_secs_f64();
             let s = Instant::now();
-            let small = resize(&Plane8 { width: w as usize, height: h as usize, channels: 1, data }, 32, 32, Filter::Lanczos);
+            let small = resize(
+                &Plane8 {
+                    width: w as usize,
+                    height: h as usize,
+                    channels: 1,
+                    data,
+                },
+                32,
+                32,
+                Filter::Lanczos,
+            );
             t[3] += s.elapsed().as_secs_f64();
             let s = Instant::now();
             let mut px = [0u8; 1024];
@@ -39,7 +53,11 @@ fn main() {
     let total: f64 = t.iter().sum();
     println!("per 1920 px photograph (mean of {n}):");
     for (name, secs) in names.iter().zip(t) {
-        println!("  {name:<14} {:>7.2} ms  {:>4.0} %", secs / n * 1e3, 100.0 * secs / total);
+        println!(
+            "  {name:<14} {:>7.2} ms  {:>4.0} %",
+            secs / n * 1e3,
+            100.0 * secs / total
+        );
     }
     println!("  {:<14} {:>7.2} ms", "total", total / n * 1e3);
 }

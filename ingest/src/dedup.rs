@@ -36,13 +36,20 @@ impl SegmentIndex {
     fn new(threshold: u32) -> Self {
         let k = (threshold + 1).min(64);
         let bounds = (0..k).map(|i| (64 * i / k, 64 * (i + 1) / k)).collect();
-        SegmentIndex { bounds, buckets: HashMap::new() }
+        SegmentIndex {
+            bounds,
+            buckets: HashMap::new(),
+        }
     }
 
     fn keys(&self, h: u64) -> impl Iterator<Item = (usize, u64)> + '_ {
         self.bounds.iter().enumerate().map(move |(i, &(lo, hi))| {
             let width = hi - lo;
-            let mask = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
+            let mask = if width == 64 {
+                u64::MAX
+            } else {
+                (1u64 << width) - 1
+            };
             (i, (h >> lo) & mask)
         })
     }
@@ -56,8 +63,12 @@ impl SegmentIndex {
 
     /// Representatives sharing at least one segment with `h`.
     fn candidates(&self, h: u64) -> Vec<usize> {
-        let mut out: Vec<usize> =
-            self.keys(h).filter_map(|k| self.buckets.get(&k)).flatten().copied().collect();
+        let mut out: Vec<usize> = self
+            .keys(h)
+            .filter_map(|k| self.buckets.get(&k))
+            .flatten()
+            .copied()
+            .collect();
         out.sort_unstable();
         out.dedup();
         out
@@ -80,7 +91,9 @@ pub fn flag_duplicates(rows: &mut [ImageRow], threshold: u32) -> DedupCounts {
         if rows[i].status != ImageStatus::Ok {
             continue;
         }
-        let (Some(sha), Some(h)) = (rows[i].image_id.clone(), rows[i].phash) else { continue };
+        let (Some(sha), Some(h)) = (rows[i].image_id.clone(), rows[i].phash) else {
+            continue;
+        };
         let exact = by_sha.get(&sha).copied();
         let found = exact.map(|r| (r, 0)).or_else(|| {
             index
@@ -112,7 +125,10 @@ pub fn flag_duplicates(rows: &mut [ImageRow], threshold: u32) -> DedupCounts {
                 counts.near_duplicates += 1;
             }
         } else {
-            let (mine, theirs) = (row.identity.clone().unwrap_or_default(), rep_identity.unwrap_or_default());
+            let (mine, theirs) = (
+                row.identity.clone().unwrap_or_default(),
+                rep_identity.unwrap_or_default(),
+            );
             let this_id = row.row_id;
             row.status = ImageStatus::Conflict;
             row.error = Some(format!("{how}, which is labelled `{theirs}`, not `{mine}`"));
@@ -171,9 +187,25 @@ mod tests {
                 (ImageStatus::HttpError, None),
             ]
         );
-        assert_eq!(counts, DedupCounts { exact_duplicates: 1, near_duplicates: 2, conflicts: 2 });
-        assert_eq!(rows[2].error.as_deref(), Some("near-duplicate of row 0 (pHash distance 3 ≤ 4)"));
-        assert!(rows[3].error.as_deref().unwrap().contains("labelled `ann`, not `bob`"));
+        assert_eq!(
+            counts,
+            DedupCounts {
+                exact_duplicates: 1,
+                near_duplicates: 2,
+                conflicts: 2
+            }
+        );
+        assert_eq!(
+            rows[2].error.as_deref(),
+            Some("near-duplicate of row 0 (pHash distance 3 ≤ 4)")
+        );
+        assert!(
+            rows[3]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("labelled `ann`, not `bob`")
+        );
     }
 
     #[test]
@@ -200,8 +232,11 @@ mod tests {
         for t in [0, 3, 6] {
             let mut idx = SegmentIndex::new(t);
             for (i, &h) in hashes.iter().enumerate() {
-                let got: Vec<usize> =
-                    idx.candidates(h).into_iter().filter(|&j| hamming(h, hashes[j]) <= t).collect();
+                let got: Vec<usize> = idx
+                    .candidates(h)
+                    .into_iter()
+                    .filter(|&j| hamming(h, hashes[j]) <= t)
+                    .collect();
                 let want: Vec<usize> = (0..i).filter(|&j| hamming(h, hashes[j]) <= t).collect();
                 assert_eq!(got, want, "t = {t}, i = {i}");
                 idx.insert(h, i);

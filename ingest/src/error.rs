@@ -27,6 +27,9 @@ pub enum IngestError {
 
 impl IngestError {
     pub(crate) fn source(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        IngestError::Source { path: path.into(), message: message.into() }
+        IngestError::Source {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }

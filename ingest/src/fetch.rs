@@ -47,7 +47,11 @@ pub enum Fetched {
 
 impl Fetched {
     fn failed(status: ImageStatus, error: impl Into<String>, http_status: Option<u16>) -> Self {
-        Fetched::Failed { status, error: error.into(), http_status }
+        Fetched::Failed {
+            status,
+            error: error.into(),
+            http_status,
+        }
     }
 }
 
@@ -92,7 +96,9 @@ impl Fetcher {
     /// Builds the client from the settings.
     pub fn new(settings: FetchSettings) -> Result<Self, IngestError> {
         if settings.per_host_concurrency == 0 || settings.concurrency == 0 {
-            return Err(IngestError::Settings("concurrency limits must be at least 1".into()));
+            return Err(IngestError::Settings(
+                "concurrency limits must be at least 1".into(),
+            ));
         }
         let client = reqwest::Client::builder()
             .user_agent(&settings.user_agent)
@@ -104,7 +110,13 @@ impl Fetcher {
             .build()
             .map_err(|e| IngestError::Client(e.to_string()))?;
         let agent_token = settings.agent_token();
-        Ok(Fetcher { client, settings, agent_token, hosts: Mutex::new(HashMap::new()), counters: FetchCounters::default() })
+        Ok(Fetcher {
+            client,
+            settings,
+            agent_token,
+            hosts: Mutex::new(HashMap::new()),
+            counters: FetchCounters::default(),
+        })
     }
 
     /// The settings in force.
@@ -148,11 +160,16 @@ impl Fetcher {
             Ok(u) => {
                 return Fetched::failed(
                     ImageStatus::InvalidUrl,
-                    format!("unsupported URL scheme `{}` (only http and https)", u.scheme()),
+                    format!(
+                        "unsupported URL scheme `{}` (only http and https)",
+                        u.scheme()
+                    ),
                     None,
                 );
             }
-            Err(e) => return Fetched::failed(ImageStatus::InvalidUrl, format!("invalid URL: {e}"), None),
+            Err(e) => {
+                return Fetched::failed(ImageStatus::InvalidUrl, format!("invalid URL: {e}"), None);
+            }
         };
         let origin = parsed.origin().ascii_serialization();
         let host = self.host(&origin);
@@ -165,7 +182,11 @@ impl Fetcher {
         let mut attempt = 0;
         loop {
             let result = {
-                let _permit = host.permits.acquire().await.expect("semaphore never closed");
+                let _permit = host
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
                 self.pace(&host).await;
                 self.attempt(url).await
             };
@@ -178,10 +199,15 @@ impl Fetcher {
                 if attempt > 0 {
                     error = format!("{error} (after {} attempts)", attempt + 1);
                 }
-                return Fetched::Failed { status: e.status, error, http_status: e.http_status };
+                return Fetched::Failed {
+                    status: e.status,
+                    error,
+                    http_status: e.http_status,
+                };
             }
             let backoff = {
-                let cap = (self.settings.backoff_s * 2f64.powi(attempt as i32)).min(self.settings.max_backoff_s);
+                let cap = (self.settings.backoff_s * 2f64.powi(attempt as i32))
+                    .min(self.settings.max_backoff_s);
                 Duration::from_secs_f64(rand::rng().random_range(0.0..=cap.max(0.0)))
             };
             let wait = match e.retry_after {
@@ -214,20 +240,30 @@ impl Fetcher {
         if !status.is_success() {
             let retryable = matches!(code, 408 | 429 | 500 | 502 | 503 | 504);
             let retry_after = if matches!(code, 429 | 503) {
-                response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
+                response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after)
             } else {
                 None
             };
             return Err(AttemptError {
                 status: ImageStatus::HttpError,
-                error: format!("HTTP {code} {}", status.canonical_reason().unwrap_or("")).trim_end().to_string(),
+                error: format!("HTTP {code} {}", status.canonical_reason().unwrap_or(""))
+                    .trim_end()
+                    .to_string(),
                 http_status: Some(code),
                 retryable,
                 retry_after,
             });
         }
         if self.settings.x_robots_tag {
-            let values = response.headers().get_all("x-robots-tag").iter().filter_map(|v| v.to_str().ok());
+            let values = response
+                .headers()
+                .get_all("x-robots-tag")
+                .iter()
+                .filter_map(|v| v.to_str().ok());
             if let Some(why) = x_robots_tag_opt_out(values, &self.agent_token) {
                 return Ok(Fetched::failed(ImageStatus::OptedOut, why, Some(code)));
             }
@@ -246,7 +282,10 @@ impl Fetcher {
             ));
         }
         match read_body(response, max, announced, &self.counters.bytes).await {
-            Ok(bytes) => Ok(Fetched::Body { bytes, http_status: code }),
+            Ok(bytes) => Ok(Fetched::Body {
+                bytes,
+                http_status: code,
+            }),
             Err(BodyError::TooLarge(n)) => Ok(Fetched::failed(
                 ImageStatus::TooLarge,
                 format!("body passed max_bytes = {max} after {n} bytes (no Content-Length)"),
@@ -271,7 +310,11 @@ impl Fetcher {
         let url = format!("{origin}/robots.txt");
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let unreachable = |e: reqwest::Error| {
-            let status = if e.is_timeout() { ImageStatus::Timeout } else { ImageStatus::ConnectError };
+            let status = if e.is_timeout() {
+                ImageStatus::Timeout
+            } else {
+                ImageStatus::ConnectError
+            };
             (None, Vec::new(), status, error_chain(&e))
         };
         let (status, body, failure, why) = match self.client.get(&url).send().await {
@@ -281,7 +324,9 @@ impl Fetcher {
                     match read_body(resp, ROBOTS_MAX_BYTES, None, &self.counters.bytes).await {
                         Ok(b) => (Some(code), b, ImageStatus::Ok, String::new()),
                         // RFC 9309 §2.5 allows a size limit; an oversized file is ignored.
-                        Err(BodyError::TooLarge(_)) => (Some(404), Vec::new(), ImageStatus::Ok, String::new()),
+                        Err(BodyError::TooLarge(_)) => {
+                            (Some(404), Vec::new(), ImageStatus::Ok, String::new())
+                        }
                         Err(BodyError::Transport(e)) => unreachable(e),
                         Err(e) => (None, Vec::new(), ImageStatus::ConnectError, e.to_string()),
                     }
@@ -306,7 +351,9 @@ impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BodyError::TooLarge(n) => write!(f, "body over the limit after {n} bytes"),
-            BodyError::Truncated { got, expected } => write!(f, "closed after {got} of {expected} bytes"),
+            BodyError::Truncated { got, expected } => {
+                write!(f, "closed after {got} of {expected} bytes")
+            }
             BodyError::Transport(e) => write!(f, "{e}"),
         }
     }
@@ -342,7 +389,10 @@ async fn read_body(
         }
     }
     if let Some(expected) = announced.filter(|&e| (buf.len() as u64) < e) {
-        return Err(BodyError::Truncated { got: buf.len() as u64, expected });
+        return Err(BodyError::Truncated {
+            got: buf.len() as u64,
+            expected,
+        });
     }
     Ok(buf)
 }
@@ -358,7 +408,13 @@ fn classify(e: reqwest::Error) -> AttemptError {
     } else {
         (ImageStatus::ConnectError, true)
     };
-    AttemptError { status, error: error_chain(&e), http_status: None, retryable, retry_after: None }
+    AttemptError {
+        status,
+        error: error_chain(&e),
+        http_status: None,
+        retryable,
+        retry_after: None,
+    }
 }
 
 /// The error and its sources on one line ("error sending request: connection refused").
@@ -383,7 +439,10 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -393,10 +452,17 @@ mod tests {
     #[test]
     fn retry_after_accepts_seconds_and_dates() {
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
-        let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(100));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let future =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(100));
         let d = parse_retry_after(&future).unwrap();
-        assert!(d > Duration::from_secs(95) && d <= Duration::from_secs(100), "{d:?}");
+        assert!(
+            d > Duration::from_secs(95) && d <= Duration::from_secs(100),
+            "{d:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -10,8 +10,12 @@ use idforge_core::schema::ImageStatus;
 pub const OPT_OUT_DIRECTIVES: [&str; 5] = ["noai", "noimageai", "noindex", "noimageindex", "none"];
 
 /// Directives that carry a value after a colon and so must not be read as a user-agent scope.
-const VALUED_DIRECTIVES: [&str; 4] =
-    ["unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"];
+const VALUED_DIRECTIVES: [&str; 4] = [
+    "unavailable_after",
+    "max-snippet",
+    "max-image-preview",
+    "max-video-preview",
+];
 
 /// If the `X-Robots-Tag` header values opt out for `agent_token`, the offending value.
 pub fn x_robots_tag_opt_out<'a>(
@@ -30,7 +34,10 @@ pub fn x_robots_tag_opt_out<'a>(
             }
             None => (None, value),
         };
-        if scope.as_deref().is_some_and(|s| s != agent_token && s != "*") {
+        if scope
+            .as_deref()
+            .is_some_and(|s| s != agent_token && s != "*")
+        {
             continue;
         }
         let hit = directives
@@ -79,11 +86,15 @@ impl RobotsRules {
             Some(400..=499) => RobotsRules::AllowAll,
             Some(s) => RobotsRules::DisallowAll(
                 ImageStatus::HttpError,
-                format!("robots.txt answered HTTP {s}; not fetched (RFC 9309: assume complete disallow)"),
+                format!(
+                    "robots.txt answered HTTP {s}; not fetched (RFC 9309: assume complete disallow)"
+                ),
             ),
             None => RobotsRules::DisallowAll(
                 failure,
-                format!("robots.txt unreachable ({why}); not fetched (RFC 9309: assume complete disallow)"),
+                format!(
+                    "robots.txt unreachable ({why}); not fetched (RFC 9309: assume complete disallow)"
+                ),
             ),
         }
     }
@@ -94,7 +105,10 @@ impl RobotsRules {
             RobotsRules::AllowAll => None,
             RobotsRules::DisallowAll(status, why) => Some((*status, why.clone())),
             RobotsRules::Rules(r) => (!r.allowed(url)).then(|| {
-                (ImageStatus::OptedOut, "robots.txt disallows this path for our user agent".to_string())
+                (
+                    ImageStatus::OptedOut,
+                    "robots.txt disallows this path for our user agent".to_string(),
+                )
             }),
         }
     }
@@ -111,7 +125,10 @@ mod tests {
     #[test]
     fn unscoped_directives_apply_to_everyone() {
         assert_eq!(opt(&["noai"]).as_deref(), Some("X-Robots-Tag `noai`"));
-        assert_eq!(opt(&["nofollow, NoImageAI"]).as_deref(), Some("X-Robots-Tag `noimageai`"));
+        assert_eq!(
+            opt(&["nofollow, NoImageAI"]).as_deref(),
+            Some("X-Robots-Tag `noimageai`")
+        );
         assert!(opt(&["noindex"]).is_some() && opt(&["noimageindex"]).is_some());
         assert!(opt(&["none"]).is_some());
         assert_eq!(opt(&["nofollow", "noarchive"]), None);
@@ -120,7 +137,10 @@ mod tests {
 
     #[test]
     fn scoped_directives_apply_only_to_their_agent() {
-        assert_eq!(opt(&["idforge: noai"]).as_deref(), Some("X-Robots-Tag `idforge: noai`"));
+        assert_eq!(
+            opt(&["idforge: noai"]).as_deref(),
+            Some("X-Robots-Tag `idforge: noai`")
+        );
         assert!(opt(&["IDFORGE: noimageai, nofollow"]).is_some());
         assert_eq!(opt(&["googlebot: noindex"]), None);
         assert!(opt(&["googlebot: nofollow", "noai"]).is_some());
@@ -137,21 +157,40 @@ mod tests {
     fn robots_rules_follow_rfc_9309_status_handling() {
         let body = b"User-agent: *\nDisallow: /private/\n";
         let rules = |status, body: &[u8], agent| {
-            RobotsRules::from_response(status, body, agent, ImageStatus::ConnectError, "connection refused")
+            RobotsRules::from_response(
+                status,
+                body,
+                agent,
+                ImageStatus::ConnectError,
+                "connection refused",
+            )
         };
         let r = rules(Some(200), body, "idforge");
         assert_eq!(r.check("http://h/img/a.jpg"), None);
-        assert_eq!(r.check("http://h/private/a.jpg").unwrap().0, ImageStatus::OptedOut);
+        assert_eq!(
+            r.check("http://h/private/a.jpg").unwrap().0,
+            ImageStatus::OptedOut
+        );
         let r = rules(Some(404), b"", "idforge");
         assert_eq!(r.check("http://h/private/a.jpg"), None);
-        let (status, why) = rules(Some(503), b"", "idforge").check("http://h/a.jpg").unwrap();
+        let (status, why) = rules(Some(503), b"", "idforge")
+            .check("http://h/a.jpg")
+            .unwrap();
         assert_eq!(status, ImageStatus::HttpError);
         assert!(why.contains("HTTP 503"), "{why}");
         let (status, why) = rules(None, b"", "idforge").check("http://h/a.jpg").unwrap();
         assert_eq!(status, ImageStatus::ConnectError);
         assert!(why.contains("unreachable (connection refused)"), "{why}");
         let only_us = b"User-agent: idforge\nDisallow: /\n\nUser-agent: *\nAllow: /\n";
-        assert!(rules(Some(200), only_us, "idforge").check("http://h/a.jpg").is_some());
-        assert!(rules(Some(200), only_us, "otherbot").check("http://h/a.jpg").is_none());
+        assert!(
+            rules(Some(200), only_us, "idforge")
+                .check("http://h/a.jpg")
+                .is_some()
+        );
+        assert!(
+            rules(Some(200), only_us, "otherbot")
+                .check("http://h/a.jpg")
+                .is_none()
+        );
     }
 }

@@ -34,7 +34,12 @@ pub fn pillow_luma(img: &DynamicImage) -> (u32, u32, Vec<u8>) {
 /// The 32×32 Lanczos-resized grayscale image the hash is computed from.
 pub fn phash_input(img: &DynamicImage) -> [u8; SIDE * SIDE] {
     let (w, h, data) = pillow_luma(img);
-    let gray = Plane8 { width: w as usize, height: h as usize, channels: 1, data };
+    let gray = Plane8 {
+        width: w as usize,
+        height: h as usize,
+        channels: 1,
+        data,
+    };
     let small = resize(&gray, SIDE, SIDE, Filter::Lanczos);
     let mut out = [0u8; SIDE * SIDE];
     out.copy_from_slice(&small.data);
@@ -48,7 +53,8 @@ fn basis() -> &'static [[f64; SIDE]; LOW] {
         let mut b = [[0.0; SIDE]; LOW];
         for (k, row) in b.iter_mut().enumerate() {
             for (n, v) in row.iter_mut().enumerate() {
-                *v = (std::f64::consts::PI * k as f64 * (2 * n + 1) as f64 / (2 * SIDE) as f64).cos();
+                *v = (std::f64::consts::PI * k as f64 * (2 * n + 1) as f64 / (2 * SIDE) as f64)
+                    .cos();
             }
         }
         b
@@ -85,7 +91,11 @@ fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// The 64-bit perceptual hash of an image.
@@ -98,7 +108,8 @@ pub fn hash_from_input(pixels: &[u8; SIDE * SIDE]) -> u64 {
     let low = dct_low(pixels);
     let flat: Vec<f64> = low.iter().flatten().copied().collect();
     let med = median(&flat);
-    flat.iter().fold(0u64, |h, &c| (h << 1) | u64::from(c > med))
+    flat.iter()
+        .fold(0u64, |h, &c| (h << 1) | u64::from(c > med))
 }
 
 /// Number of differing bits.
@@ -134,10 +145,12 @@ mod tests {
 
     #[test]
     fn pillow_luma_uses_pillow_rounding() {
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(1, 1, image::Rgb([255, 0, 0])));
+        let img =
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(1, 1, image::Rgb([255, 0, 0])));
         // Pillow: Image.new("RGB", (1, 1), (255, 0, 0)).convert("L").getpixel((0, 0)) == 76
         assert_eq!(pillow_luma(&img).2, vec![76]);
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(1, 1, image::Rgb([0, 0, 255])));
+        let img =
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(1, 1, image::Rgb([0, 0, 255])));
         assert_eq!(pillow_luma(&img).2, vec![29]);
     }
 }

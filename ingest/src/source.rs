@@ -19,8 +19,9 @@ use crate::error::IngestError;
 
 /// File extensions a folder walk takes as images. Anything else is skipped (and counted),
 /// except `.txt` files next to an image, which are read as its caption.
-pub const IMAGE_EXTENSIONS: [&str; 11] =
-    ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "avif", "heic", "jfif"];
+pub const IMAGE_EXTENSIONS: [&str; 11] = [
+    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "avif", "heic", "jfif",
+];
 
 /// Layout of a URL list file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +106,10 @@ impl SourceSpec {
     /// A source given on the command line: a folder, or a list file whose format is guessed.
     pub fn from_cli(path: PathBuf) -> Self {
         if path.is_dir() {
-            SourceSpec::Folder { path, identity: FolderIdentity::Subfolder }
+            SourceSpec::Folder {
+                path,
+                identity: FolderIdentity::Subfolder,
+            }
         } else {
             SourceSpec::Urls {
                 path,
@@ -186,7 +190,13 @@ impl Inputs {
         let mut column_index: HashMap<String, usize> = HashMap::new();
         for spec in sources {
             let (raw, skipped) = match spec {
-                SourceSpec::Urls { path, format, url_column, identity_column, caption_column } => {
+                SourceSpec::Urls {
+                    path,
+                    format,
+                    url_column,
+                    identity_column,
+                    caption_column,
+                } => {
                     let format = match format.or_else(|| ListFormat::from_path(path)) {
                         Some(f) => f,
                         None => {
@@ -197,7 +207,11 @@ impl Inputs {
                             ));
                         }
                     };
-                    let cols = Columns { url: url_column, identity: identity_column, caption: caption_column };
+                    let cols = Columns {
+                        url: url_column,
+                        identity: identity_column,
+                        caption: caption_column,
+                    };
                     (read_list(path, format, &cols)?, 0)
                 }
                 SourceSpec::Folder { path, identity } => read_folder(path, *identity)?,
@@ -252,7 +266,10 @@ impl RowBuilder<'_> {
         if !has(self.cols.url) {
             return Err(IngestError::source(
                 self.path,
-                format!("no `{}` column (columns: {listing}); set `url_column`", self.cols.url),
+                format!(
+                    "no `{}` column (columns: {listing}); set `url_column`",
+                    self.cols.url
+                ),
             ));
         }
         if !self.cols.identity.is_empty() && !has(self.cols.identity) {
@@ -281,7 +298,11 @@ impl RowBuilder<'_> {
     }
 
     /// `line` is 1-based, for messages.
-    fn build(&self, line: usize, fields: Vec<(String, Option<String>)>) -> Result<RawRow, IngestError> {
+    fn build(
+        &self,
+        line: usize,
+        fields: Vec<(String, Option<String>)>,
+    ) -> Result<RawRow, IngestError> {
         let mut url = None;
         let mut identity = None;
         let mut caption = None;
@@ -301,8 +322,20 @@ impl RowBuilder<'_> {
         let source = url.ok_or_else(|| {
             IngestError::source(self.path, format!("row {line}: empty `{}`", self.cols.url))
         })?;
-        let origin = if source.contains("://") { Origin::Url } else { Origin::File };
-        Ok(RawRow { source, origin, identity, caption, extra })
+        let (source, origin) = if source.contains("://") {
+            (source, Origin::Url)
+        } else {
+            // A local path in a list is relative to the list's folder, not the working directory.
+            let base = self.path.parent().unwrap_or(Path::new(""));
+            (base.join(&source).display().to_string(), Origin::File)
+        };
+        Ok(RawRow {
+            source,
+            origin,
+            identity,
+            caption,
+            extra,
+        })
     }
 }
 
@@ -312,7 +345,11 @@ fn read_list(path: &Path, format: ListFormat, cols: &Columns) -> Result<Vec<RawR
     let mut rows = Vec::new();
     match format {
         ListFormat::Csv | ListFormat::Tsv => {
-            let delimiter = if format == ListFormat::Csv { b',' } else { b'\t' };
+            let delimiter = if format == ListFormat::Csv {
+                b','
+            } else {
+                b'\t'
+            };
             let mut reader = csv::ReaderBuilder::new()
                 .delimiter(delimiter)
                 .flexible(false)
@@ -366,10 +403,16 @@ fn read_list(path: &Path, format: ListFormat, cols: &Columns) -> Result<Vec<RawR
         ListFormat::Parquet => {
             let builder = ParquetRecordBatchReaderBuilder::try_new(open()?)
                 .map_err(|e| IngestError::source(path, e.to_string()))?;
-            let header: Vec<String> =
-                builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+            let header: Vec<String> = builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
             b.check_header(&header)?;
-            let reader = builder.build().map_err(|e| IngestError::source(path, e.to_string()))?;
+            let reader = builder
+                .build()
+                .map_err(|e| IngestError::source(path, e.to_string()))?;
             let opts = FormatOptions::default();
             let mut line = 0;
             for batch in reader {
@@ -413,18 +456,30 @@ fn read_folder(root: &Path, identity: FolderIdentity) -> Result<(Vec<RawRow>, u6
     }
     let mut rows = Vec::new();
     let mut skipped = 0;
-    let walker = walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name();
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name();
     for entry in walker {
         let entry = entry.map_err(|e| IngestError::source(root, e.to_string()))?;
         if !entry.file_type().is_file() {
             continue;
         }
         let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        if rel.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.')) {
+        if rel
+            .components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+        {
             continue;
         }
-        let ext = entry.path().extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-        if !ext.as_deref().is_some_and(|e| IMAGE_EXTENSIONS.contains(&e)) {
+        let ext = entry
+            .path()
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        if !ext
+            .as_deref()
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e))
+        {
             if ext.as_deref() != Some("txt") {
                 skipped += 1;
             }
@@ -456,7 +511,15 @@ fn read_folder(root: &Path, identity: FolderIdentity) -> Result<(Vec<RawRow>, u6
 pub fn resolve_sources(sources: Vec<SourceSpec>, base: &Path) -> Vec<SourceSpec> {
     sources
         .into_iter()
-        .map(|s| s.with_path(|p| if p.is_absolute() { p.to_path_buf() } else { base.join(p) }))
+        .map(|s| {
+            s.with_path(|p| {
+                if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    base.join(p)
+                }
+            })
+        })
         .collect()
 }
 
@@ -482,15 +545,41 @@ mod tests {
         let r: Vec<_> = inputs
             .rows
             .iter()
-            .map(|r| (r.row_id, r.source.as_str(), r.identity.as_deref(), r.caption.as_deref(), r.extra.clone()))
+            .map(|r| {
+                (
+                    r.row_id,
+                    r.source.as_str(),
+                    r.identity.as_deref(),
+                    r.caption.as_deref(),
+                    r.extra.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             r,
             vec![
-                (0, "http://h/1.jpg", Some("ann"), Some("a smile"), vec![Some("cc-by".into()), None]),
+                (
+                    0,
+                    "http://h/1.jpg",
+                    Some("ann"),
+                    Some("a smile"),
+                    vec![Some("cc-by".into()), None]
+                ),
                 (1, "http://h/2.jpg", Some("bob"), None, vec![None, None]),
-                (2, "http://h/3.jpg", Some("ann"), None, vec![Some("cc0".into()), None]),
-                (3, "http://h/4.jpg", Some("cy"), None, vec![None, Some("0.5".into())]),
+                (
+                    2,
+                    "http://h/3.jpg",
+                    Some("ann"),
+                    None,
+                    vec![Some("cc0".into()), None]
+                ),
+                (
+                    3,
+                    "http://h/4.jpg",
+                    Some("cy"),
+                    None,
+                    vec![None, Some("0.5".into())]
+                ),
                 (4, "http://h/5.jpg", None, None, vec![None, None]),
             ]
         );
@@ -502,13 +591,30 @@ mod tests {
         let csv = dir.path().join("a.csv");
         std::fs::write(&csv, "link,identity\nhttp://h/1.jpg,ann\n").unwrap();
         let e = Inputs::read(&[urls(csv.clone())]).unwrap_err().to_string();
-        assert!(e.contains("no `url` column (columns: link, identity); set `url_column`"), "{e}");
+        assert!(
+            e.contains("no `url` column (columns: link, identity); set `url_column`"),
+            "{e}"
+        );
         std::fs::write(&csv, "url\nhttp://h/1.jpg\n").unwrap();
         let e = Inputs::read(&[urls(csv.clone())]).unwrap_err().to_string();
         assert!(e.contains("identity_column"), "{e}");
         std::fs::write(&csv, "url,identity,status\nhttp://h/1.jpg,a,x\n").unwrap();
         let e = Inputs::read(&[urls(csv)]).unwrap_err().to_string();
         assert!(e.contains("collide"), "{e}");
+    }
+
+    #[test]
+    fn local_paths_in_a_list_are_relative_to_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("a.csv");
+        std::fs::write(&csv, "url,identity\nphotos/1.jpg,ann\n/abs/2.jpg,bob\n").unwrap();
+        let inputs = Inputs::read(&[urls(csv)]).unwrap();
+        assert_eq!(
+            inputs.rows[0].source,
+            dir.path().join("photos/1.jpg").display().to_string()
+        );
+        assert_eq!(inputs.rows[1].source, "/abs/2.jpg");
+        assert!(inputs.rows.iter().all(|r| r.origin == Origin::File));
     }
 
     #[test]
@@ -535,24 +641,42 @@ mod tests {
         std::fs::create_dir_all(root.join("ann/nested")).unwrap();
         std::fs::create_dir_all(root.join("bob")).unwrap();
         std::fs::create_dir_all(root.join(".hidden")).unwrap();
-        for f in ["ann/1.jpg", "ann/nested/2.PNG", "bob/3.webp", "loose.jpg", ".hidden/x.jpg", "bob/notes.md"] {
+        for f in [
+            "ann/1.jpg",
+            "ann/nested/2.PNG",
+            "bob/3.webp",
+            "loose.jpg",
+            ".hidden/x.jpg",
+            "bob/notes.md",
+        ] {
             std::fs::write(root.join(f), b"x").unwrap();
         }
         std::fs::write(root.join("ann/1.txt"), "a woman smiling\n").unwrap();
-        let spec = SourceSpec::Folder { path: root.to_path_buf(), identity: FolderIdentity::Subfolder };
+        let spec = SourceSpec::Folder {
+            path: root.to_path_buf(),
+            identity: FolderIdentity::Subfolder,
+        };
         let inputs = Inputs::read(&[spec]).unwrap();
         let got: Vec<_> = inputs
             .rows
             .iter()
             .map(|r| {
-                let rel = Path::new(&r.source).strip_prefix(root).unwrap().display().to_string();
+                let rel = Path::new(&r.source)
+                    .strip_prefix(root)
+                    .unwrap()
+                    .display()
+                    .to_string();
                 (rel, r.identity.clone(), r.caption.clone())
             })
             .collect();
         assert_eq!(
             got,
             vec![
-                ("ann/1.jpg".into(), Some("ann".into()), Some("a woman smiling".into())),
+                (
+                    "ann/1.jpg".into(),
+                    Some("ann".into()),
+                    Some("a woman smiling".into())
+                ),
                 ("ann/nested/2.PNG".into(), Some("ann".into()), None),
                 ("bob/3.webp".into(), Some("bob".into()), None),
                 ("loose.jpg".into(), None, None),

@@ -39,8 +39,8 @@ pub struct IngestStage {
     store: Store,
     /// Prefix that turns a store-relative path into the `store_path` column value.
     store_prefix: String,
-    fetcher: Arc<Fetcher>,
-    pool: Arc<rayon::ThreadPool>,
+    fetcher: Fetcher,
+    pool: rayon::ThreadPool,
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -58,7 +58,10 @@ impl InputsFingerprint {
             text.push_str(r.identity.as_deref().unwrap_or(""));
             text.push('\n');
         }
-        InputsFingerprint { rows: inputs.rows.len(), sha256: idforge_core::hash::sha256_hex(text.as_bytes()) }
+        InputsFingerprint {
+            rows: inputs.rows.len(),
+            sha256: idforge_core::hash::sha256_hex(text.as_bytes()),
+        }
     }
 }
 
@@ -74,10 +77,18 @@ impl IngestStage {
             return Err(IngestError::Settings("shards must be at least 1".into()));
         }
         let inputs = Inputs::read(&settings.sources)?;
-        let store_root = settings.store.clone().unwrap_or_else(|| run_root.join("ingest").join("store"));
+        let store_root = settings
+            .store
+            .clone()
+            .unwrap_or_else(|| run_root.join("ingest").join("store"));
         let store_prefix = match store_root.strip_prefix(run_root) {
             Ok(rel) => format!("{}/", rel.display()),
-            Err(_) => format!("{}/", std::path::absolute(&store_root).unwrap_or(store_root.clone()).display()),
+            Err(_) => format!(
+                "{}/",
+                std::path::absolute(&store_root)
+                    .unwrap_or(store_root.clone())
+                    .display()
+            ),
         };
         let threads = if settings.decode_threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -89,8 +100,15 @@ impl IngestStage {
             .thread_name(|i| format!("ingest-decode-{i}"))
             .build()
             .map_err(|e| IngestError::Settings(e.to_string()))?;
-        let fetcher = Arc::new(Fetcher::new(settings.fetch.clone())?);
-        Ok(IngestStage { settings, inputs, store: Store::new(store_root), store_prefix, fetcher, pool: Arc::new(pool) })
+        let fetcher = Fetcher::new(settings.fetch.clone())?;
+        Ok(IngestStage {
+            settings,
+            inputs,
+            store: Store::new(store_root),
+            store_prefix,
+            fetcher,
+            pool,
+        })
     }
 
     /// The input rows read from the sources.
@@ -123,7 +141,11 @@ impl IngestStage {
         Ok(write_json(&path, &now)?)
     }
 
-    async fn process(&self, row: InputRow, journal: &Arc<Journal>) -> Result<ImageRow, IngestError> {
+    async fn process(
+        &self,
+        row: InputRow,
+        journal: &Arc<Journal>,
+    ) -> Result<ImageRow, IngestError> {
         let mut out = ImageRow::pending(row.row_id, row.source.clone(), row.identity.clone());
         out.caption = row.caption;
         out.extra = row.extra;
@@ -133,7 +155,11 @@ impl IngestStage {
                     out.http_status = Some(http_status);
                     Some(bytes)
                 }
-                Fetched::Failed { status, error, http_status } => {
+                Fetched::Failed {
+                    status,
+                    error,
+                    http_status,
+                } => {
                     out.status = status;
                     out.error = Some(error);
                     out.http_status = http_status;
@@ -145,7 +171,11 @@ impl IngestStage {
             Origin::File => None,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (journal, store, prefix) = (journal.clone(), self.store.clone(), self.store_prefix.clone());
+        let (journal, store, prefix) = (
+            journal.clone(),
+            self.store.clone(),
+            self.store_prefix.clone(),
+        );
         let (max_pixels, max_bytes) = (self.settings.max_pixels, self.settings.fetch.max_bytes);
         self.pool.spawn(move || {
             let result = (|| {
@@ -162,7 +192,13 @@ impl IngestStage {
                     Ok(bytes) => {
                         out.bytes = Some(bytes.len() as u64);
                         match inspect(&bytes, max_pixels) {
-                            Inspected::Image { image_id, width, height, format, phash } => {
+                            Inspected::Image {
+                                image_id,
+                                width,
+                                height,
+                                format,
+                                phash,
+                            } => {
                                 let rel = Store::relative_path(&image_id, format);
                                 out.store_path = Some(format!("{prefix}{}", rel.display()));
                                 stored = Some((image_id.clone(), format, bytes));
@@ -172,7 +208,11 @@ impl IngestStage {
                                 out.format = Some(format.to_string());
                                 out.phash = Some(phash);
                             }
-                            Inspected::Rejected { image_id, status, error } => {
+                            Inspected::Rejected {
+                                image_id,
+                                status,
+                                error,
+                            } => {
                                 out.image_id = Some(image_id);
                                 out.status = status;
                                 out.error = Some(error);
@@ -186,7 +226,10 @@ impl IngestStage {
                 journal.append(&out)?;
                 if let Some((sha, ext, bytes)) = stored {
                     store.put(&sha, ext, &bytes).map_err(|e| {
-                        idforge_core::CoreError::io(store.root().join(Store::relative_path(&sha, ext)), e)
+                        idforge_core::CoreError::io(
+                            store.root().join(Store::relative_path(&sha, ext)),
+                            e,
+                        )
                     })?;
                 }
                 Ok(out)
@@ -199,10 +242,18 @@ impl IngestStage {
 
 /// Reads a local file; a missing or oversized file is a row status, not a run error.
 fn read_local(path: &Path, max_bytes: u64) -> Result<Vec<u8>, (ImageStatus, String)> {
-    let unreadable = |e: std::io::Error| (ImageStatus::ReadError, format!("cannot read {}: {e}", path.display()));
+    let unreadable = |e: std::io::Error| {
+        (
+            ImageStatus::ReadError,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    };
     let len = std::fs::metadata(path).map_err(unreadable)?.len();
     if len > max_bytes {
-        return Err((ImageStatus::TooLarge, format!("file is {len} bytes, over max_bytes = {max_bytes}")));
+        return Err((
+            ImageStatus::TooLarge,
+            format!("file is {len} bytes, over max_bytes = {max_bytes}"),
+        ));
     }
     std::fs::read(path).map_err(unreadable)
 }
@@ -219,7 +270,12 @@ impl Journal {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).at(parent)?;
         }
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(path).at(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .at(path)?;
         let mut done = HashMap::new();
         let mut good_len = 0u64;
         let mut reader = BufReader::new(&mut file);
@@ -241,7 +297,13 @@ impl Journal {
         drop(reader);
         file.set_len(good_len).at(path)?;
         file.seek(std::io::SeekFrom::End(0)).at(path)?;
-        Ok((Journal { path: path.to_path_buf(), file: Mutex::new(file) }, done))
+        Ok((
+            Journal {
+                path: path.to_path_buf(),
+                file: Mutex::new(file),
+            },
+            done,
+        ))
     }
 
     fn append(&self, row: &ImageRow) -> Result<(), IngestError> {
@@ -253,9 +315,15 @@ impl Journal {
 }
 
 fn stats_of(rows: &[ImageRow]) -> StageStats {
-    let mut stats = StageStats { rows: rows.len() as u64, ..Default::default() };
+    let mut stats = StageStats {
+        rows: rows.len() as u64,
+        ..Default::default()
+    };
     for r in rows {
-        *stats.counts.entry(r.status.as_str().to_string()).or_default() += 1;
+        *stats
+            .counts
+            .entry(r.status.as_str().to_string())
+            .or_default() += 1;
     }
     stats
 }
@@ -282,21 +350,35 @@ impl Stage for IngestStage {
         let journal = Arc::new(journal);
         done.retain(|id, row| {
             let stored = match (&row.image_id, &row.format) {
-                (Some(sha), Some(ext)) if row.status == ImageStatus::Ok => {
-                    self.store.root().join(Store::relative_path(sha, ext)).is_file()
-                }
+                (Some(sha), Some(ext)) if row.status == ImageStatus::Ok => self
+                    .store
+                    .root()
+                    .join(Store::relative_path(sha, ext))
+                    .is_file(),
                 _ => true,
             };
             range.contains(&(*id as usize)) && stored
         });
-        let todo: Vec<InputRow> =
-            self.inputs.rows[range.clone()].iter().filter(|r| !done.contains_key(&r.row_id)).cloned().collect();
+        let todo: Vec<InputRow> = self.inputs.rows[range.clone()]
+            .iter()
+            .filter(|r| !done.contains_key(&r.row_id))
+            .cloned()
+            .collect();
         let progress = Progress::new(format!("ingest shard {shard}"), range.len() as u64);
         progress.inc(done.len() as u64);
         let before = (
-            self.fetcher.counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
-            self.fetcher.counters.requests.load(std::sync::atomic::Ordering::Relaxed),
-            self.fetcher.counters.retries.load(std::sync::atomic::Ordering::Relaxed),
+            self.fetcher
+                .counters
+                .bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.fetcher
+                .counters
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.fetcher
+                .counters
+                .retries
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -306,8 +388,9 @@ impl Stage for IngestStage {
             .at(dir.path())?;
         let concurrency = self.settings.fetch.concurrency;
         runtime.block_on(async {
-            let mut results =
-                futures_util::stream::iter(todo).map(|row| self.process(row, &journal)).buffer_unordered(concurrency);
+            let mut results = futures_util::stream::iter(todo)
+                .map(|row| self.process(row, &journal))
+                .buffer_unordered(concurrency);
             while let Some(row) = results.next().await {
                 let row = row?;
                 done.insert(row.row_id, row);
@@ -318,19 +401,33 @@ impl Stage for IngestStage {
         progress.finish();
         let mut rows: Vec<ImageRow> = done.into_values().collect();
         rows.sort_by_key(|r| r.row_id);
-        let table = ImagesTable { extra_columns: self.inputs.extra_columns.clone(), rows };
+        let table = ImagesTable {
+            extra_columns: self.inputs.extra_columns.clone(),
+            rows,
+        };
         table.write(&dir.shard_file(shard, "images.parquet"))?;
         let mut stats = stats_of(&table.rows);
         let c = &self.fetcher.counters;
-        let delta = |now: &std::sync::atomic::AtomicU64, then: u64| (now.load(std::sync::atomic::Ordering::Relaxed) - then) as f64;
-        stats.extra.insert("bytes_fetched".into(), delta(&c.bytes, before.0));
-        stats.extra.insert("http_requests".into(), delta(&c.requests, before.1));
-        stats.extra.insert("http_retries".into(), delta(&c.retries, before.2));
+        let delta = |now: &std::sync::atomic::AtomicU64, then: u64| {
+            (now.load(std::sync::atomic::Ordering::Relaxed) - then) as f64
+        };
+        stats
+            .extra
+            .insert("bytes_fetched".into(), delta(&c.bytes, before.0));
+        stats
+            .extra
+            .insert("http_requests".into(), delta(&c.requests, before.1));
+        stats
+            .extra
+            .insert("http_retries".into(), delta(&c.retries, before.2));
         Ok(stats)
     }
 
     fn finalize(&self, dir: &StageDir, shards: &[Shard]) -> Result<StageStats, IngestError> {
-        let mut table = ImagesTable { extra_columns: self.inputs.extra_columns.clone(), rows: Vec::new() };
+        let mut table = ImagesTable {
+            extra_columns: self.inputs.extra_columns.clone(),
+            rows: Vec::new(),
+        };
         let mut extra = StageStats::default();
         for &shard in shards {
             let part = ImagesTable::read(&dir.shard_file(shard, "images.parquet"))?;
@@ -347,9 +444,16 @@ impl Stage for IngestStage {
         let mut stats = stats_of(&table.rows);
         stats.seconds = extra.seconds;
         stats.extra = extra.extra;
-        stats.extra.insert("exact_duplicates".into(), counts.exact_duplicates as f64);
-        stats.extra.insert("near_duplicates".into(), counts.near_duplicates as f64);
-        stats.extra.insert("skipped_non_image_files".into(), self.inputs.skipped_files as f64);
+        stats
+            .extra
+            .insert("exact_duplicates".into(), counts.exact_duplicates as f64);
+        stats
+            .extra
+            .insert("near_duplicates".into(), counts.near_duplicates as f64);
+        stats.extra.insert(
+            "skipped_non_image_files".into(),
+            self.inputs.skipped_files as f64,
+        );
         Ok(stats)
     }
 }

@@ -36,7 +36,12 @@ impl Store {
         }
         let dir = path.parent().expect("objects live in a sub-folder");
         std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{}.tmp-{}-{:?}", &sha[2..], std::process::id(), std::thread::current().id()));
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}-{:?}",
+            &sha[2..],
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, &path)?;
         Ok(rel)

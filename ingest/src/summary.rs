@@ -9,7 +9,10 @@ use idforge_core::schema::{ImageStatus, ImagesTable};
 pub fn summarize(table: &ImagesTable) -> String {
     let mut s = String::new();
     let rows = &table.rows;
-    let ok: Vec<_> = rows.iter().filter(|r| r.status == ImageStatus::Ok).collect();
+    let ok: Vec<_> = rows
+        .iter()
+        .filter(|r| r.status == ImageStatus::Ok)
+        .collect();
     let _ = writeln!(s, "{} rows, {} ok", rows.len(), ok.len());
     let _ = writeln!(s, "  {:<20} {:>7}  example reason", "status", "rows");
     for (status, n) in table.status_counts() {
@@ -50,12 +53,18 @@ pub fn summarize(table: &ImagesTable) -> String {
     if !ok.is_empty() {
         let mut formats: BTreeMap<&str, usize> = BTreeMap::new();
         for r in &ok {
-            *formats.entry(r.format.as_deref().unwrap_or("?")).or_default() += 1;
+            *formats
+                .entry(r.format.as_deref().unwrap_or("?"))
+                .or_default() += 1;
         }
         let list: Vec<String> = formats.iter().map(|(f, n)| format!("{f} {n}")).collect();
         let _ = writeln!(s, "formats: {}", list.join(", "));
-        let short = |r: &&idforge_core::schema::ImageRow| r.width.unwrap_or(0).min(r.height.unwrap_or(0));
-        let (min, max) = (ok.iter().map(short).min().unwrap_or(0), ok.iter().map(short).max().unwrap_or(0));
+        let short =
+            |r: &&idforge_core::schema::ImageRow| r.width.unwrap_or(0).min(r.height.unwrap_or(0));
+        let (min, max) = (
+            ok.iter().map(short).min().unwrap_or(0),
+            ok.iter().map(short).max().unwrap_or(0),
+        );
         let at_512 = ok.iter().filter(|r| short(r) >= 512).count();
         let bytes: u64 = ok.iter().filter_map(|r| r.bytes).sum();
         let _ = writeln!(
@@ -69,5 +78,9 @@ pub fn summarize(table: &ImagesTable) -> String {
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
 }

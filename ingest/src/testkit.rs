@@ -74,29 +74,36 @@ impl FixtureServer {
         let addr = std_listener.local_addr()?;
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let st = state.clone();
-        let thread = std::thread::Builder::new().name("fixture-server".into()).spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("fixture server runtime");
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                loop {
-                    tokio::select! {
-                        _ = &mut rx => break,
-                        accepted = listener.accept() => {
-                            if let Ok((sock, _)) = accepted {
-                                let st = st.clone();
-                                tokio::spawn(async move { let _ = serve(sock, st).await; });
+        let thread = std::thread::Builder::new()
+            .name("fixture-server".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("fixture server runtime");
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(std_listener).expect("listener");
+                    loop {
+                        tokio::select! {
+                            _ = &mut rx => break,
+                            accepted = listener.accept() => {
+                                if let Ok((sock, _)) = accepted {
+                                    let st = st.clone();
+                                    tokio::spawn(async move { let _ = serve(sock, st).await; });
+                                }
                             }
                         }
                     }
-                }
-            });
-            rt.shutdown_timeout(Duration::from_millis(100));
-        })?;
-        Ok(FixtureServer { addr, state, shutdown: Some(tx), thread: Some(thread) })
+                });
+                rt.shutdown_timeout(Duration::from_millis(100));
+            })?;
+        Ok(FixtureServer {
+            addr,
+            state,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// `http://127.0.0.1:<port><path>`.
@@ -106,7 +113,13 @@ impl FixtureServer {
 
     /// Requests received for `path` (query string excluded).
     pub fn hits(&self, path: &str) -> usize {
-        self.state.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests received in all.
@@ -164,7 +177,11 @@ async fn serve(sock: TcpStream, state: Arc<State>) -> std::io::Result<()> {
                 close = true;
             }
         }
-        let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let target = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_string();
         let path = target.split('?').next().unwrap_or("/").to_string();
         let n = state.hit(&path);
         let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -179,7 +196,12 @@ async fn serve(sock: TcpStream, state: Arc<State>) -> std::io::Result<()> {
     }
 }
 
-async fn send(sock: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
+async fn send(
+    sock: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
     let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -191,15 +213,34 @@ async fn send(sock: &mut TcpStream, status: &str, headers: &[(&str, String)], bo
 }
 
 /// Answers one request; returns whether the connection may be reused.
-async fn respond(sock: &mut TcpStream, state: &State, path: &str, hit: usize) -> std::io::Result<bool> {
+async fn respond(
+    sock: &mut TcpStream,
+    state: &State,
+    path: &str,
+    hit: usize,
+) -> std::io::Result<bool> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let image = |name: &str| state.images.get(name).cloned();
     match parts.as_slice() {
         ["robots.txt"] => {
-            send(sock, "200 OK", &[("Content-Type", "text/plain".into())], b"User-agent: *\nDisallow: /private/\n").await?;
+            send(
+                sock,
+                "200 OK",
+                &[("Content-Type", "text/plain".into())],
+                b"User-agent: *\nDisallow: /private/\n",
+            )
+            .await?;
         }
         ["img" | "private", name] => match image(name) {
-            Some(b) => send(sock, "200 OK", &[("Content-Type", content_type(name).into())], &b).await?,
+            Some(b) => {
+                send(
+                    sock,
+                    "200 OK",
+                    &[("Content-Type", content_type(name).into())],
+                    &b,
+                )
+                .await?
+            }
             None => send(sock, "404 Not Found", &[], b"").await?,
         },
         ["status", code] => {
@@ -209,27 +250,57 @@ async fn respond(sock: &mut TcpStream, state: &State, path: &str, hit: usize) ->
         }
         ["retry", n, secs, name] => {
             if hit <= n.parse().unwrap_or(0) {
-                send(sock, "429 Too Many Requests", &[("Retry-After", secs.to_string())], b"").await?;
+                send(
+                    sock,
+                    "429 Too Many Requests",
+                    &[("Retry-After", secs.to_string())],
+                    b"",
+                )
+                .await?;
             } else if let Some(b) = image(name) {
-                send(sock, "200 OK", &[("Content-Type", content_type(name).into())], &b).await?;
+                send(
+                    sock,
+                    "200 OK",
+                    &[("Content-Type", content_type(name).into())],
+                    &b,
+                )
+                .await?;
             }
         }
         ["flaky", n, name] => {
             if hit <= n.parse().unwrap_or(0) {
                 send(sock, "503 Service Unavailable", &[], b"").await?;
             } else if let Some(b) = image(name) {
-                send(sock, "200 OK", &[("Content-Type", content_type(name).into())], &b).await?;
+                send(
+                    sock,
+                    "200 OK",
+                    &[("Content-Type", content_type(name).into())],
+                    &b,
+                )
+                .await?;
             }
         }
         ["slow", ms, name] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(100))).await;
             if let Some(b) = image(name) {
-                send(sock, "200 OK", &[("Content-Type", content_type(name).into())], &b).await?;
+                send(
+                    sock,
+                    "200 OK",
+                    &[("Content-Type", content_type(name).into())],
+                    &b,
+                )
+                .await?;
             }
         }
         ["drip", ms, name] => {
-            let Some(b) = image(name) else { return Ok(false) };
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n", content_type(name), b.len());
+            let Some(b) = image(name) else {
+                return Ok(false);
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                content_type(name),
+                b.len()
+            );
             sock.write_all(head.as_bytes()).await?;
             let pause = Duration::from_millis(ms.parse().unwrap_or(100));
             for byte in b {
@@ -239,8 +310,14 @@ async fn respond(sock: &mut TcpStream, state: &State, path: &str, hit: usize) ->
             return Ok(false);
         }
         ["truncated", name] => {
-            let Some(b) = image(name) else { return Ok(false) };
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n", content_type(name), b.len());
+            let Some(b) = image(name) else {
+                return Ok(false);
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                content_type(name),
+                b.len()
+            );
             sock.write_all(head.as_bytes()).await?;
             sock.write_all(&b[..b.len() / 2]).await?;
             sock.flush().await?;
@@ -248,16 +325,30 @@ async fn respond(sock: &mut TcpStream, state: &State, path: &str, hit: usize) ->
         }
         ["wrong-type", name] => {
             if let Some(b) = image(name) {
-                send(sock, "200 OK", &[("Content-Type", "text/html; charset=utf-8".into())], &b).await?;
+                send(
+                    sock,
+                    "200 OK",
+                    &[("Content-Type", "text/html; charset=utf-8".into())],
+                    &b,
+                )
+                .await?;
             }
         }
         ["not-image"] => {
             let html = b"<!doctype html><html><body>This is not the image you are looking for</body></html>";
-            send(sock, "200 OK", &[("Content-Type", "image/jpeg".into())], html).await?;
+            send(
+                sock,
+                "200 OK",
+                &[("Content-Type", "image/jpeg".into())],
+                html,
+            )
+            .await?;
         }
         ["oversized", len] => {
             let len: usize = len.parse().unwrap_or(1 << 20);
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {len}\r\n\r\n");
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {len}\r\n\r\n"
+            );
             sock.write_all(head.as_bytes()).await?;
             let chunk = vec![0xFFu8; 64 * 1024];
             let mut sent = 0;
@@ -287,8 +378,24 @@ async fn respond(sock: &mut TcpStream, state: &State, path: &str, hit: usize) ->
             sock.write_all(b"0\r\n\r\n").await?;
         }
         ["loop"] => send(sock, "302 Found", &[("Location", "/loop".into())], b"").await?,
-        ["redirect", name] => send(sock, "302 Found", &[("Location", format!("/img/{name}"))], b"").await?,
-        ["bomb.png"] => send(sock, "200 OK", &[("Content-Type", "image/png".into())], bomb_png()).await?,
+        ["redirect", name] => {
+            send(
+                sock,
+                "302 Found",
+                &[("Location", format!("/img/{name}"))],
+                b"",
+            )
+            .await?
+        }
+        ["bomb.png"] => {
+            send(
+                sock,
+                "200 OK",
+                &[("Content-Type", "image/png".into())],
+                bomb_png(),
+            )
+            .await?
+        }
         [tag @ ("noai" | "scoped-noai" | "other-bot-noai"), name] => {
             let value = match *tag {
                 "noai" => "noai",
@@ -296,7 +403,10 @@ async fn respond(sock: &mut TcpStream, state: &State, path: &str, hit: usize) ->
                 _ => "otherbot: noai",
             };
             if let Some(b) = image(name) {
-                let headers = [("Content-Type", content_type(name).to_string()), ("X-Robots-Tag", value.to_string())];
+                let headers = [
+                    ("Content-Type", content_type(name).to_string()),
+                    ("X-Robots-Tag", value.to_string()),
+                ];
                 send(sock, "200 OK", &headers, &b).await?;
             }
         }
@@ -306,7 +416,10 @@ async fn respond(sock: &mut TcpStream, state: &State, path: &str, hit: usize) ->
 }
 
 fn reqwest_reason(code: u16) -> &'static str {
-    reqwest::StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).unwrap_or("Status")
+    reqwest::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Status")
 }
 
 /// A real decompression bomb: a valid 1-bit grayscale PNG of 32768×32768 zero pixels (1 Gpx,
@@ -350,7 +463,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -373,7 +490,11 @@ mod flate2_like {
         }
 
         pub fn finish(self) -> std::io::Result<()> {
-            let mut bits = BitWriter { out: self.out, acc: 0, n: 0 };
+            let mut bits = BitWriter {
+                out: self.out,
+                acc: 0,
+                n: 0,
+            };
             bits.out.extend_from_slice(&[0x78, 0x01]);
             bits.put(1, 1); // BFINAL
             bits.put(1, 2); // BTYPE = 01 fixed Huffman
@@ -463,22 +584,34 @@ mod flate2_like {
 pub fn synthetic_jpeg(w: u32, h: u32, seed: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         let v = x.wrapping_mul(7 + seed) ^ y.wrapping_mul(13 + seed * 3);
-        image::Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, (v % 251) as u8])
+        image::Rgb([
+            (x * 255 / w.max(1)) as u8,
+            (y * 255 / h.max(1)) as u8,
+            (v % 251) as u8,
+        ])
     });
     let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&img).unwrap();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(&img)
+        .unwrap();
     out
 }
 
 /// The face-api demo photographs from the asset cache, or an error telling how to fetch them.
 pub fn demo_photos() -> Result<Vec<(String, Vec<u8>)>, String> {
     let dir = idforge_core::cache::face_api_dir_if_fetched()
-        .ok_or_else(|| format!("{} is missing: run tools/fetch-assets (make test does)", idforge_core::cache::face_api_dir().display()))?
+        .ok_or_else(|| {
+            format!(
+                "{} is missing: run tools/fetch-assets (make test does)",
+                idforge_core::cache::face_api_dir().display()
+            )
+        })?
         .join("demo");
     let mut out = Vec::new();
     for i in 1..=6 {
         let name = format!("sample{i}.jpg");
-        let bytes = std::fs::read(dir.join(&name)).map_err(|e| format!("{}: {e}", dir.join(&name).display()))?;
+        let bytes = std::fs::read(dir.join(&name))
+            .map_err(|e| format!("{}: {e}", dir.join(&name).display()))?;
         out.push((name, bytes));
     }
     let _ = std::io::stderr().flush();

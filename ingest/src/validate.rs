@@ -48,7 +48,11 @@ pub fn inspect(bytes: &[u8], max_pixels: u64) -> Inspected {
                 DecodeError::TooManyPixels { .. } => ImageStatus::TooLarge,
                 _ => ImageStatus::DecodeError,
             };
-            Inspected::Rejected { image_id, status, error: e.to_string() }
+            Inspected::Rejected {
+                image_id,
+                status,
+                error: e.to_string(),
+            }
         }
     }
 }

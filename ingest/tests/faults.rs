@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use idforge_core::Shard;
 use idforge_core::run::{RunDir, ShardSelection, run_stage};
 use idforge_core::schema::{ImageRow, ImageStatus, ImagesTable};
-use idforge_core::Shard;
 use idforge_ingest::testkit::{FixtureServer, synthetic_jpeg};
 use idforge_ingest::{IngestSettings, IngestStage, SourceSpec};
 
@@ -16,11 +16,22 @@ fn server() -> FixtureServer {
     let mut images: Vec<(String, Vec<u8>)> = "abcdefg"
         .chars()
         .enumerate()
-        .map(|(i, c)| (format!("{c}.jpg"), synthetic_jpeg(320, 240, i as u32 * 5 + 1)))
+        .map(|(i, c)| {
+            (
+                format!("{c}.jpg"),
+                synthetic_jpeg(320, 240, i as u32 * 5 + 1),
+            )
+        })
         .collect();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phash");
-    images.push(("h.png".into(), std::fs::read(fixtures.join("sample1_160.png")).unwrap()));
-    images.push(("h_q.png".into(), std::fs::read(fixtures.join("sample1_160_q40.png")).unwrap()));
+    images.push((
+        "h.png".into(),
+        std::fs::read(fixtures.join("sample1_160.png")).unwrap(),
+    ));
+    images.push((
+        "h_q.png".into(),
+        std::fs::read(fixtures.join("sample1_160_q40.png")).unwrap(),
+    ));
     FixtureServer::start(images).unwrap()
 }
 
@@ -37,7 +48,11 @@ fn test_settings(list: &Path) -> IngestSettings {
 }
 
 /// Writes a CSV of (url, identity) rows and ingests it; returns the merged table.
-fn ingest(dir: &Path, rows: &[(String, &str)], tweak: impl FnOnce(&mut IngestSettings)) -> ImagesTable {
+fn ingest(
+    dir: &Path,
+    rows: &[(String, &str)],
+    tweak: impl FnOnce(&mut IngestSettings),
+) -> ImagesTable {
     let list = dir.join("urls.csv");
     let mut csv = String::from("url,identity\n");
     for (url, id) in rows {
@@ -54,7 +69,10 @@ fn ingest(dir: &Path, rows: &[(String, &str)], tweak: impl FnOnce(&mut IngestSet
 }
 
 fn find<'a>(t: &'a ImagesTable, url: &str) -> &'a ImageRow {
-    t.rows.iter().find(|r| r.source == url).unwrap_or_else(|| panic!("no row for {url}"))
+    t.rows
+        .iter()
+        .find(|r| r.source == url)
+        .unwrap_or_else(|| panic!("no row for {url}"))
 }
 
 #[track_caller]
@@ -62,7 +80,11 @@ fn expect(t: &ImagesTable, url: &str, status: ImageStatus, error: Option<&str>, 
     let r = find(t, url);
     assert_eq!(r.status, status, "{url}: {:?}", r.error);
     match error {
-        Some(e) => assert!(r.error.as_deref().is_some_and(|got| got.contains(e)), "{url}: error {:?} lacks {e:?}", r.error),
+        Some(e) => assert!(
+            r.error.as_deref().is_some_and(|got| got.contains(e)),
+            "{url}: error {:?} lacks {e:?}",
+            r.error
+        ),
         None => assert_eq!(r.error, None, "{url}"),
     }
     assert_eq!(r.http_status, http, "{url}");
@@ -115,52 +137,197 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
     use ImageStatus::*;
     expect(&t, &u("/img/a.jpg"), Ok, None, Some(200));
     let a = find(&t, &u("/img/a.jpg"));
-    assert_eq!((a.width, a.height, a.format.as_deref()), (Some(320), Some(240), Some("jpg")));
-    let stored = tmp.path().join("runs/t").join(a.store_path.as_ref().unwrap());
-    assert_eq!(idforge_core::hash::sha256_hex(&std::fs::read(stored).unwrap()), *a.image_id.as_ref().unwrap());
+    assert_eq!(
+        (a.width, a.height, a.format.as_deref()),
+        (Some(320), Some(240), Some("jpg"))
+    );
+    let stored = tmp
+        .path()
+        .join("runs/t")
+        .join(a.store_path.as_ref().unwrap());
+    assert_eq!(
+        idforge_core::hash::sha256_hex(&std::fs::read(stored).unwrap()),
+        *a.image_id.as_ref().unwrap()
+    );
 
-    expect(&t, &u("/status/404"), HttpError, Some("HTTP 404 Not Found"), Some(404));
+    expect(
+        &t,
+        &u("/status/404"),
+        HttpError,
+        Some("HTTP 404 Not Found"),
+        Some(404),
+    );
     assert_eq!(srv.hits("/status/404"), 1, "a 404 is not retried");
-    expect(&t, &u("/status/500"), HttpError, Some("HTTP 500 Internal Server Error (after 3 attempts)"), Some(500));
+    expect(
+        &t,
+        &u("/status/500"),
+        HttpError,
+        Some("HTTP 500 Internal Server Error (after 3 attempts)"),
+        Some(500),
+    );
     assert_eq!(srv.hits("/status/500"), 3);
     expect(&t, &u("/retry/2/1/b.jpg"), Ok, None, Some(200));
     assert_eq!(srv.hits("/retry/2/1/b.jpg"), 3);
-    assert!(elapsed >= Duration::from_secs(2), "Retry-After: 1 was honoured twice ({elapsed:?})");
-    expect(&t, &u("/retry/1/3600/a.jpg"), HttpError, Some("Retry-After of 3600s is longer than max_retry_after_s = 120"), Some(429));
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "Retry-After: 1 was honoured twice ({elapsed:?})"
+    );
+    expect(
+        &t,
+        &u("/retry/1/3600/a.jpg"),
+        HttpError,
+        Some("Retry-After of 3600s is longer than max_retry_after_s = 120"),
+        Some(429),
+    );
     assert_eq!(srv.hits("/retry/1/3600/a.jpg"), 1);
     expect(&t, &u("/flaky/2/f.jpg"), Ok, None, Some(200));
     assert_eq!(srv.hits("/flaky/2/f.jpg"), 3);
-    expect(&t, &u("/drip/100/a.jpg"), Timeout, Some("(after 3 attempts)"), Some(200));
-    expect(&t, &u("/truncated/a.jpg"), Truncated, Some("connection closed after"), Some(200));
+    expect(
+        &t,
+        &u("/drip/100/a.jpg"),
+        Timeout,
+        Some("(after 3 attempts)"),
+        Some(200),
+    );
+    expect(
+        &t,
+        &u("/truncated/a.jpg"),
+        Truncated,
+        Some("connection closed after"),
+        Some(200),
+    );
     expect(&t, &u("/wrong-type/c.jpg"), Ok, None, Some(200));
-    assert_eq!(find(&t, &u("/wrong-type/c.jpg")).format.as_deref(), Some("jpg"), "format comes from the bytes");
-    expect(&t, &u("/not-image"), NotImage, Some("no known image signature"), Some(200));
-    expect(&t, &u("/oversized/20000000"), TooLarge, Some("Content-Length 20000000 is over max_bytes = 5000000"), Some(200));
-    expect(&t, &u("/oversized-chunked/20000000"), TooLarge, Some("body passed max_bytes = 5000000"), Some(200));
+    assert_eq!(
+        find(&t, &u("/wrong-type/c.jpg")).format.as_deref(),
+        Some("jpg"),
+        "format comes from the bytes"
+    );
+    expect(
+        &t,
+        &u("/not-image"),
+        NotImage,
+        Some("no known image signature"),
+        Some(200),
+    );
+    expect(
+        &t,
+        &u("/oversized/20000000"),
+        TooLarge,
+        Some("Content-Length 20000000 is over max_bytes = 5000000"),
+        Some(200),
+    );
+    expect(
+        &t,
+        &u("/oversized-chunked/20000000"),
+        TooLarge,
+        Some("body passed max_bytes = 5000000"),
+        Some(200),
+    );
     expect(&t, &u("/loop"), TooManyRedirects, Some("redirect"), None);
-    assert_eq!(srv.hits("/loop"), 4, "the first request and three redirects");
+    assert_eq!(
+        srv.hits("/loop"),
+        4,
+        "the first request and three redirects"
+    );
     expect(&t, &u("/redirect/d.jpg"), Ok, None, Some(200));
-    expect(&t, &u("/bomb.png"), TooLarge, Some("32768×32768 = 1073741824 pixels is over the limit"), Some(200));
-    expect(&t, &u("/noai/a.jpg"), OptedOut, Some("X-Robots-Tag `noai`"), Some(200));
-    expect(&t, &u("/scoped-noai/a.jpg"), OptedOut, Some("X-Robots-Tag `idforge: noimageai`"), Some(200));
+    expect(
+        &t,
+        &u("/bomb.png"),
+        TooLarge,
+        Some("32768×32768 = 1073741824 pixels is over the limit"),
+        Some(200),
+    );
+    expect(
+        &t,
+        &u("/noai/a.jpg"),
+        OptedOut,
+        Some("X-Robots-Tag `noai`"),
+        Some(200),
+    );
+    expect(
+        &t,
+        &u("/scoped-noai/a.jpg"),
+        OptedOut,
+        Some("X-Robots-Tag `idforge: noimageai`"),
+        Some(200),
+    );
     expect(&t, &u("/other-bot-noai/e.jpg"), Ok, None, Some(200));
-    expect(&t, &u("/private/a.jpg"), OptedOut, Some("robots.txt disallows this path"), None);
-    assert_eq!(srv.hits("/private/a.jpg"), 0, "a disallowed path is never requested");
-    assert_eq!(srv.hits("/robots.txt"), 1, "robots.txt is fetched once per host");
-    expect(&t, "ftp://example.invalid/a.jpg", InvalidUrl, Some("unsupported URL scheme `ftp`"), None);
-    expect(&t, &refused, ConnectError, Some("robots.txt unreachable"), None);
+    expect(
+        &t,
+        &u("/private/a.jpg"),
+        OptedOut,
+        Some("robots.txt disallows this path"),
+        None,
+    );
+    assert_eq!(
+        srv.hits("/private/a.jpg"),
+        0,
+        "a disallowed path is never requested"
+    );
+    assert_eq!(
+        srv.hits("/robots.txt"),
+        1,
+        "robots.txt is fetched once per host"
+    );
+    expect(
+        &t,
+        "ftp://example.invalid/a.jpg",
+        InvalidUrl,
+        Some("unsupported URL scheme `ftp`"),
+        None,
+    );
+    expect(
+        &t,
+        &refused,
+        ConnectError,
+        Some("robots.txt unreachable"),
+        None,
+    );
 
     let a_id = a.row_id;
-    expect(&t, &u("/img/a.jpg?copy=1"), Duplicate, Some(&format!("same bytes as row {a_id}")), Some(200));
-    expect(&t, &u("/img/g.jpg"), Conflict, Some("also labelled `bob`"), Some(200));
-    expect(&t, &u("/img/g.jpg?again"), Conflict, Some("labelled `ann`, not `bob`"), Some(200));
+    expect(
+        &t,
+        &u("/img/a.jpg?copy=1"),
+        Duplicate,
+        Some(&format!("same bytes as row {a_id}")),
+        Some(200),
+    );
+    expect(
+        &t,
+        &u("/img/g.jpg"),
+        Conflict,
+        Some("also labelled `bob`"),
+        Some(200),
+    );
+    expect(
+        &t,
+        &u("/img/g.jpg?again"),
+        Conflict,
+        Some("labelled `ann`, not `bob`"),
+        Some(200),
+    );
     let h = find(&t, &u("/img/h.png"));
     assert_eq!(h.status, Ok);
     let hq = find(&t, &u("/img/h_q.png"));
-    assert_eq!((hq.status, hq.duplicate_of), (Duplicate, Some(h.row_id)), "{:?}", hq.error);
-    assert!(hq.error.as_deref().unwrap().starts_with("near-duplicate of row"), "{:?}", hq.error);
+    assert_eq!(
+        (hq.status, hq.duplicate_of),
+        (Duplicate, Some(h.row_id)),
+        "{:?}",
+        hq.error
+    );
+    assert!(
+        hq.error
+            .as_deref()
+            .unwrap()
+            .starts_with("near-duplicate of row"),
+        "{:?}",
+        hq.error
+    );
 
-    let stats = RunDir::new(tmp.path().join("runs"), "t").stage("ingest").final_stats().unwrap();
+    let stats = RunDir::new(tmp.path().join("runs"), "t")
+        .stage("ingest")
+        .final_stats()
+        .unwrap();
     assert_eq!(stats.rows, rows.len() as u64);
     assert_eq!(stats.counts["ok"], 7);
     assert_eq!(stats.counts["conflict"], 2);
@@ -172,12 +339,19 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
 fn opt_outs_are_fetched_only_when_switched_off() {
     let srv = server();
     let tmp = tempfile::tempdir().unwrap();
-    let rows = vec![(srv.url("/private/a.jpg"), "ann"), (srv.url("/noai/b.jpg"), "ann")];
+    let rows = vec![
+        (srv.url("/private/a.jpg"), "ann"),
+        (srv.url("/noai/b.jpg"), "ann"),
+    ];
     let t = ingest(tmp.path(), &rows, |s| {
         s.fetch.robots_txt = false;
         s.fetch.x_robots_tag = false;
     });
-    assert!(t.rows.iter().all(|r| r.status == ImageStatus::Ok), "{:?}", t.rows);
+    assert!(
+        t.rows.iter().all(|r| r.status == ImageStatus::Ok),
+        "{:?}",
+        t.rows
+    );
     assert_eq!(srv.hits("/robots.txt"), 0);
 }
 
@@ -185,32 +359,47 @@ fn opt_outs_are_fetched_only_when_switched_off() {
 fn per_host_concurrency_and_rate_are_respected() {
     let srv = server();
     let tmp = tempfile::tempdir().unwrap();
-    let rows: Vec<_> = (0..8).map(|i| (srv.url(&format!("/slow/200/a.jpg?{i}")), "ann")).collect();
+    let rows: Vec<_> = (0..8)
+        .map(|i| (srv.url(&format!("/slow/200/a.jpg?{i}")), "ann"))
+        .collect();
     let start = Instant::now();
     ingest(tmp.path(), &rows, |s| {
         s.fetch.per_host_concurrency = 2;
         s.fetch.robots_txt = false;
     });
     assert_eq!(srv.max_in_flight(), 2);
-    assert!(start.elapsed() >= Duration::from_millis(800), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        start.elapsed()
+    );
 
     let srv = server();
     let tmp = tempfile::tempdir().unwrap();
-    let rows: Vec<_> = (0..11).map(|i| (srv.url(&format!("/img/a.jpg?{i}")), "ann")).collect();
+    let rows: Vec<_> = (0..11)
+        .map(|i| (srv.url(&format!("/img/a.jpg?{i}")), "ann"))
+        .collect();
     let start = Instant::now();
     ingest(tmp.path(), &rows, |s| {
         s.fetch.per_host_rate = 20.0;
         s.fetch.robots_txt = false;
     });
     // 11 requests at 20/s: the last one starts 0.5 s after the first.
-    assert!(start.elapsed() >= Duration::from_millis(500), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
 fn shards_run_separately_merge_into_the_same_table_as_one_run() {
     let srv = server();
     let tmp = tempfile::tempdir().unwrap();
-    let urls: Vec<String> = ["a", "b", "c", "d", "a", "e", "f"].iter().map(|c| srv.url(&format!("/img/{c}.jpg"))).collect();
+    let urls: Vec<String> = ["a", "b", "c", "d", "a", "e", "f"]
+        .iter()
+        .map(|c| srv.url(&format!("/img/{c}.jpg")))
+        .collect();
     // The list as Parquet, with an extra column carried through.
     let list = tmp.path().join("urls.parquet");
     {
@@ -220,7 +409,10 @@ fn shards_run_separately_merge_into_the_same_table_as_one_run() {
         let batch = RecordBatch::try_from_iter([
             ("url", Arc::new(StringArray::from(urls.clone())) as _),
             ("identity", Arc::new(StringArray::from(ids)) as _),
-            ("votes", Arc::new(Int64Array::from_iter_values(0..urls.len() as i64)) as _),
+            (
+                "votes",
+                Arc::new(Int64Array::from_iter_values(0..urls.len() as i64)) as _,
+            ),
         ])
         .unwrap();
         let file = std::fs::File::create(&list).unwrap();
@@ -245,11 +437,26 @@ fn shards_run_separately_merge_into_the_same_table_as_one_run() {
     run_stage(&stage, &single, ShardSelection::All(1)).unwrap();
     let whole = ImagesTable::read(&single.stage("ingest").path().join("images.parquet")).unwrap();
     let key = |t: &ImagesTable| -> Vec<_> {
-        t.rows.iter().map(|r| (r.row_id, r.status, r.image_id.clone(), r.duplicate_of, r.extra.clone())).collect()
+        t.rows
+            .iter()
+            .map(|r| {
+                (
+                    r.row_id,
+                    r.status,
+                    r.image_id.clone(),
+                    r.duplicate_of,
+                    r.extra.clone(),
+                )
+            })
+            .collect()
     };
     assert_eq!(key(&sharded), key(&whole));
     assert_eq!(sharded.extra_columns, vec!["votes"]);
-    assert_eq!(sharded.rows[4].status, ImageStatus::Duplicate, "dedup runs across shards");
+    assert_eq!(
+        sharded.rows[4].status,
+        ImageStatus::Duplicate,
+        "dedup runs across shards"
+    );
     assert_eq!(sharded.rows[6].extra, vec![Some("6".to_string())]);
 
     // A re-run with everything complete does nothing and fetches nothing.
@@ -266,7 +473,11 @@ fn folder_sources_read_files_with_the_same_validation() {
     std::fs::create_dir_all(root.join("ann")).unwrap();
     std::fs::create_dir_all(root.join("bob")).unwrap();
     std::fs::write(root.join("ann/1.jpg"), synthetic_jpeg(640, 480, 1)).unwrap();
-    std::fs::write(root.join("ann/broken.jpg"), &synthetic_jpeg(640, 480, 2)[..3000]).unwrap();
+    std::fs::write(
+        root.join("ann/broken.jpg"),
+        &synthetic_jpeg(640, 480, 2)[..3000],
+    )
+    .unwrap();
     std::fs::write(root.join("bob/2.png"), b"definitely not a png").unwrap();
     let mut settings = IngestSettings::default();
     settings.sources = vec![SourceSpec::from_cli(root.clone())];
@@ -274,10 +485,18 @@ fn folder_sources_read_files_with_the_same_validation() {
     let stage = IngestStage::new(settings, run.root()).unwrap();
     run_stage(&stage, &run, ShardSelection::All(1)).unwrap();
     let t = ImagesTable::read(&run.stage("ingest").path().join("images.parquet")).unwrap();
-    let got: Vec<_> = t.rows.iter().map(|r| (r.identity.as_deref().unwrap(), r.status, r.width)).collect();
+    let got: Vec<_> = t
+        .rows
+        .iter()
+        .map(|r| (r.identity.as_deref().unwrap(), r.status, r.width))
+        .collect();
     assert_eq!(
         got,
-        vec![("ann", ImageStatus::Ok, Some(640)), ("ann", ImageStatus::DecodeError, None), ("bob", ImageStatus::NotImage, None)]
+        vec![
+            ("ann", ImageStatus::Ok, Some(640)),
+            ("ann", ImageStatus::DecodeError, None),
+            ("bob", ImageStatus::NotImage, None)
+        ]
     );
     assert_eq!(t.rows[0].http_status, None);
 }

@@ -21,17 +21,31 @@ fn reference() -> serde_json::Value {
 
 fn load(path: &Path) -> image::DynamicImage {
     let bytes = std::fs::read(path).unwrap();
-    idforge_core::image_io::decode(&bytes, u64::MAX).unwrap().image
+    idforge_core::image_io::decode(&bytes, u64::MAX)
+        .unwrap()
+        .image
 }
 
 #[test]
 fn dct_block_matches_scipy_on_identical_pixels() {
     let r = reference();
-    let want: Vec<f64> = r["dct8x8"]["sample1_160.png"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let want: Vec<f64> = r["dct8x8"]["sample1_160.png"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let img = load(&fixtures().join("sample1_160.png"));
-    let got: Vec<f64> = dct_low(&phash_input(&img)).iter().flatten().copied().collect();
+    let got: Vec<f64> = dct_low(&phash_input(&img))
+        .iter()
+        .flatten()
+        .copied()
+        .collect();
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!((g - w).abs() <= 1e-6 * want[0].abs(), "coefficient {i}: {g} vs {w}");
+        assert!(
+            (g - w).abs() <= 1e-6 * want[0].abs(),
+            "coefficient {i}: {g} vs {w}"
+        );
     }
 }
 
@@ -50,12 +64,21 @@ fn hashes_equal_imagehash_on_png_fixtures() {
 #[test]
 fn hashes_of_demo_jpegs_are_within_two_bits_of_imagehash() {
     let r = reference();
-    let dir = idforge_core::cache::face_api_dir_if_fetched().expect("run tools/fetch-assets (make test does)");
+    let dir = idforge_core::cache::face_api_dir_if_fetched()
+        .expect("run tools/fetch-assets (make test does)");
     for (name, want) in r["hashes"].as_object().unwrap() {
-        let Some(file) = name.strip_prefix("demo/") else { continue };
+        let Some(file) = name.strip_prefix("demo/") else {
+            continue;
+        };
         let want = u64::from_str_radix(want.as_str().unwrap(), 16).unwrap();
         let got = phash(&load(&dir.join("demo").join(file)));
-        assert!(hamming(got, want) <= 2, "{name}: {} vs {} ({} bits)", to_hex(got), to_hex(want), hamming(got, want));
+        assert!(
+            hamming(got, want) <= 2,
+            "{name}: {} vs {} ({} bits)",
+            to_hex(got),
+            to_hex(want),
+            hamming(got, want)
+        );
     }
 }
 

@@ -34,7 +34,10 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
     let want: f32 = row.iter().zip(&col).map(|(x, y)| x * y).sum();
     let got: f32 = c.slice([0..1, 0..1]).into_scalar();
     let rel = ((got - want) / want.abs().max(1.0)).abs();
-    anyhow::ensure!(rel < 1e-3, "matmul result is wrong: c[0,0] = {got}, expected {want}");
+    anyhow::ensure!(
+        rel < 1e-3,
+        "matmul result is wrong: c[0,0] = {got}, expected {want}"
+    );
     Backend::sync(&device)?;
     let start = Instant::now();
     for _ in 0..args.reps {
@@ -44,6 +47,9 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
     let secs = start.elapsed().as_secs_f64() / args.reps.max(1) as f64;
     let gflops = 2.0 * (n as f64).powi(3) / secs / 1e9;
     println!("backend: {}", Backend::name(&device));
-    println!("matmul {n}×{n}×{n}: {:.2} ms, {gflops:.1} GFLOP/s (f32), c[0,0] within {rel:.1e} of the reference", secs * 1e3);
+    println!(
+        "matmul {n}×{n}×{n}: {:.2} ms, {gflops:.1} GFLOP/s (f32), c[0,0] within {rel:.1e} of the reference",
+        secs * 1e3
+    );
     Ok(ExitCode::SUCCESS)
 }

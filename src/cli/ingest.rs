@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use idforge_core::Shard;
 use idforge_core::recipe::Recipe;
 use idforge_core::run::{RunDir, ShardSelection, run_stage};
 use idforge_core::schema::ImagesTable;
-use idforge_core::Shard;
 use idforge_ingest::source::resolve_sources;
 use idforge_ingest::{IngestSettings, IngestStage, SourceSpec};
 
@@ -110,7 +110,9 @@ fn resolve(args: IngestArgs) -> anyhow::Result<Resolved> {
         settings.sources = resolve_sources(std::mem::take(&mut settings.sources), &r.base_dir());
         settings.store = settings.store.map(|s| r.resolve(&s));
     }
-    settings.sources.extend(args.sources.into_iter().map(SourceSpec::from_cli));
+    settings
+        .sources
+        .extend(args.sources.into_iter().map(SourceSpec::from_cli));
     let name = match (args.name, &recipe) {
         (Some(n), _) => n,
         (None, Some(r)) => r.name.clone(),
@@ -161,7 +163,12 @@ fn resolve(args: IngestArgs) -> anyhow::Result<Resolved> {
         }
         None => ShardSelection::All(settings.shards),
     };
-    Ok(Resolved { name, runs_dir, settings, selection })
+    Ok(Resolved {
+        name,
+        runs_dir,
+        settings,
+        selection,
+    })
 }
 
 pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
@@ -176,17 +183,29 @@ pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         stage.inputs().rows.len(),
         stage.settings().sources.len(),
         run.stage("ingest").path().display(),
-        if f.robots_txt { "" } else { " [robots.txt ignored]" },
-        if f.x_robots_tag { "" } else { " [X-Robots-Tag ignored]" },
+        if f.robots_txt {
+            ""
+        } else {
+            " [robots.txt ignored]"
+        },
+        if f.x_robots_tag {
+            ""
+        } else {
+            " [X-Robots-Tag ignored]"
+        },
     );
-    let report = run_stage(&stage, &run, r.selection).with_context(|| format!("running ingest for `{}`", r.name))?;
+    let report = run_stage(&stage, &run, r.selection)
+        .with_context(|| format!("running ingest for `{}`", r.name))?;
     if !report.skipped.is_empty() {
         let list: Vec<String> = report.skipped.iter().map(|s| s.to_string()).collect();
         eprintln!("already complete, skipped: shard {}", list.join(", "));
     }
     if report.merged.is_none() {
         let list: Vec<String> = report.waiting_for.iter().map(|s| s.to_string()).collect();
-        println!("shard done; the table is merged when the remaining shards finish: {}", list.join(", "));
+        println!(
+            "shard done; the table is merged when the remaining shards finish: {}",
+            list.join(", ")
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let table_path = run.stage("ingest").path().join("images.parquet");

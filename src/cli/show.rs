@@ -18,18 +18,31 @@ pub struct ShowArgs {
 }
 
 pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let file = if args.path.is_dir() { args.path.join("ingest").join("images.parquet") } else { args.path.clone() };
+    let file = if args.path.is_dir() {
+        args.path.join("ingest").join("images.parquet")
+    } else {
+        args.path.clone()
+    };
     if !file.is_file() {
-        bail!("{} not found: give an images.parquet file or a run folder whose ingest stage has finished", file.display());
+        bail!(
+            "{} not found: give an images.parquet file or a run folder whose ingest stage has finished",
+            file.display()
+        );
     }
     let table = ImagesTable::read(&file).with_context(|| format!("reading {}", file.display()))?;
     println!("{}", file.display());
     print!("{}", idforge_ingest::summary::summarize(&table));
     if args.rows > 0 {
         let batch = table.to_batch().slice(0, args.rows.min(table.rows.len()));
-        let cols = ["row_id", "identity", "status", "width", "height", "format", "source", "error"];
-        let projected = batch.project(&cols.map(|c| batch.schema().index_of(c).expect("fixed column")))?;
-        println!("{}", arrow::util::pretty::pretty_format_batches(&[projected])?);
+        let cols = [
+            "row_id", "identity", "status", "width", "height", "format", "source", "error",
+        ];
+        let projected =
+            batch.project(&cols.map(|c| batch.schema().index_of(c).expect("fixed column")))?;
+        println!(
+            "{}",
+            arrow::util::pretty::pretty_format_batches(&[projected])?
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

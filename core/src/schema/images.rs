@@ -224,7 +224,11 @@ pub fn images_schema(extra_columns: &[String]) -> SchemaRef {
         Field::new("fetched_at", ts, true),
         Field::new("duplicate_of", DataType::UInt64, true),
     ];
-    fields.extend(extra_columns.iter().map(|c| Field::new(c, DataType::Utf8, true)));
+    fields.extend(
+        extra_columns
+            .iter()
+            .map(|c| Field::new(c, DataType::Utf8, true)),
+    );
     Arc::new(Schema::new(fields))
 }
 
@@ -253,8 +257,11 @@ impl ImagesTable {
         let mut store_path = StringBuilder::new();
         let mut fetched_at = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut duplicate_of = UInt64Builder::with_capacity(n);
-        let mut extra: Vec<StringBuilder> =
-            self.extra_columns.iter().map(|_| StringBuilder::new()).collect();
+        let mut extra: Vec<StringBuilder> = self
+            .extra_columns
+            .iter()
+            .map(|_| StringBuilder::new())
+            .collect();
         for r in &self.rows {
             row_id.append_value(r.row_id);
             image_id.append_option(r.image_id.as_deref());
@@ -294,7 +301,11 @@ impl ImagesTable {
             Arc::new(fetched_at.finish()),
             Arc::new(duplicate_of.finish()),
         ];
-        columns.extend(extra.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
+        columns.extend(
+            extra
+                .into_iter()
+                .map(|mut b| Arc::new(b.finish()) as ArrayRef),
+        );
         RecordBatch::try_new(self.schema(), columns).expect("images columns match their schema")
     }
 
@@ -328,9 +339,27 @@ impl ImagesTable {
         let mut rows = Vec::new();
         for batch in batches {
             let col = |name: &str| batch.column_by_name(name).expect("schema checked above");
-            let u64s = |name: &str| col(name).as_any().downcast_ref::<UInt64Array>().unwrap().clone();
-            let u32s = |name: &str| col(name).as_any().downcast_ref::<UInt32Array>().unwrap().clone();
-            let strs = |name: &str| col(name).as_any().downcast_ref::<StringArray>().unwrap().clone();
+            let u64s = |name: &str| {
+                col(name)
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .unwrap()
+                    .clone()
+            };
+            let u32s = |name: &str| {
+                col(name)
+                    .as_any()
+                    .downcast_ref::<UInt32Array>()
+                    .unwrap()
+                    .clone()
+            };
+            let strs = |name: &str| {
+                col(name)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone()
+            };
             let row_id = u64s("row_id");
             let image_id = strs("image_id");
             let identity = strs("identity");
@@ -338,8 +367,11 @@ impl ImagesTable {
             let caption = strs("caption");
             let status = strs("status");
             let error = strs("error");
-            let http_status =
-                col("http_status").as_any().downcast_ref::<UInt16Array>().unwrap().clone();
+            let http_status = col("http_status")
+                .as_any()
+                .downcast_ref::<UInt16Array>()
+                .unwrap()
+                .clone();
             let width = u32s("width");
             let height = u32s("height");
             let format = strs("format");
@@ -384,7 +416,10 @@ impl ImagesTable {
                 });
             }
         }
-        Ok(ImagesTable { extra_columns, rows })
+        Ok(ImagesTable {
+            extra_columns,
+            rows,
+        })
     }
 
     /// Reads an `images` Parquet file, checking its schema version.
@@ -404,7 +439,10 @@ impl ImagesTable {
         for r in &self.rows {
             *counts.entry(r.status).or_default() += 1;
         }
-        ImageStatus::ALL.iter().map(|s| (*s, counts.get(s).copied().unwrap_or(0))).collect()
+        ImageStatus::ALL
+            .iter()
+            .map(|s| (*s, counts.get(s).copied().unwrap_or(0)))
+            .collect()
     }
 }
 
@@ -429,7 +467,10 @@ mod tests {
         bad.error = Some("HTTP 404 Not Found".into());
         bad.http_status = Some(404);
         bad.extra = vec![None];
-        ImagesTable { extra_columns: vec!["license".into()], rows: vec![ok, bad] }
+        ImagesTable {
+            extra_columns: vec!["license".into()],
+            rows: vec![ok, bad],
+        }
     }
 
     #[test]

@@ -5,4 +5,4 @@
 
 pub mod images;
 
-pub use images::{ImageRow, ImageStatus, ImagesTable, IMAGES_SCHEMA_VERSION, IMAGES_TABLE};
+pub use images::{IMAGES_SCHEMA_VERSION, IMAGES_TABLE, ImageRow, ImageStatus, ImagesTable};
