@@ -59,8 +59,10 @@ fn main() {
         csv.push_str(&format!("{u},id{}\n", i % 10));
     }
     std::fs::write(&list, csv).unwrap();
-    let mut settings = IngestSettings::default();
-    settings.sources = vec![SourceSpec::from_cli(list)];
+    let mut settings = IngestSettings {
+        sources: vec![SourceSpec::from_cli(list)],
+        ..Default::default()
+    };
     settings.fetch.concurrency = 64;
     settings.fetch.per_host_concurrency = 64;
     let run = RunDir::new(tmp.path().join("runs"), "bench");

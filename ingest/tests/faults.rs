@@ -36,8 +36,10 @@ fn server() -> FixtureServer {
 }
 
 fn test_settings(list: &Path) -> IngestSettings {
-    let mut s = IngestSettings::default();
-    s.sources = vec![SourceSpec::from_cli(list.to_path_buf())];
+    let mut s = IngestSettings {
+        sources: vec![SourceSpec::from_cli(list.to_path_buf())],
+        ..Default::default()
+    };
     s.fetch.retries = 2;
     s.fetch.backoff_s = 0.01;
     s.fetch.timeout_s = 1.5;
@@ -479,8 +481,10 @@ fn folder_sources_read_files_with_the_same_validation() {
     )
     .unwrap();
     std::fs::write(root.join("bob/2.png"), b"definitely not a png").unwrap();
-    let mut settings = IngestSettings::default();
-    settings.sources = vec![SourceSpec::from_cli(root.clone())];
+    let settings = IngestSettings {
+        sources: vec![SourceSpec::from_cli(root.clone())],
+        ..Default::default()
+    };
     let run = RunDir::new(tmp.path().join("runs"), "f");
     let stage = IngestStage::new(settings, run.root()).unwrap();
     run_stage(&stage, &run, ShardSelection::All(1)).unwrap();

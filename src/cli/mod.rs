@@ -21,6 +21,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Fetch or read images from URL lists and folders into the `images` table and the store.
     Ingest(ingest::IngestArgs),

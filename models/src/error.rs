@@ -1,0 +1,49 @@
+//! Errors of weight loading, each naming the file and the tensor.
+
+use std::path::PathBuf;
+
+/// What can go wrong loading a network's weights.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// A weight file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A manifest or weight file is malformed.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The network expects a tensor the file does not have.
+    #[error(
+        "{path}: no tensor `{name}` (the file has {available} tensors; is it the right model?)"
+    )]
+    MissingTensor {
+        /// The weight file or manifest.
+        path: PathBuf,
+        /// The tensor asked for.
+        name: String,
+        /// How many tensors the file has.
+        available: usize,
+    },
+    /// A tensor has another shape than the network expects.
+    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected}")]
+    Shape {
+        /// The weight file or manifest.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// Its shape in the file.
+        found: Vec<usize>,
+        /// What was expected, in words.
+        expected: String,
+    },
+}
