@@ -6,10 +6,12 @@ use std::time::Instant;
 use burn::tensor::{Distribution, Tensor};
 use clap::Args;
 
+/// The tensor backend of this build: `flex` on the CPU, CUDA with the `cuda` feature.
 #[cfg(not(feature = "cuda"))]
-type Backend = burn::backend::Flex;
+pub type Backend = burn::backend::Flex;
+/// The tensor backend of this build: `flex` on the CPU, CUDA with the `cuda` feature.
 #[cfg(feature = "cuda")]
-type Backend = burn::backend::Cuda;
+pub type Backend = burn::backend::Cuda;
 
 #[derive(Debug, Args)]
 pub struct DeviceArgs {

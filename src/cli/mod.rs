@@ -1,6 +1,7 @@
 //! Command-line arguments and their dispatch to the stage libraries.
 
 mod device;
+mod faces;
 mod ingest;
 mod show;
 
@@ -25,6 +26,8 @@ pub struct Cli {
 enum Command {
     /// Fetch or read images from URL lists and folders into the `images` table and the store.
     Ingest(ingest::IngestArgs),
+    /// Face models: `faces detect <image>` prints detected faces as JSON.
+    Faces(faces::FacesArgs),
     /// Summarise a table (`images.parquet`) or a run folder.
     Show(show::ShowArgs),
     /// Show the tensor backend in use (CPU `flex`, or CUDA when built with `--features cuda`)
@@ -36,6 +39,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ingest(a) => ingest::run(a),
+        Command::Faces(a) => faces::run(a),
         Command::Show(a) => show::run(a),
         Command::Device(a) => device::run(a),
     }

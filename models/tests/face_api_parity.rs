@@ -1,0 +1,168 @@
+//! Parity of the face-api ports with the package itself (`@vladmandic/face-api` 1.7.15 on the
+//! tfjs 4.22 CPU backend in Node), on lossless PNGs of the package's sample photographs, with
+//! fixtures made by `tools/face-api-reference/make_fixtures.mjs`.
+//!
+//! Tolerances:
+//! - network inputs: both sides compute the same float32 values; the fixture prints 6 decimals,
+//!   so values must agree within 1e-6;
+//! - raw head outputs: float32 sums in another order (tfjs loops vs burn's kernels) through six
+//!   convolutions; within 1e-4 relative to max(1, |value|);
+//! - detections: the same faces, box IoU ≥ 0.99 (issue 3), scores within 1e-4.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::Tensor;
+use idforge_models::face_api::preprocess::RgbView;
+use idforge_models::face_api::{Detection, TinyFaceDetector};
+use idforge_models::tfjs::TfjsWeights;
+use serde_json::Value;
+
+type B = Flex;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/face-api")
+}
+
+fn json(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join(name)).unwrap()).unwrap()
+}
+
+fn png(name: &str) -> image::RgbImage {
+    image::open(fixtures().join(name)).unwrap().to_rgb8()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn weights(model: &str) -> TfjsWeights {
+    let dir = idforge_core::cache::face_api_dir_if_fetched()
+        .expect("run tools/fetch-assets (make test does)");
+    TfjsWeights::load(&dir.join(format!("model/{model}-weights_manifest.json"))).unwrap()
+}
+
+/// Checks `first16` and `center16` of a fixture tensor against `got` (flattened NHWC).
+#[track_caller]
+fn check_stats(what: &str, got: &[f32], reference: &Value, tol: impl Fn(f64) -> f64) {
+    let offset = reference["center16_offset"].as_u64().unwrap() as usize;
+    for (start, key) in [(0, "first16"), (offset, "center16")] {
+        for (i, want) in floats(&reference[key]).into_iter().enumerate() {
+            let g = f64::from(got[start + i]);
+            if i == 0 {
+                eprintln!(
+                    "{what} {key}[0]: {g} vs {want} (diff {:.1e})",
+                    (g - want).abs()
+                );
+            }
+            assert!(
+                (g - want).abs() <= tol(want),
+                "{what} {key}[{i}]: {g} vs {want}"
+            );
+        }
+    }
+    let mean = got.iter().map(|&v| f64::from(v)).sum::<f64>() / got.len() as f64;
+    let want = reference["mean"].as_f64().unwrap();
+    assert!(
+        (mean - want).abs() <= tol(want),
+        "{what} mean: {mean} vs {want}"
+    );
+}
+
+fn nhwc(t: Tensor<B, 4>) -> Vec<f32> {
+    t.permute([0, 2, 3, 1]).into_data().to_vec().unwrap()
+}
+
+#[test]
+fn tiny_face_detector_input_and_head_match_tfjs() {
+    let debug = json("debug_sample1.json");
+    let img = png("sample1_640.png");
+    let view = RgbView {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        data: img.as_raw(),
+    };
+    let device = Default::default();
+    let net = TinyFaceDetector::<B>::load(&weights("tiny_face_detector_model"), &device).unwrap();
+    for size in [416usize, 608] {
+        let reference = &debug["tiny_face_detector"][size.to_string()];
+        let input = TinyFaceDetector::<B>::input(view, size, &device);
+        check_stats(
+            &format!("input {size}"),
+            &nhwc(input.clone()),
+            &reference["input"],
+            |_| 1e-6,
+        );
+        let out = net.forward(input);
+        let shape: Vec<usize> = reference["output"]["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(
+            vec![shape[0], shape[3], shape[1], shape[2]],
+            out.dims().to_vec()
+        );
+        check_stats(
+            &format!("head {size}"),
+            &nhwc(out),
+            &reference["output"],
+            |w| 1e-4 * w.abs().max(1.0),
+        );
+    }
+}
+
+#[test]
+fn tiny_face_detector_finds_the_reference_faces() {
+    let results = json("results.json");
+    let device = Default::default();
+    let net = TinyFaceDetector::<B>::load(&weights("tiny_face_detector_model"), &device).unwrap();
+    for image in results["images"].as_array().unwrap() {
+        let name = image["png"].as_str().unwrap();
+        let img = png(name);
+        let view = RgbView {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            data: img.as_raw(),
+        };
+        for size in [416usize, 608] {
+            let want: Vec<Detection> = image["tiny_face_detector"][size.to_string()]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| Detection {
+                    score: d["score"].as_f64().unwrap() as f32,
+                    x: d["box"]["x"].as_f64().unwrap(),
+                    y: d["box"]["y"].as_f64().unwrap(),
+                    width: d["box"]["width"].as_f64().unwrap(),
+                    height: d["box"]["height"].as_f64().unwrap(),
+                })
+                .collect();
+            let got = net.detect(view, size, 0.5);
+            assert_eq!(got.len(), want.len(), "{name} @{size}: {got:?}");
+            for (g, w) in got.iter().zip(&want) {
+                eprintln!(
+                    "{name} @{size}: IoU {:.6}, score diff {:.2e}",
+                    g.iou(w),
+                    (g.score - w.score).abs()
+                );
+                assert!(
+                    g.iou(w) >= 0.99,
+                    "{name} @{size}: IoU {} for {g:?} vs {w:?}",
+                    g.iou(w)
+                );
+                assert!(
+                    (g.score - w.score).abs() <= 1e-4,
+                    "{name} @{size}: score {} vs {}",
+                    g.score,
+                    w.score
+                );
+            }
+        }
+    }
+}
