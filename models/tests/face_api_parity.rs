@@ -166,3 +166,72 @@ fn tiny_face_detector_finds_the_reference_faces() {
         }
     }
 }
+
+#[test]
+fn face_landmark_68_matches_the_package_within_a_pixel() {
+    use idforge_models::face_api::{FaceLandmark68, PixelRect};
+    let results = json("results.json");
+    let debug = json("debug_sample1.json");
+    let device = Default::default();
+    let net = FaceLandmark68::<B>::load(&weights("face_landmark_68_model"), &device).unwrap();
+    let mut worst = 0f64;
+    for image in results["images"].as_array().unwrap() {
+        let name = image["png"].as_str().unwrap();
+        let img = png(name);
+        let view = RgbView {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            data: img.as_raw(),
+        };
+        for (f, face) in image["ssd_mobilenetv1"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let c = &face["landmark_crop"];
+            let u = |k: &str| c[k].as_u64().unwrap() as usize;
+            let crop = PixelRect {
+                x: u("x"),
+                y: u("y"),
+                width: u("width"),
+                height: u("height"),
+            };
+            if name == "sample1_640.png" && f == 0 {
+                let mut data = Vec::new();
+                for row in crop.y..crop.y + crop.height {
+                    data.extend_from_slice(
+                        &img.as_raw()[(row * view.width + crop.x) * 3
+                            ..(row * view.width + crop.x + crop.width) * 3],
+                    );
+                }
+                let cv = RgbView {
+                    width: crop.width,
+                    height: crop.height,
+                    data: &data,
+                };
+                let input = FaceLandmark68::<B>::input(cv, &device);
+                check_stats(
+                    "landmark input",
+                    &nhwc(input),
+                    &debug["face_landmark_68"]["input"],
+                    |_| 1e-6,
+                );
+            }
+            let box_xy = (
+                face["box"]["x"].as_f64().unwrap(),
+                face["box"]["y"].as_f64().unwrap(),
+            );
+            let got = net.landmarks(view, crop, box_xy);
+            let want = face["landmarks_68"].as_array().unwrap();
+            assert_eq!(got.len(), 68);
+            for (g, w) in got.iter().zip(want) {
+                let (wx, wy) = (w[0].as_f64().unwrap(), w[1].as_f64().unwrap());
+                let d = ((g.0 - wx).powi(2) + (g.1 - wy).powi(2)).sqrt();
+                worst = worst.max(d);
+                assert!(d <= 1.0, "{name} face {f}: {g:?} vs ({wx}, {wy})");
+            }
+        }
+    }
+    eprintln!("landmarks: largest distance to the reference {worst:.2e} px");
+}
