@@ -235,3 +235,72 @@ fn face_landmark_68_matches_the_package_within_a_pixel() {
     }
     eprintln!("landmarks: largest distance to the reference {worst:.2e} px");
 }
+
+#[test]
+fn face_recognition_descriptors_match_the_package() {
+    use idforge_models::face_api::{FaceRecognition, PixelRect};
+    let results = json("results.json");
+    let debug = json("debug_sample1.json");
+    let device = Default::default();
+    let net = FaceRecognition::<B>::load(&weights("face_recognition_model"), &device).unwrap();
+    let mut worst = 1f64;
+    let mut all = Vec::new();
+    for image in results["images"].as_array().unwrap() {
+        let name = image["png"].as_str().unwrap();
+        let img = png(name);
+        let view = RgbView {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            data: img.as_raw(),
+        };
+        for (f, face) in image["ssd_mobilenetv1"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let c = &face["descriptor_crop"];
+            let u = |k: &str| c[k].as_u64().unwrap() as usize;
+            let crop = PixelRect {
+                x: u("x"),
+                y: u("y"),
+                width: u("width"),
+                height: u("height"),
+            };
+            if name == "sample1_640.png" && f == 0 {
+                let mut data = Vec::new();
+                for row in crop.y..crop.y + crop.height {
+                    data.extend_from_slice(
+                        &img.as_raw()[(row * view.width + crop.x) * 3
+                            ..(row * view.width + crop.x + crop.width) * 3],
+                    );
+                }
+                let cv = RgbView {
+                    width: crop.width,
+                    height: crop.height,
+                    data: &data,
+                };
+                check_stats(
+                    "descriptor input",
+                    &nhwc(FaceRecognition::<B>::input(cv, &device)),
+                    &debug["face_recognition"]["input"],
+                    |_| 1e-6,
+                );
+            }
+            let got = net.descriptor(view, crop);
+            let want: Vec<f64> = floats(&face["descriptor"]);
+            assert_eq!(got.len(), 128);
+            let dot: f64 = got.iter().zip(&want).map(|(&g, w)| f64::from(g) * w).sum();
+            let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+            let cos = dot
+                / (norm(&mut got.iter().map(|&g| f64::from(g))) * norm(&mut want.iter().copied()));
+            worst = worst.min(cos);
+            assert!(cos >= 0.9999, "{name} face {f}: cosine {cos}");
+            all.push((name.to_string(), want));
+        }
+    }
+    eprintln!(
+        "descriptors: lowest cosine to the reference {worst:.8} over {} faces",
+        all.len()
+    );
+}

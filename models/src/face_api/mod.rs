@@ -2,14 +2,17 @@
 //! sources, which are the specification: preprocessing, layers, box decoding and NMS follow
 //! them line by line, with the file each part follows named in its docs.
 //!
-//! Work in progress (issue 3): `tiny_face_detector` and `face_landmark_68` are here;
-//! `ssd_mobilenetv1` and `face_recognition` follow.
+//! Work in progress (issue 3): `tiny_face_detector`, `face_landmark_68` and `face_recognition`
+//! are here (the descriptor's crop is computed from landmarks by the caller for now);
+//! `ssd_mobilenetv1` follows.
 
 pub mod face_landmark_68;
+pub mod face_recognition;
 pub mod preprocess;
 pub mod tiny_face_detector;
 
 pub use face_landmark_68::{FaceLandmark68, PixelRect};
+pub use face_recognition::FaceRecognition;
 pub use tiny_face_detector::TinyFaceDetector;
 
 /// A detected face in source-image pixels.
