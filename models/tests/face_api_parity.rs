@@ -198,13 +198,7 @@ fn face_landmark_68_matches_the_package_within_a_pixel() {
                 height: u("height"),
             };
             if name == "sample1_640.png" && f == 0 {
-                let mut data = Vec::new();
-                for row in crop.y..crop.y + crop.height {
-                    data.extend_from_slice(
-                        &img.as_raw()[(row * view.width + crop.x) * 3
-                            ..(row * view.width + crop.x + crop.width) * 3],
-                    );
-                }
+                let data = idforge_models::face_api::preprocess::crop(view, crop);
                 let cv = RgbView {
                     width: crop.width,
                     height: crop.height,
@@ -268,13 +262,7 @@ fn face_recognition_descriptors_match_the_package() {
                 height: u("height"),
             };
             if name == "sample1_640.png" && f == 0 {
-                let mut data = Vec::new();
-                for row in crop.y..crop.y + crop.height {
-                    data.extend_from_slice(
-                        &img.as_raw()[(row * view.width + crop.x) * 3
-                            ..(row * view.width + crop.x + crop.width) * 3],
-                    );
-                }
+                let data = idforge_models::face_api::preprocess::crop(view, crop);
                 let cv = RgbView {
                     width: crop.width,
                     height: crop.height,

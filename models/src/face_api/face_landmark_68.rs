@@ -5,12 +5,12 @@
 //! (`postProcess`), with the crop of `dom/extractFaceTensors.ts`.
 
 use burn::module::{Module, Param};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{avg_pool2d, conv2d};
 use burn::tensor::ops::{ConvOptions, PadMode};
-use burn::tensor::{Tensor, TensorData};
 
-use super::preprocess::{RgbView, normalize_in_place, to_square_input};
+use super::preprocess::{PixelRect, RgbView, crop, face_input};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
 
@@ -139,19 +139,6 @@ pub struct FaceLandmark68<B: Backend> {
     fc_bias: Param<Tensor<B, 1>>,
 }
 
-/// A rectangle in whole pixels: the face crop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PixelRect {
-    /// Left.
-    pub x: usize,
-    /// Top.
-    pub y: usize,
-    /// Width.
-    pub width: usize,
-    /// Height.
-    pub height: usize,
-}
-
 impl<B: Backend> FaceLandmark68<B> {
     /// Builds the network from `face_landmark_68_model-weights_manifest.json`.
     pub fn load(weights: &TfjsWeights, device: &B::Device) -> Result<Self, ModelError> {
@@ -166,11 +153,7 @@ impl<B: Backend> FaceLandmark68<B> {
 
     /// The normalised input `[1, 3, 112, 112]` for a face crop (centred padding to square).
     pub fn input(crop: RgbView<'_>, device: &B::Device) -> Tensor<B, 4> {
-        let mut hwc = to_square_input(crop, INPUT, true);
-        normalize_in_place(&mut hwc, MEAN_RGB);
-        Tensor::<B, 3>::from_data(TensorData::new(hwc, [INPUT, INPUT, 3]), device)
-            .permute([2, 0, 1])
-            .unsqueeze()
+        face_input(crop, INPUT, MEAN_RGB, device)
     }
 
     /// The 136 raw outputs (x, y interleaved, relative to the padded 112 square).
@@ -197,18 +180,8 @@ impl<B: Backend> FaceLandmark68<B> {
         crop_rect: PixelRect,
         box_xy: (f64, f64),
     ) -> Vec<(f64, f64)> {
-        let PixelRect {
-            x,
-            y,
-            width,
-            height,
-        } = crop_rect;
-        let mut data = Vec::with_capacity(width * height * 3);
-        for row in y..y + height {
-            data.extend_from_slice(
-                &img.data[(row * img.width + x) * 3..(row * img.width + x + width) * 3],
-            );
-        }
+        let PixelRect { width, height, .. } = crop_rect;
+        let data = crop(img, crop_rect);
         let crop = RgbView {
             width,
             height,

@@ -5,14 +5,13 @@
 //! `classes/FaceLandmarks.ts` `align(useDlibAlignment)`, padded to a square centred.
 
 use burn::module::{Module, Param};
+use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, PadMode};
-use burn::tensor::{Tensor, TensorData};
 
-use super::face_landmark_68::PixelRect;
-use super::preprocess::{RgbView, normalize_in_place, to_square_input};
+use super::preprocess::{PixelRect, RgbView, crop, face_input};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
 
@@ -142,11 +141,7 @@ impl<B: Backend> FaceRecognition<B> {
 
     /// The normalised input `[1, 3, 150, 150]` for an aligned face crop.
     pub fn input(crop: RgbView<'_>, device: &B::Device) -> Tensor<B, 4> {
-        let mut hwc = to_square_input(crop, INPUT, true);
-        normalize_in_place(&mut hwc, MEAN_RGB);
-        Tensor::<B, 3>::from_data(TensorData::new(hwc, [INPUT, INPUT, 3]), device)
-            .permute([2, 0, 1])
-            .unsqueeze()
+        face_input(crop, INPUT, MEAN_RGB, device)
     }
 
     /// Descriptors (not unit length, as face-api returns them).
@@ -168,18 +163,8 @@ impl<B: Backend> FaceRecognition<B> {
     /// The descriptor of the face in `crop_rect` (the aligned square of the face's landmarks,
     /// clipped to the image and floored).
     pub fn descriptor(&self, img: RgbView<'_>, crop_rect: PixelRect) -> Vec<f32> {
-        let PixelRect {
-            x,
-            y,
-            width,
-            height,
-        } = crop_rect;
-        let mut data = Vec::with_capacity(width * height * 3);
-        for row in y..y + height {
-            data.extend_from_slice(
-                &img.data[(row * img.width + x) * 3..(row * img.width + x + width) * 3],
-            );
-        }
+        let PixelRect { width, height, .. } = crop_rect;
+        let data = crop(img, crop_rect);
         let crop = RgbView {
             width,
             height,

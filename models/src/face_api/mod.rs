@@ -11,8 +11,9 @@ pub mod face_recognition;
 pub mod preprocess;
 pub mod tiny_face_detector;
 
-pub use face_landmark_68::{FaceLandmark68, PixelRect};
+pub use face_landmark_68::FaceLandmark68;
 pub use face_recognition::FaceRecognition;
+pub use preprocess::PixelRect;
 pub use tiny_face_detector::TinyFaceDetector;
 
 /// A detected face in source-image pixels.

@@ -13,6 +13,55 @@ pub struct RgbView<'a> {
     pub data: &'a [u8],
 }
 
+/// A rectangle in whole pixels, e.g. a face crop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelRect {
+    /// Left.
+    pub x: usize,
+    /// Top.
+    pub y: usize,
+    /// Width.
+    pub width: usize,
+    /// Height.
+    pub height: usize,
+}
+
+/// The RGB bytes of `rect` (`tf.slice3d` in `dom/extractFaceTensors.ts`).
+///
+/// # Panics
+/// If `rect` is not inside the image.
+pub fn crop(img: RgbView<'_>, rect: PixelRect) -> Vec<u8> {
+    assert!(
+        rect.x + rect.width <= img.width && rect.y + rect.height <= img.height,
+        "crop {rect:?} outside the image"
+    );
+    let mut data = Vec::with_capacity(rect.width * rect.height * 3);
+    for row in rect.y..rect.y + rect.height {
+        data.extend_from_slice(
+            &img.data[(row * img.width + rect.x) * 3..(row * img.width + rect.x + rect.width) * 3],
+        );
+    }
+    data
+}
+
+/// The normalised `[1, 3, size, size]` input of the face nets (landmarks, descriptor): the
+/// crop padded to a square centred, resized, `(x − mean) / 255`.
+pub fn face_input<B: burn::tensor::backend::Backend>(
+    crop: RgbView<'_>,
+    size: usize,
+    mean_rgb: [f32; 3],
+    device: &B::Device,
+) -> burn::tensor::Tensor<B, 4> {
+    let mut hwc = to_square_input(crop, size, true);
+    normalize_in_place(&mut hwc, mean_rgb);
+    burn::tensor::Tensor::<B, 3>::from_data(
+        burn::tensor::TensorData::new(hwc, [size, size, 3]),
+        device,
+    )
+    .permute([2, 0, 1])
+    .unsqueeze()
+}
+
 /// The size of the image inside the network input, as `computeReshapedDimensions` rounds it.
 pub fn reshaped_dims(width: usize, height: usize, input_size: usize) -> (usize, usize) {
     let scale = input_size as f64 / width.max(height) as f64;
