@@ -212,6 +212,16 @@ async fn send(
     sock.write_all(&out).await
 }
 
+async fn send_image(sock: &mut TcpStream, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    send(
+        sock,
+        "200 OK",
+        &[("Content-Type", content_type(name).into())],
+        bytes,
+    )
+    .await
+}
+
 /// Answers one request; returns whether the connection may be reused.
 async fn respond(
     sock: &mut TcpStream,
@@ -232,15 +242,7 @@ async fn respond(
             .await?;
         }
         ["img" | "private", name] => match image(name) {
-            Some(b) => {
-                send(
-                    sock,
-                    "200 OK",
-                    &[("Content-Type", content_type(name).into())],
-                    &b,
-                )
-                .await?
-            }
+            Some(b) => send_image(sock, name, &b).await?,
             None => send(sock, "404 Not Found", &[], b"").await?,
         },
         ["status", code] => {
@@ -258,38 +260,20 @@ async fn respond(
                 )
                 .await?;
             } else if let Some(b) = image(name) {
-                send(
-                    sock,
-                    "200 OK",
-                    &[("Content-Type", content_type(name).into())],
-                    &b,
-                )
-                .await?;
+                send_image(sock, name, &b).await?;
             }
         }
         ["flaky", n, name] => {
             if hit <= n.parse().unwrap_or(0) {
                 send(sock, "503 Service Unavailable", &[], b"").await?;
             } else if let Some(b) = image(name) {
-                send(
-                    sock,
-                    "200 OK",
-                    &[("Content-Type", content_type(name).into())],
-                    &b,
-                )
-                .await?;
+                send_image(sock, name, &b).await?;
             }
         }
         ["slow", ms, name] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(100))).await;
             if let Some(b) = image(name) {
-                send(
-                    sock,
-                    "200 OK",
-                    &[("Content-Type", content_type(name).into())],
-                    &b,
-                )
-                .await?;
+                send_image(sock, name, &b).await?;
             }
         }
         ["drip", ms, name] => {

@@ -73,6 +73,41 @@ fn check_stats(what: &str, got: &[f32], reference: &Value, tol: impl Fn(f64) -> 
     );
 }
 
+/// Every SSD face of the reference results: (image name, pixels, face index, face record).
+fn ssd_faces(results: &Value) -> Vec<(String, image::RgbImage, usize, Value)> {
+    let mut out = Vec::new();
+    for image in results["images"].as_array().unwrap() {
+        let name = image["png"].as_str().unwrap().to_string();
+        for (f, face) in image["ssd_mobilenetv1"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            out.push((name.clone(), png(&name), f, face.clone()));
+        }
+    }
+    out
+}
+
+fn view_of(img: &image::RgbImage) -> RgbView<'_> {
+    RgbView {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        data: img.as_raw(),
+    }
+}
+
+fn rect(v: &Value) -> idforge_models::face_api::PixelRect {
+    let u = |k: &str| v[k].as_u64().unwrap() as usize;
+    idforge_models::face_api::PixelRect {
+        x: u("x"),
+        y: u("y"),
+        width: u("width"),
+        height: u("height"),
+    }
+}
+
 fn nhwc(t: Tensor<B, 4>) -> Vec<f32> {
     t.permute([0, 2, 3, 1]).into_data().to_vec().unwrap()
 }
@@ -169,62 +204,43 @@ fn tiny_face_detector_finds_the_reference_faces() {
 
 #[test]
 fn face_landmark_68_matches_the_package_within_a_pixel() {
-    use idforge_models::face_api::{FaceLandmark68, PixelRect};
+    use idforge_models::face_api::FaceLandmark68;
     let results = json("results.json");
     let debug = json("debug_sample1.json");
     let device = Default::default();
     let net = FaceLandmark68::<B>::load(&weights("face_landmark_68_model"), &device).unwrap();
     let mut worst = 0f64;
-    for image in results["images"].as_array().unwrap() {
-        let name = image["png"].as_str().unwrap();
-        let img = png(name);
-        let view = RgbView {
-            width: img.width() as usize,
-            height: img.height() as usize,
-            data: img.as_raw(),
-        };
-        for (f, face) in image["ssd_mobilenetv1"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .enumerate()
-        {
-            let c = &face["landmark_crop"];
-            let u = |k: &str| c[k].as_u64().unwrap() as usize;
-            let crop = PixelRect {
-                x: u("x"),
-                y: u("y"),
-                width: u("width"),
-                height: u("height"),
+    for (name, img, f, face) in ssd_faces(&results) {
+        let name = name.as_str();
+        let view = view_of(&img);
+        let crop = rect(&face["landmark_crop"]);
+        if name == "sample1_640.png" && f == 0 {
+            let data = idforge_models::face_api::preprocess::crop(view, crop);
+            let cv = RgbView {
+                width: crop.width,
+                height: crop.height,
+                data: &data,
             };
-            if name == "sample1_640.png" && f == 0 {
-                let data = idforge_models::face_api::preprocess::crop(view, crop);
-                let cv = RgbView {
-                    width: crop.width,
-                    height: crop.height,
-                    data: &data,
-                };
-                let input = FaceLandmark68::<B>::input(cv, &device);
-                check_stats(
-                    "landmark input",
-                    &nhwc(input),
-                    &debug["face_landmark_68"]["input"],
-                    |_| 1e-6,
-                );
-            }
-            let box_xy = (
-                face["box"]["x"].as_f64().unwrap(),
-                face["box"]["y"].as_f64().unwrap(),
+            let input = FaceLandmark68::<B>::input(cv, &device);
+            check_stats(
+                "landmark input",
+                &nhwc(input),
+                &debug["face_landmark_68"]["input"],
+                |_| 1e-6,
             );
-            let got = net.landmarks(view, crop, box_xy);
-            let want = face["landmarks_68"].as_array().unwrap();
-            assert_eq!(got.len(), 68);
-            for (g, w) in got.iter().zip(want) {
-                let (wx, wy) = (w[0].as_f64().unwrap(), w[1].as_f64().unwrap());
-                let d = ((g.0 - wx).powi(2) + (g.1 - wy).powi(2)).sqrt();
-                worst = worst.max(d);
-                assert!(d <= 1.0, "{name} face {f}: {g:?} vs ({wx}, {wy})");
-            }
+        }
+        let box_xy = (
+            face["box"]["x"].as_f64().unwrap(),
+            face["box"]["y"].as_f64().unwrap(),
+        );
+        let got = net.landmarks(view, crop, box_xy);
+        let want = face["landmarks_68"].as_array().unwrap();
+        assert_eq!(got.len(), 68);
+        for (g, w) in got.iter().zip(want) {
+            let (wx, wy) = (w[0].as_f64().unwrap(), w[1].as_f64().unwrap());
+            let d = ((g.0 - wx).powi(2) + (g.1 - wy).powi(2)).sqrt();
+            worst = worst.max(d);
+            assert!(d <= 1.0, "{name} face {f}: {g:?} vs ({wx}, {wy})");
         }
     }
     eprintln!("landmarks: largest distance to the reference {worst:.2e} px");
@@ -232,60 +248,41 @@ fn face_landmark_68_matches_the_package_within_a_pixel() {
 
 #[test]
 fn face_recognition_descriptors_match_the_package() {
-    use idforge_models::face_api::{FaceRecognition, PixelRect};
+    use idforge_models::face_api::FaceRecognition;
     let results = json("results.json");
     let debug = json("debug_sample1.json");
     let device = Default::default();
     let net = FaceRecognition::<B>::load(&weights("face_recognition_model"), &device).unwrap();
     let mut worst = 1f64;
     let mut all = Vec::new();
-    for image in results["images"].as_array().unwrap() {
-        let name = image["png"].as_str().unwrap();
-        let img = png(name);
-        let view = RgbView {
-            width: img.width() as usize,
-            height: img.height() as usize,
-            data: img.as_raw(),
-        };
-        for (f, face) in image["ssd_mobilenetv1"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .enumerate()
-        {
-            let c = &face["descriptor_crop"];
-            let u = |k: &str| c[k].as_u64().unwrap() as usize;
-            let crop = PixelRect {
-                x: u("x"),
-                y: u("y"),
-                width: u("width"),
-                height: u("height"),
+    for (name, img, f, face) in ssd_faces(&results) {
+        let name = name.as_str();
+        let view = view_of(&img);
+        let crop = rect(&face["descriptor_crop"]);
+        if name == "sample1_640.png" && f == 0 {
+            let data = idforge_models::face_api::preprocess::crop(view, crop);
+            let cv = RgbView {
+                width: crop.width,
+                height: crop.height,
+                data: &data,
             };
-            if name == "sample1_640.png" && f == 0 {
-                let data = idforge_models::face_api::preprocess::crop(view, crop);
-                let cv = RgbView {
-                    width: crop.width,
-                    height: crop.height,
-                    data: &data,
-                };
-                check_stats(
-                    "descriptor input",
-                    &nhwc(FaceRecognition::<B>::input(cv, &device)),
-                    &debug["face_recognition"]["input"],
-                    |_| 1e-6,
-                );
-            }
-            let got = net.descriptor(view, crop);
-            let want: Vec<f64> = floats(&face["descriptor"]);
-            assert_eq!(got.len(), 128);
-            let dot: f64 = got.iter().zip(&want).map(|(&g, w)| f64::from(g) * w).sum();
-            let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
-            let cos = dot
-                / (norm(&mut got.iter().map(|&g| f64::from(g))) * norm(&mut want.iter().copied()));
-            worst = worst.min(cos);
-            assert!(cos >= 0.9999, "{name} face {f}: cosine {cos}");
-            all.push((name.to_string(), want));
+            check_stats(
+                "descriptor input",
+                &nhwc(FaceRecognition::<B>::input(cv, &device)),
+                &debug["face_recognition"]["input"],
+                |_| 1e-6,
+            );
         }
+        let got = net.descriptor(view, crop);
+        let want: Vec<f64> = floats(&face["descriptor"]);
+        assert_eq!(got.len(), 128);
+        let dot: f64 = got.iter().zip(&want).map(|(&g, w)| f64::from(g) * w).sum();
+        let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+        let cos =
+            dot / (norm(&mut got.iter().map(|&g| f64::from(g))) * norm(&mut want.iter().copied()));
+        worst = worst.min(cos);
+        assert!(cos >= 0.9999, "{name} face {f}: cosine {cos}");
+        all.push((name.to_string(), want));
     }
     eprintln!(
         "descriptors: lowest cosine to the reference {worst:.8} over {} faces",

@@ -8,6 +8,7 @@
 
 pub mod face_landmark_68;
 pub mod face_recognition;
+mod layers;
 pub mod preprocess;
 pub mod tiny_face_detector;
 

@@ -13,6 +13,7 @@ use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Tensor, TensorData};
 
+use super::layers::SeparableConv;
 use super::preprocess::{RgbView, normalize_in_place, reshaped_dims, to_square_input};
 use super::{Detection, non_max_suppression};
 use crate::error::ModelError;
@@ -31,37 +32,6 @@ const MEAN_RGB: [f32; 3] = [117.001, 114.697, 97.404];
 /// `IOU_THRESHOLD` of `tinyFaceDetector/const.ts`.
 const IOU_THRESHOLD: f64 = 0.4;
 const CHANNELS: [usize; 6] = [16, 32, 64, 128, 256, 512];
-
-/// A depthwise-separable 3×3 convolution with bias (`tinyYolov2/depthwiseSeparableConv.ts`).
-#[derive(Module, Debug)]
-struct SeparableConv<B: Backend> {
-    /// `[in, 1, 3, 3]`, groups = in.
-    depthwise: Param<Tensor<B, 4>>,
-    /// `[out, in, 1, 1]`.
-    pointwise: Param<Tensor<B, 4>>,
-    /// `[out]`.
-    bias: Param<Tensor<B, 1>>,
-}
-
-impl<B: Backend> SeparableConv<B> {
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let channels = x.dims()[1];
-        let x = x.pad((1, 1, 1, 1), PadMode::Constant(0.0));
-        let x = conv2d(
-            x,
-            self.depthwise.val(),
-            None,
-            ConvOptions::new([1, 1], [0, 0], [1, 1], channels),
-        );
-        let x = conv2d(
-            x,
-            self.pointwise.val(),
-            Some(self.bias.val()),
-            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
-        );
-        leaky(x)
-    }
-}
 
 /// `tinyYolov2/leaky.ts`: `relu(x − 0.1x) + 0.1x`, computed the same way.
 fn leaky<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -105,15 +75,7 @@ impl<B: Backend> TinyFaceDetector<B> {
         let bias = |name: &str| weights.tensor::<B, 1>(name, device).map(Param::from_tensor);
         let mut separable = Vec::new();
         for i in 1..CHANNELS.len() {
-            separable.push(SeparableConv {
-                depthwise: Param::from_tensor(
-                    weights.depthwise(&format!("conv{i}/depthwise_filter"), device)?,
-                ),
-                pointwise: Param::from_tensor(
-                    weights.conv2d(&format!("conv{i}/pointwise_filter"), device)?,
-                ),
-                bias: bias(&format!("conv{i}/bias"))?,
-            });
+            separable.push(SeparableConv::load(weights, &format!("conv{i}"), device)?);
         }
         Ok(TinyFaceDetector {
             conv0_filters: Param::from_tensor(weights.conv2d("conv0/filters", device)?),
@@ -141,7 +103,8 @@ impl<B: Backend> TinyFaceDetector<B> {
         let mut x = max_pool_same(leaky(conv(x, &self.conv0_filters, &self.conv0_bias)), 2);
         let last = self.separable.len() - 1;
         for (i, layer) in self.separable.iter().enumerate() {
-            x = max_pool_same(layer.forward(x), if i == last { 1 } else { 2 });
+            // tinyYolov2/depthwiseSeparableConv.ts: the separable conv, then leaky.
+            x = max_pool_same(leaky(layer.forward(x, 1)), if i == last { 1 } else { 2 });
         }
         conv(x, &self.conv8_filters, &self.conv8_bias)
     }
