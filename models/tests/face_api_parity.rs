@@ -49,8 +49,12 @@ fn weights(model: &str) -> TfjsWeights {
 /// Checks `first16` and `center16` of a fixture tensor against `got` (flattened NHWC).
 #[track_caller]
 fn check_stats(what: &str, got: &[f32], reference: &Value, tol: impl Fn(f64) -> f64) {
-    let offset = reference["center16_offset"].as_u64().unwrap() as usize;
-    for (start, key) in [(0, "first16"), (offset, "center16")] {
+    // 1-D fixtures have no centre window.
+    let windows = match reference["center16_offset"].as_u64() {
+        Some(offset) => vec![(0, "first16"), (offset as usize, "center16")],
+        None => vec![(0, "first16")],
+    };
+    for (start, key) in windows {
         for (i, want) in floats(&reference[key]).into_iter().enumerate() {
             let g = f64::from(got[start + i]);
             if i == 0 {
@@ -66,11 +70,12 @@ fn check_stats(what: &str, got: &[f32], reference: &Value, tol: impl Fn(f64) -> 
         }
     }
     let mean = got.iter().map(|&v| f64::from(v)).sum::<f64>() / got.len() as f64;
-    let want = reference["mean"].as_f64().unwrap();
-    assert!(
-        (mean - want).abs() <= tol(want),
-        "{what} mean: {mean} vs {want}"
-    );
+    let min = got.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = got.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (key, g) in [("mean", mean), ("min", f64::from(min)), ("max", f64::from(max))] {
+        let want = reference[key].as_f64().unwrap();
+        assert!((g - want).abs() <= tol(want), "{what} {key}: {g} vs {want}");
+    }
 }
 
 /// Every SSD face of the reference results: (image name, pixels, face index, face record).
@@ -288,4 +293,77 @@ fn face_recognition_descriptors_match_the_package() {
         "descriptors: lowest cosine to the reference {worst:.8} over {} faces",
         all.len()
     );
+}
+
+#[test]
+fn ssd_mobilenetv1_input_and_decoded_outputs_match_tfjs() {
+    use idforge_models::face_api::SsdMobilenetV1;
+    let debug = &json("debug_sample1.json")["ssd_mobilenetv1"];
+    let img = png("sample1_640.png");
+    let device = Default::default();
+    let net = SsdMobilenetV1::<B>::load(&weights("ssd_mobilenetv1_model"), &device).unwrap();
+    let input = SsdMobilenetV1::<B>::input(view_of(&img), &device);
+    check_stats("ssd input", &nhwc(input.clone()), &debug["input"], |_| 1e-6);
+    let raw: Vec<f32> = net.forward(input).into_data().to_vec().unwrap();
+    let (boxes, scores) = net.decode(&raw);
+    assert_eq!(boxes.len(), 5118);
+    let flat: Vec<f32> = boxes.iter().flatten().map(|&v| v as f32).collect();
+    // Box coordinates are O(1) sums over 13 + 8 layers of 1024-wide convolutions.
+    check_stats("ssd boxes", &flat, &debug["decoded_boxes"], |_| 1e-4);
+    check_stats("ssd scores", &scores, &debug["scores"], |_| 1e-4);
+    for top in debug["top8"].as_array().unwrap() {
+        let a = top["anchor"].as_u64().unwrap() as usize;
+        let want = top["score"].as_f64().unwrap();
+        assert!(
+            (f64::from(scores[a]) - want).abs() <= 1e-4,
+            "anchor {a}: {} vs {want}",
+            scores[a]
+        );
+        for (g, w) in boxes[a].iter().zip(floats(&top["box"])) {
+            assert!(
+                (g - w).abs() <= 1e-4,
+                "anchor {a}: {:?} vs {}",
+                boxes[a],
+                top["box"]
+            );
+        }
+    }
+}
+
+#[test]
+fn ssd_mobilenetv1_finds_the_reference_faces() {
+    use idforge_models::face_api::SsdMobilenetV1;
+    let results = json("results.json");
+    let device = Default::default();
+    let net = SsdMobilenetV1::<B>::load(&weights("ssd_mobilenetv1_model"), &device).unwrap();
+    let mut worst = 1f64;
+    for image in results["images"].as_array().unwrap() {
+        let name = image["png"].as_str().unwrap();
+        let img = png(name);
+        let want = image["ssd_mobilenetv1"].as_array().unwrap();
+        let got = net.detect(view_of(&img), 0.5, 100);
+        assert_eq!(got.len(), want.len(), "{name}: {got:?}");
+        for (g, w) in got.iter().zip(want) {
+            let w = Detection {
+                score: w["score"].as_f64().unwrap() as f32,
+                x: w["box"]["x"].as_f64().unwrap(),
+                y: w["box"]["y"].as_f64().unwrap(),
+                width: w["box"]["width"].as_f64().unwrap(),
+                height: w["box"]["height"].as_f64().unwrap(),
+            };
+            worst = worst.min(g.iou(&w));
+            assert!(
+                g.iou(&w) >= 0.99,
+                "{name}: IoU {} for {g:?} vs {w:?}",
+                g.iou(&w)
+            );
+            assert!(
+                (g.score - w.score).abs() <= 1e-4,
+                "{name}: score {} vs {}",
+                g.score,
+                w.score
+            );
+        }
+    }
+    eprintln!("ssd_mobilenetv1: lowest IoU to the reference {worst:.6}");
 }

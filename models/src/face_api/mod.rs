@@ -10,11 +10,13 @@ pub mod face_landmark_68;
 pub mod face_recognition;
 mod layers;
 pub mod preprocess;
+pub mod ssd_mobilenetv1;
 pub mod tiny_face_detector;
 
 pub use face_landmark_68::FaceLandmark68;
 pub use face_recognition::FaceRecognition;
 pub use preprocess::PixelRect;
+pub use ssd_mobilenetv1::SsdMobilenetV1;
 pub use tiny_face_detector::TinyFaceDetector;
 
 /// A detected face in source-image pixels.
