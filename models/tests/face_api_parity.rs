@@ -72,7 +72,11 @@ fn check_stats(what: &str, got: &[f32], reference: &Value, tol: impl Fn(f64) -> 
     let mean = got.iter().map(|&v| f64::from(v)).sum::<f64>() / got.len() as f64;
     let min = got.iter().copied().fold(f32::INFINITY, f32::min);
     let max = got.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for (key, g) in [("mean", mean), ("min", f64::from(min)), ("max", f64::from(max))] {
+    for (key, g) in [
+        ("mean", mean),
+        ("min", f64::from(min)),
+        ("max", f64::from(max)),
+    ] {
         let want = reference[key].as_f64().unwrap();
         assert!((g - want).abs() <= tol(want), "{what} {key}: {g} vs {want}");
     }
@@ -366,4 +370,79 @@ fn ssd_mobilenetv1_finds_the_reference_faces() {
         }
     }
     eprintln!("ssd_mobilenetv1: lowest IoU to the reference {worst:.6}");
+}
+
+#[test]
+fn crops_and_alignment_follow_the_package_exactly() {
+    use idforge_models::face_api::pipeline::{align_dlib, clip_at_image_borders};
+    let results = json("results.json");
+    for (name, img, f, face) in ssd_faces(&results) {
+        let view = view_of(&img);
+        let b = &face["box"];
+        let boxed = ["x", "y", "width", "height"].map(|k| b[k].as_f64().unwrap());
+        let crop = clip_at_image_borders(boxed, view).unwrap();
+        assert_eq!(crop, rect(&face["landmark_crop"]), "{name} face {f}");
+        let points: Vec<(f64, f64)> = face["landmarks_68"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+            .collect();
+        let aligned = align_dlib(&points, (crop.width, crop.height));
+        let want = &face["descriptor_rect"];
+        let want = ["x", "y", "width", "height"].map(|k| want[k].as_f64().unwrap());
+        // The fixture prints 6 decimals of the landmarks; the rect is whole pixels.
+        assert_eq!(aligned, want, "{name} face {f}");
+        assert_eq!(
+            clip_at_image_borders(aligned, view),
+            Some(rect(&face["descriptor_crop"])),
+            "{name} face {f}"
+        );
+    }
+}
+
+#[test]
+fn face_api_chain_matches_the_package_end_to_end() {
+    use idforge_models::face_api::{Detector, FaceApi, Stages};
+    let results = json("results.json");
+    let dir = idforge_core::cache::face_api_dir_if_fetched()
+        .unwrap()
+        .join("model");
+    let device = Default::default();
+    let api = FaceApi::<B>::load(&dir, Detector::default(), Stages::Descriptors, &device).unwrap();
+    let (mut worst_px, mut worst_cos) = (0f64, 1f64);
+    for image in results["images"].as_array().unwrap() {
+        let name = image["png"].as_str().unwrap();
+        let img = png(name);
+        let want = image["ssd_mobilenetv1"].as_array().unwrap();
+        let got = api.analyze(view_of(&img), Detector::default());
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.aligned_crop, Some(rect(&w["descriptor_crop"])), "{name}");
+            for (p, q) in g
+                .landmarks
+                .as_ref()
+                .unwrap()
+                .iter()
+                .zip(w["landmarks_68"].as_array().unwrap())
+            {
+                let d = ((p.0 - q[0].as_f64().unwrap()).powi(2)
+                    + (p.1 - q[1].as_f64().unwrap()).powi(2))
+                .sqrt();
+                worst_px = worst_px.max(d);
+                assert!(d <= 1.0, "{name}: landmark {p:?} vs {q}");
+            }
+            let cos = cosine(g.descriptor.as_ref().unwrap(), &floats(&w["descriptor"]));
+            worst_cos = worst_cos.min(cos);
+            assert!(cos >= 0.9999, "{name}: descriptor cosine {cos}");
+        }
+    }
+    eprintln!("chain: landmarks within {worst_px:.2e} px, descriptor cosine ≥ {worst_cos:.8}");
+}
+
+fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, y)| f64::from(x) * y).sum();
+    let na = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let nb = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    dot / (na * nb)
 }

@@ -144,6 +144,13 @@ impl<B: Backend> FaceLandmark68<B> {
             .into_data()
             .to_vec()
             .expect("f32 output");
+        Self::points(&out, crop_rect, box_xy)
+    }
+
+    /// The 68 image-pixel points of one face from its 136 raw outputs (`postProcess`, then
+    /// the shift by the detection box).
+    pub fn points(out: &[f32], crop_rect: PixelRect, box_xy: (f64, f64)) -> Vec<(f64, f64)> {
+        let PixelRect { width, height, .. } = crop_rect;
         // postProcess: undo the (assumed symmetric) padding of the scaled crop, in float32.
         // The dimensions are doubles in JavaScript, stored into float32 tensors.
         let scale = INPUT as f64 / width.max(height) as f64;

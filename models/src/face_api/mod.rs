@@ -2,19 +2,20 @@
 //! sources, which are the specification: preprocessing, layers, box decoding and NMS follow
 //! them line by line, with the file each part follows named in its docs.
 //!
-//! Work in progress (issue 3): `tiny_face_detector`, `face_landmark_68` and `face_recognition`
-//! are here (the descriptor's crop is computed from landmarks by the caller for now);
-//! `ssd_mobilenetv1` follows.
+//! [`FaceApi`] chains them as `detectAllFaces().withFaceLandmarks().withFaceDescriptors()`
+//! does; each network is also usable alone.
 
 pub mod face_landmark_68;
 pub mod face_recognition;
 mod layers;
+pub mod pipeline;
 pub mod preprocess;
 pub mod ssd_mobilenetv1;
 pub mod tiny_face_detector;
 
 pub use face_landmark_68::FaceLandmark68;
 pub use face_recognition::FaceRecognition;
+pub use pipeline::{Detector, Face, FaceApi, Stages};
 pub use preprocess::PixelRect;
 pub use ssd_mobilenetv1::SsdMobilenetV1;
 pub use tiny_face_detector::TinyFaceDetector;
