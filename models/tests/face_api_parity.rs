@@ -446,3 +446,95 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
     let nb = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     dot / (na * nb)
 }
+
+/// Through a real JPEG decoder: the package's `demo/sample1.jpg` (1920×1280) decoded by
+/// idforge's normal image path against face-api on jpeg-js's pixels
+/// (`tools/face-api-reference/jpeg_path.mjs`). Decoders differ by a few levels per pixel
+/// (IDCT rounding, chroma upsampling), so the bounds are looser than on lossless input:
+/// box IoU ≥ 0.98, descriptor cosine ≥ 0.999 (same-person descriptors of different photos sit
+/// near 0.95).
+///
+/// Landmarks are checked twice. On the reference's own crop only the decoder differs, and the
+/// issue's 1 px bar holds (measured 0.37 px). End to end, the boxes move by about a pixel
+/// (IoU 0.993), which moves the floored crop the landmark net sees by a pixel; that net answers
+/// a one-pixel crop shift with about 1.4% of the face width (measured 2.8 px on faces
+/// 177–203 px wide), so the end-to-end bound is 2% of the box width.
+#[test]
+fn face_api_chain_through_the_jpeg_decoder_stays_close_to_the_package() {
+    use idforge_models::face_api::pipeline::clip_at_image_borders;
+    use idforge_models::face_api::{Detector, FaceApi, FaceLandmark68, Stages};
+    let reference = json("jpeg_path.json");
+    let assets = idforge_core::cache::face_api_dir_if_fetched().unwrap();
+    let bytes = std::fs::read(assets.join(reference["source"].as_str().unwrap())).unwrap();
+    let decoded =
+        idforge_core::image_io::decode(&bytes, idforge_core::image_io::DEFAULT_MAX_PIXELS).unwrap();
+    let img = decoded.image.to_rgb8();
+    assert_eq!(
+        (u64::from(img.width()), u64::from(img.height())),
+        (
+            reference["width"].as_u64().unwrap(),
+            reference["height"].as_u64().unwrap()
+        ),
+        "the reference decoder does not apply EXIF orientation; this photo must not need it"
+    );
+    let device = Default::default();
+    let api = FaceApi::<B>::load(
+        &assets.join("model"),
+        Detector::default(),
+        Stages::Descriptors,
+        &device,
+    )
+    .unwrap();
+    let landmark_net =
+        FaceLandmark68::<B>::load(&weights("face_landmark_68_model"), &device).unwrap();
+    let got = api.analyze(view_of(&img), Detector::default());
+    let want = reference["faces"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    let dist = |p: &(f64, f64), q: &Value| {
+        ((p.0 - q[0].as_f64().unwrap()).powi(2) + (p.1 - q[1].as_f64().unwrap()).powi(2)).sqrt()
+    };
+    let (mut iou, mut same_crop_px, mut px, mut rel, mut cos) = (1f64, 0f64, 0f64, 0f64, 1f64);
+    for (g, w) in got.iter().zip(want) {
+        let b = ["x", "y", "width", "height"].map(|k| w["box"][k].as_f64().unwrap());
+        let wd = Detection {
+            score: w["score"].as_f64().unwrap() as f32,
+            x: b[0],
+            y: b[1],
+            width: b[2],
+            height: b[3],
+        };
+        iou = iou.min(g.detection.iou(&wd));
+        let ref_points = w["landmarks_68"].as_array().unwrap();
+        let crop = clip_at_image_borders(b, view_of(&img)).unwrap();
+        for (p, q) in landmark_net
+            .landmarks(view_of(&img), crop, (b[0], b[1]))
+            .iter()
+            .zip(ref_points)
+        {
+            same_crop_px = same_crop_px.max(dist(p, q));
+        }
+        for (p, q) in g.landmarks.as_ref().unwrap().iter().zip(ref_points) {
+            px = px.max(dist(p, q));
+            rel = rel.max(dist(p, q) / b[2]);
+        }
+        cos = cos.min(cosine(
+            g.descriptor.as_ref().unwrap(),
+            &floats(&w["descriptor"]),
+        ));
+    }
+    eprintln!(
+        "jpeg path: IoU ≥ {iou:.5}; landmarks within {same_crop_px:.3} px on the reference \
+         crop, {px:.3} px ({:.2}% of the face width) end to end; descriptor cosine ≥ {cos:.6}",
+        rel * 100.0
+    );
+    assert!(iou >= 0.98, "IoU {iou}");
+    assert!(
+        same_crop_px <= 1.0,
+        "landmarks on the reference crop: {same_crop_px} px"
+    );
+    assert!(
+        rel <= 0.02,
+        "landmarks {px} px end to end, {rel} of the face width"
+    );
+    assert!(cos >= 0.999, "descriptor cosine {cos}");
+}
