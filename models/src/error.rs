@@ -46,4 +46,16 @@ pub enum ModelError {
         /// What was expected, in words.
         expected: String,
     },
+    /// A network graph (ONNX) has a node the loader does not expect there.
+    #[error("{path}: node `{node}` ({op_type}): {message}")]
+    Graph {
+        /// The model file.
+        path: PathBuf,
+        /// The node's name (or its first output when it has no name).
+        node: String,
+        /// The node's operator.
+        op_type: String,
+        /// What is wrong, and what was expected.
+        message: String,
+    },
 }

@@ -6,7 +6,10 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod face_align;
 pub mod face_api;
+pub mod iresnet;
+pub mod onnx;
 pub mod tfjs;
 
 pub use error::ModelError;

@@ -25,7 +25,7 @@ use crate::tfjs::{TfjsWeights, Values};
 /// The network input side (`toBatchTensor(512, false)`).
 pub const INPUT_SIZE: usize = 512;
 /// `epsilon` of `mobileNetV1.ts`.
-const BN_EPSILON: f32 = 0.001_000_000_047_497_451_3;
+const BN_EPSILON: f32 = 0.001; // 0.0010000000474974513 in the source: the same float32
 /// The NMS IoU threshold of `locateFaces`.
 const IOU_THRESHOLD: f64 = 0.5;
 /// Anchors per cell of box predictor 0 (3) and of the others (6).
