@@ -661,10 +661,18 @@ impl<'m> Walker<'m> {
     /// BatchNormalization node `i` over `c` channels as an affine.
     fn batch_norm(&self, i: usize, c: usize) -> R<Affine> {
         let n = self.node(i);
-        if n.int("spatial").is_some_and(|s| s != 1)
-            || n.int("training_mode").is_some_and(|t| t != 0)
-        {
-            return Err(self.err(i, "expected an inference-mode, spatial BatchNormalization"));
+        if n.int("spatial").is_some_and(|s| s != 1) {
+            return Err(self.err(
+                i,
+                "spatial=0, i.e. statistics per pixel, yet an IResNet has them per channel (old \
+                 MXNet converters wrote spatial=0 by mistake; set it to 1 in the file)",
+            ));
+        }
+        if n.int("training_mode").is_some_and(|t| t != 0) {
+            return Err(self.err(
+                i,
+                "training_mode=1; expected an inference BatchNormalization",
+            ));
         }
         let eps = f64::from(n.float("epsilon").unwrap_or(1e-5));
         let gamma = self.channel_vector(i, 1, c, "scale")?;
