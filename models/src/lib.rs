@@ -1,8 +1,10 @@
 //! The networks idforge runs (face detection, landmarks, embedders, and later CLIP, DINO,
 //! Inception) as burn modules, and the loaders for the weight files users already have.
 //!
-//! Work in progress (issue 3): the TF.js weight-manifest loader and the face-api tiny face
-//! detector are here; the other networks follow.
+//! Face models (issue 3): the face-api networks from the npm package's TF.js weights
+//! ([`face_api`], [`tfjs`]), and the ArcFace-class IResNet from the user's insightface ONNX file
+//! ([`iresnet`], [`onnx`]) with its 5-point alignment ([`face_align`]). Each is checked against
+//! its reference implementation by the tests in `models/tests/`.
 #![warn(missing_docs)]
 
 pub mod error;
