@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both fetch what they need.
 CARGO ?= cargo
 
-.PHONY: demo test assets check-cuda bench bench-setup lint
+.PHONY: demo test assets check-cuda bench bench-setup bench-faces lint
 
 ## Fetch the face-api package (weights, sample photographs) into $IDFORGE_CACHE, once.
 assets:
@@ -28,6 +28,11 @@ bench-setup:
 ## Fetch-and-validate throughput of idforge and img2dataset on the same loopback server.
 bench: assets bench-setup
 	$(CARGO) bench -p idforge-ingest --bench fetch_throughput
+
+## face-api chain (detect + landmarks + descriptors) per image: idforge's burn CPU backends
+## against the reference face-api (tfjs wasm and cpu in Node), same images, same cores.
+bench-faces: assets
+	CARGO="$(CARGO)" tools/face-bench/run
 
 lint:
 	$(CARGO) fmt --all --check
