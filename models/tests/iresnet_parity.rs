@@ -24,7 +24,7 @@ use idforge_models::face_align::{
     ALIGNED_SIZE, estimate_norm, five_points_from_68, norm_crop, warp_affine,
 };
 use idforge_models::face_api::preprocess::RgbView;
-use idforge_models::iresnet::{IResNet, IResNetConfig, InputNorm, cosine_similarity};
+use idforge_models::iresnet::{IResNet, InputNorm, cosine_similarity};
 use idforge_models::{ModelError, onnx::OnnxModel};
 use serde_json::Value;
 
@@ -341,31 +341,5 @@ fn malformed_models_give_errors_naming_the_file_and_the_part() {
     assert!(
         e.contains("renamed.onnx: node `/prelu/Prelu` (Prelu): unexpected operator"),
         "{e}"
-    );
-}
-
-/// Time of one 112×112 embedding at full r50 width (random weights), Flex backend:
-/// `cargo test -p idforge-models --test iresnet_parity -- --ignored --nocapture` (the test profile
-/// optimises burn fully; about 0.6 s per embedding on the 2-core development machine).
-#[test]
-#[ignore = "timing, run by hand"]
-fn full_width_r50_timing() {
-    let device = Default::default();
-    let net = IResNetConfig::r50().init::<B>(&device);
-    let crop = vec![100u8; 112 * 112 * 3];
-    let crop = RgbView {
-        width: 112,
-        height: 112,
-        data: &crop,
-    };
-    let _ = net.embed(crop);
-    let rounds = 3;
-    let t = Instant::now();
-    for _ in 0..rounds {
-        assert_eq!(net.embed(crop).len(), 512);
-    }
-    eprintln!(
-        "r50 (full width, random weights): {:.0} ms per embedding",
-        t.elapsed().as_secs_f64() * 1e3 / rounds as f64
     );
 }
