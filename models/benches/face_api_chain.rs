@@ -7,10 +7,10 @@
 //! one warm-up pass over the images, then N timed passes (default 5), for each CPU backend
 //! compiled in: `flex` always, `ndarray` with `--features ndarray`. `--features flex-rayon`
 //! lets flex use rayon's pool (it is single-threaded without). Prints one JSON line per backend
-//! on stdout: ms per image, images/s, the threads the backend may use and the CPU time it
-//! actually used per wall second, then (best pass of each) the chain cut into stages (SSD input, detection,
-//! landmark inputs and net, descriptor inputs and net) and, per op kind, the convolutions of
-//! the MobileNetV1 backbone at 512 px on random data. `tools/face-bench/run` runs it next to
+//! on stdout: ms per image (mean and best pass), images/s, the threads the backend may use and
+//! the CPU time it actually used per wall second; then, from the best pass of each, the chain
+//! cut into stages (SSD input, detection, landmark inputs and net, descriptor inputs and net)
+//! and the convolutions of the MobileNetV1 backbone at 512 px on random data by op kind. `tools/face-bench/run` runs it next to
 //! the JavaScript reference on the same cores.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it is a smoke test: one pass, which
