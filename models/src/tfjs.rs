@@ -210,7 +210,8 @@ impl TfjsWeights {
         device: &B::Device,
     ) -> Result<Tensor<B, 4>, ModelError> {
         self.f32_with_rank(name, 4, "a conv filter [kh, kw, in, out]")?;
-        Ok(self.tensor::<B, 4>(name, device)?.permute([3, 2, 0, 1]))
+        let t = self.tensor::<B, 4>(name, device)?.permute([3, 2, 0, 1]);
+        Ok(Tensor::from_data(t.into_data(), device))
     }
 
     /// A TF depthwise filter `[kh, kw, in, m]` as a grouped `Conv2d` weight `[in·m, 1, kh, kw]`

@@ -18,43 +18,39 @@ use crate::tfjs::TfjsWeights;
 const MEAN_RGB: [f32; 3] = [122.782, 117.001, 104.298];
 const INPUT: usize = 150;
 
-/// `convLayer`: conv + bias, then the per-channel scale layer `x·w + b`.
+/// `convLayer`: conv + bias, then the per-channel scale layer `x·w + b`, folded into the
+/// convolution at load time (`filters·w`, `bias·w + b`).
 #[derive(Module, Debug)]
 struct ConvScale<B: Backend> {
     filters: Param<Tensor<B, 4>>,
     bias: Param<Tensor<B, 1>>,
-    scale_weights: Param<Tensor<B, 1>>,
-    scale_biases: Param<Tensor<B, 1>>,
 }
 
 impl<B: Backend> ConvScale<B> {
     fn load(w: &TfjsWeights, prefix: &str, device: &B::Device) -> Result<Self, ModelError> {
+        let filters: Tensor<B, 4> = w.conv2d(&format!("{prefix}/conv/filters"), device)?;
+        let bias: Tensor<B, 1> = w.tensor(&format!("{prefix}/conv/bias"), device)?;
+        let sw: Tensor<B, 1> = w.tensor(&format!("{prefix}/scale/weights"), device)?;
+        let sb: Tensor<B, 1> = w.tensor(&format!("{prefix}/scale/biases"), device)?;
+        let c = sw.dims()[0];
+        let filters = filters * sw.clone().reshape([c, 1, 1, 1]);
+        let filters = Tensor::from_data(filters.into_data(), device);
         Ok(ConvScale {
-            filters: Param::from_tensor(w.conv2d(&format!("{prefix}/conv/filters"), device)?),
-            bias: Param::from_tensor(w.tensor(&format!("{prefix}/conv/bias"), device)?),
-            scale_weights: Param::from_tensor(
-                w.tensor(&format!("{prefix}/scale/weights"), device)?,
-            ),
-            scale_biases: Param::from_tensor(w.tensor(&format!("{prefix}/scale/biases"), device)?),
+            filters: Param::from_tensor(filters),
+            bias: Param::from_tensor(bias * sw + sb),
         })
     }
 
     /// `same` padding (stride 1, odd kernel) or `valid` (the stride-2 "down" convolutions).
     fn forward(&self, x: Tensor<B, 4>, stride: usize, same: bool, with_relu: bool) -> Tensor<B, 4> {
         let k = self.filters.val().dims()[2];
-        let x = if same {
-            x.pad((k / 2, k / 2, k / 2, k / 2), PadMode::Constant(0.0))
-        } else {
-            x
-        };
-        let channel = |t: Tensor<B, 1>| t.reshape([1, -1, 1, 1]);
+        let p = if same { k / 2 } else { 0 };
         let out = conv2d(
             x,
             self.filters.val(),
-            None,
-            ConvOptions::new([stride, stride], [0, 0], [1, 1], 1),
-        ) + channel(self.bias.val());
-        let out = out * channel(self.scale_weights.val()) + channel(self.scale_biases.val());
+            Some(self.bias.val()),
+            ConvOptions::new([stride, stride], [p, p], [1, 1], 1),
+        );
         if with_relu { relu(out) } else { out }
     }
 }

@@ -49,12 +49,16 @@ impl<B: Backend> SeparableConv<B> {
 
     pub(crate) fn forward(&self, x: Tensor<B, 4>, stride: usize) -> Tensor<B, 4> {
         let channels = x.dims()[1];
-        let x = pad_same(x, stride);
+        let (x, p) = if stride == 1 {
+            (x, 1)
+        } else {
+            (pad_same(x, stride), 0)
+        };
         let x = conv2d(
             x,
             self.depthwise.val(),
             None,
-            ConvOptions::new([stride, stride], [0, 0], [1, 1], channels),
+            ConvOptions::new([stride, stride], [p, p], [1, 1], channels),
         );
         conv2d(
             x,

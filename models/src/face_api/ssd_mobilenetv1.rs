@@ -47,12 +47,18 @@ impl<B: Backend> ConvBias<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let k = self.filters.val().dims()[2];
         // 1×1 convolutions run at stride 1 only, where 'same' adds nothing.
-        let x = if k == 3 { pad_same(x, self.stride) } else { x };
+        let (x, p) = if k == 3 && self.stride == 1 {
+            (x, 1)
+        } else if k == 3 {
+            (pad_same(x, self.stride), 0)
+        } else {
+            (x, 0)
+        };
         let out = conv2d(
             x,
             self.filters.val(),
             Some(self.bias.val()),
-            ConvOptions::new([self.stride, self.stride], [0, 0], [1, 1], self.groups),
+            ConvOptions::new([self.stride, self.stride], [p, p], [1, 1], self.groups),
         );
         if self.relu6 { out.clamp(0.0, 6.0) } else { out }
     }
