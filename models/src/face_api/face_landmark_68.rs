@@ -11,7 +11,7 @@ use burn::tensor::module::{avg_pool2d, conv2d};
 use burn::tensor::ops::ConvOptions;
 
 use super::layers::{SeparableConv, pad_same};
-use super::preprocess::{PixelRect, RgbView, crop, face_input};
+use super::preprocess::{PixelRect, RgbView, face_input, face_input_at};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
 
@@ -107,6 +107,11 @@ impl<B: Backend> FaceLandmark68<B> {
         face_input(crop, INPUT, MEAN_RGB, device)
     }
 
+    /// [`Self::input`] of the crop `rect` of `img`.
+    pub fn input_at(img: RgbView<'_>, rect: PixelRect, device: &B::Device) -> Tensor<B, 4> {
+        face_input_at(img, rect, INPUT, MEAN_RGB, device)
+    }
+
     /// The 136 raw outputs (x, y interleaved, relative to the padded 112 square).
     ///
     /// # Shapes
@@ -131,16 +136,9 @@ impl<B: Backend> FaceLandmark68<B> {
         crop_rect: PixelRect,
         box_xy: (f64, f64),
     ) -> Vec<(f64, f64)> {
-        let PixelRect { width, height, .. } = crop_rect;
-        let data = crop(img, crop_rect);
-        let crop = RgbView {
-            width,
-            height,
-            data: &data,
-        };
         let device = self.fc_bias.val().device();
         let out: Vec<f32> = self
-            .forward(Self::input(crop, &device))
+            .forward(Self::input_at(img, crop_rect, &device))
             .into_data()
             .to_vec()
             .expect("f32 output");

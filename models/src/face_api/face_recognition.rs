@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, PadMode};
 
-use super::preprocess::{PixelRect, RgbView, crop, face_input};
+use super::preprocess::{PixelRect, RgbView, face_input, face_input_at};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
 
@@ -140,6 +140,11 @@ impl<B: Backend> FaceRecognition<B> {
         face_input(crop, INPUT, MEAN_RGB, device)
     }
 
+    /// [`Self::input`] of the crop `rect` of `img`.
+    pub fn input_at(img: RgbView<'_>, rect: PixelRect, device: &B::Device) -> Tensor<B, 4> {
+        face_input_at(img, rect, INPUT, MEAN_RGB, device)
+    }
+
     /// Descriptors (not unit length, as face-api returns them).
     ///
     /// # Shapes
@@ -159,15 +164,8 @@ impl<B: Backend> FaceRecognition<B> {
     /// The descriptor of the face in `crop_rect` (the aligned square of the face's landmarks,
     /// clipped to the image and floored).
     pub fn descriptor(&self, img: RgbView<'_>, crop_rect: PixelRect) -> Vec<f32> {
-        let PixelRect { width, height, .. } = crop_rect;
-        let data = crop(img, crop_rect);
-        let crop = RgbView {
-            width,
-            height,
-            data: &data,
-        };
         let device = self.fc.val().device();
-        self.forward(Self::input(crop, &device))
+        self.forward(Self::input_at(img, crop_rect, &device))
             .into_data()
             .to_vec()
             .expect("f32 output")

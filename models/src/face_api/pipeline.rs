@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
+use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::preprocess::{PixelRect, RgbView, crop};
+use super::preprocess::{PixelRect, RgbView};
 use super::{Detection, FaceLandmark68, FaceRecognition, SsdMobilenetV1, TinyFaceDetector};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
@@ -129,6 +130,21 @@ impl<B: Backend> FaceApi<B> {
     /// # Panics
     /// If `detector` is not the one this was loaded for.
     pub fn analyze(&self, img: RgbView<'_>, detector: Detector) -> Vec<Face> {
+        let mut faces = self.detect(img, detector);
+        if self.landmarks.is_some() {
+            self.add_landmarks(img, &mut faces);
+        }
+        if self.recognition.is_some() {
+            self.add_descriptors(img, &mut faces);
+        }
+        faces
+    }
+
+    /// The first stage of [`Self::analyze`]: boxes and scores only.
+    ///
+    /// # Panics
+    /// If `detector` is not the one this was loaded for.
+    pub fn detect(&self, img: RgbView<'_>, detector: Detector) -> Vec<Face> {
         let detections = match detector {
             Detector::SsdMobilenetV1 {
                 min_confidence,
@@ -147,7 +163,7 @@ impl<B: Backend> FaceApi<B> {
                 .expect("loaded with Detector::Tiny")
                 .detect(img, input_size, score_threshold),
         };
-        let mut faces: Vec<Face> = detections
+        detections
             .into_iter()
             .map(|detection| Face {
                 detection,
@@ -155,79 +171,93 @@ impl<B: Backend> FaceApi<B> {
                 aligned_crop: None,
                 descriptor: None,
             })
-            .collect();
-        let Some(net) = &self.landmarks else {
-            return faces;
-        };
-        // extractFaceTensors drops boxes that clip to nothing; those faces keep only the box.
+            .collect()
+    }
+
+    /// The second stage: 68 landmarks of every face whose box is not empty once clipped to the
+    /// image (`extractFaceTensors` skips the others, which keep only their box).
+    ///
+    /// # Panics
+    /// If loaded with [`Stages::Detect`].
+    pub fn add_landmarks(&self, img: RgbView<'_>, faces: &mut [Face]) {
+        let net = self
+            .landmarks
+            .as_ref()
+            .expect("loaded with Stages::Landmarks or more");
         let crops: Vec<(usize, PixelRect)> = faces
             .iter()
             .enumerate()
-            .filter_map(|(i, f)| clip_at_image_borders(box_of(&f.detection), img).map(|r| (i, r)))
+            .filter_map(|(i, f)| landmark_crop(&f.detection, img).map(|r| (i, r)))
             .collect();
-        if crops.is_empty() {
-            return faces;
-        }
-        let device = net_device(net);
+        let device = net.devices().into_iter().next().unwrap_or_default();
         let inputs = crops
             .iter()
-            .map(|&(_, r)| FaceLandmark68::<B>::input(view(&crop(img, r), r), &device))
+            .map(|&(_, r)| FaceLandmark68::<B>::input_at(img, r, &device))
             .collect();
-        let raw: Vec<f32> = net
-            .forward(Tensor::cat(inputs, 0))
-            .into_data()
-            .to_vec()
-            .expect("f32 output");
+        let Some(raw) = forward_batch(inputs, |x| net.forward(x)) else {
+            return;
+        };
         for (&(i, rect), out) in crops.iter().zip(raw.chunks_exact(136)) {
             let d = faces[i].detection;
             faces[i].landmarks = Some(FaceLandmark68::<B>::points(out, rect, (d.x, d.y)));
         }
-        let Some(rec) = &self.recognition else {
-            return faces;
-        };
-        let aligned: Vec<(usize, PixelRect)> = crops
+    }
+
+    /// The third stage: the descriptor of every face with landmarks, on its dlib-aligned
+    /// square.
+    ///
+    /// # Panics
+    /// If loaded with less than [`Stages::Descriptors`].
+    pub fn add_descriptors(&self, img: RgbView<'_>, faces: &mut [Face]) {
+        let net = self
+            .recognition
+            .as_ref()
+            .expect("loaded with Stages::Descriptors");
+        let aligned: Vec<(usize, PixelRect)> = faces
             .iter()
-            .filter_map(|&(i, rect)| {
-                let points = faces[i].landmarks.as_ref()?;
-                let r = align_dlib(points, (rect.width, rect.height));
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let points = f.landmarks.as_ref()?;
+                // alignDlib caps the square by the landmark crop's size.
+                let crop = landmark_crop(&f.detection, img)?;
+                let r = align_dlib(points, (crop.width, crop.height));
                 clip_at_image_borders(r, img).map(|c| (i, c))
             })
             .collect();
-        if aligned.is_empty() {
-            return faces;
-        }
+        let device = net.devices().into_iter().next().unwrap_or_default();
         let inputs = aligned
             .iter()
-            .map(|&(_, r)| FaceRecognition::<B>::input(view(&crop(img, r), r), &device))
+            .map(|&(_, r)| FaceRecognition::<B>::input_at(img, r, &device))
             .collect();
-        let raw: Vec<f32> = rec
-            .forward(Tensor::cat(inputs, 0))
-            .into_data()
-            .to_vec()
-            .expect("f32 output");
+        let Some(raw) = forward_batch(inputs, |x| net.forward(x)) else {
+            return;
+        };
         for (&(i, rect), out) in aligned.iter().zip(raw.chunks_exact(128)) {
             faces[i].aligned_crop = Some(rect);
             faces[i].descriptor = Some(out.to_vec());
         }
-        faces
     }
 }
 
-fn net_device<B: Backend>(net: &FaceLandmark68<B>) -> B::Device {
-    use burn::module::Module;
-    net.devices().into_iter().next().unwrap_or_default()
-}
-
-fn view(data: &[u8], r: PixelRect) -> RgbView<'_> {
-    RgbView {
-        width: r.width,
-        height: r.height,
-        data,
+/// One batched forward over per-face inputs, read back; `None` without faces.
+fn forward_batch<B: Backend>(
+    inputs: Vec<Tensor<B, 4>>,
+    forward: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 2>,
+) -> Option<Vec<f32>> {
+    if inputs.is_empty() {
+        return None;
     }
+    Some(
+        forward(Tensor::cat(inputs, 0))
+            .into_data()
+            .to_vec()
+            .expect("f32 output"),
+    )
 }
 
-fn box_of(d: &Detection) -> [f64; 4] {
-    [d.x, d.y, d.width, d.height]
+/// The landmark net's crop of a detection: its box clipped to the image and floored.
+fn landmark_crop(d: &Detection, img: RgbView<'_>) -> Option<PixelRect> {
+    clip_at_image_borders([d.x, d.y, d.width, d.height], img)
 }
 
 /// `Box.clipAtImageBorders` (`classes/Box.ts`): clip `[x, y, width, height]` to the image, then

@@ -62,6 +62,24 @@ pub fn face_input<B: burn::tensor::backend::Backend>(
     .unsqueeze()
 }
 
+/// [`face_input`] of the crop `rect` of `img` (the landmark and descriptor nets' input for one
+/// face).
+pub fn face_input_at<B: burn::tensor::backend::Backend>(
+    img: RgbView<'_>,
+    rect: PixelRect,
+    size: usize,
+    mean_rgb: [f32; 3],
+    device: &B::Device,
+) -> burn::tensor::Tensor<B, 4> {
+    let data = crop(img, rect);
+    let view = RgbView {
+        width: rect.width,
+        height: rect.height,
+        data: &data,
+    };
+    face_input(view, size, mean_rgb, device)
+}
+
 /// The size of the image inside the network input, as `computeReshapedDimensions` rounds it.
 pub fn reshaped_dims(width: usize, height: usize, input_size: usize) -> (usize, usize) {
     let scale = input_size as f64 / width.max(height) as f64;
