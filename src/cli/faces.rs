@@ -32,7 +32,7 @@ enum FacesCommand {
 enum DetectorName {
     /// SSD MobileNetV1 at 512×512: face-api's default and the accurate one.
     Ssd,
-    /// Tiny face detector: about 10× less compute, misses more small or turned faces.
+    /// Tiny face detector: faster, misses more small or turned faces.
     Tiny,
 }
 
