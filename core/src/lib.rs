@@ -8,6 +8,8 @@ pub mod cache;
 pub mod error;
 pub mod hash;
 pub mod image_io;
+pub mod journal;
+pub mod phash;
 pub mod progress;
 pub mod recipe;
 pub mod resample;

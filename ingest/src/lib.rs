@@ -10,7 +10,6 @@ pub mod dedup;
 pub mod error;
 pub mod fetch;
 pub mod opt_out;
-pub mod phash;
 pub mod settings;
 pub mod source;
 pub mod stage;
@@ -22,6 +21,9 @@ pub mod validate;
 pub mod testkit;
 
 pub use error::IngestError;
+/// The 64-bit DCT pHash, shared with other stages from [`idforge_core::phash`]; re-exported so
+/// `idforge_ingest::phash::…` keeps working.
+pub use idforge_core::phash;
 pub use settings::{FetchSettings, IngestSettings};
 pub use source::{FolderIdentity, ListFormat, SourceSpec};
 pub use stage::IngestStage;

@@ -10,16 +10,15 @@
 //! - `store/ab/cdef….<ext>`: the bytes (unless the recipe names another store).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 
 use chrono::Utc;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use idforge_core::error::IoContext;
+use idforge_core::journal::Journal;
 use idforge_core::progress::Progress;
 use idforge_core::run::{StageDir, read_json, write_json};
 use idforge_core::schema::{IMAGES_TABLE, ImageRow, ImageStatus, ImagesTable};
@@ -144,7 +143,7 @@ impl IngestStage {
     async fn process(
         &self,
         row: InputRow,
-        journal: &Arc<Journal>,
+        journal: &Arc<Journal<ImageRow>>,
     ) -> Result<ImageRow, IngestError> {
         let mut out = ImageRow::pending(row.row_id, row.source.clone(), row.identity.clone());
         out.caption = row.caption;
@@ -258,62 +257,6 @@ fn read_local(path: &Path, max_bytes: u64) -> Result<Vec<u8>, (ImageStatus, Stri
     std::fs::read(path).map_err(unreadable)
 }
 
-/// The shard's journal: one JSON row per finished input row, appended with one write each.
-struct Journal {
-    path: PathBuf,
-    file: Mutex<File>,
-}
-
-impl Journal {
-    /// Opens the journal, returning the rows finished so far. A line torn by a kill is cut off.
-    fn open(path: &Path) -> Result<(Self, HashMap<u64, ImageRow>), IngestError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).at(parent)?;
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .at(path)?;
-        let mut done = HashMap::new();
-        let mut good_len = 0u64;
-        let mut reader = BufReader::new(&mut file);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line).at(path)?;
-            if n == 0 || !line.ends_with('\n') {
-                break;
-            }
-            match serde_json::from_str::<ImageRow>(&line) {
-                Ok(row) => {
-                    done.insert(row.row_id, row);
-                    good_len += n as u64;
-                }
-                Err(_) => break,
-            }
-        }
-        drop(reader);
-        file.set_len(good_len).at(path)?;
-        file.seek(std::io::SeekFrom::End(0)).at(path)?;
-        Ok((
-            Journal {
-                path: path.to_path_buf(),
-                file: Mutex::new(file),
-            },
-            done,
-        ))
-    }
-
-    fn append(&self, row: &ImageRow) -> Result<(), IngestError> {
-        let mut line = serde_json::to_string(row).expect("rows serialise");
-        line.push('\n');
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(file.write_all(line.as_bytes()).at(&self.path)?)
-    }
-}
-
 fn stats_of(rows: &[ImageRow]) -> StageStats {
     let mut stats = StageStats {
         rows: rows.len() as u64,
@@ -346,8 +289,9 @@ impl Stage for IngestStage {
     fn run_shard(&self, dir: &StageDir, shard: Shard) -> Result<StageStats, IngestError> {
         self.check_inputs(dir)?;
         let range = shard.rows(self.inputs.rows.len());
-        let (journal, mut done) = Journal::open(&dir.shard_file(shard, "journal.jsonl"))?;
+        let (journal, rows) = Journal::<ImageRow>::open(&dir.shard_file(shard, "journal.jsonl"))?;
         let journal = Arc::new(journal);
+        let mut done: HashMap<u64, ImageRow> = rows.into_iter().map(|r| (r.row_id, r)).collect();
         done.retain(|id, row| {
             let stored = match (&row.image_id, &row.format) {
                 (Some(sha), Some(ext)) if row.status == ImageStatus::Ok => self

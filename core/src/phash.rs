@@ -3,17 +3,21 @@
 //!
 //! 1. grayscale with Pillow's `convert("L")`: `(R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16`;
 //! 2. resize to 32×32 with Pillow's Lanczos (a = 3, support scaled with the reduction), with
-//!    [`idforge_core::resample`], a port of Pillow's fixed-point resampler: the bits depend on it;
+//!    [`crate::resample`], a port of Pillow's fixed-point resampler: the bits depend on it;
 //! 3. 2-D DCT-II (scipy.fftpack's unnormalised one; the scale does not change the bits), rows
 //!    axis first; keep the top-left 8×8 block (vertical frequency major);
 //! 4. bit = coefficient > median of those 64 values (numpy median: mean of the middle two);
 //! 5. bits in row-major order, the first one most significant — the order of imagehash's hex.
 //!
-//! `tools/phash-reference/make_fixtures.py` regenerates the fixtures the tests compare against.
+//! It lives in core because more than one stage hashes images (ingest for near-duplicates, curate
+//! on its crops) and stages never depend on each other.
+//!
+//! `tools/phash-reference/make_fixtures.py` regenerates the fixtures the tests compare against
+//! (`ingest/tests/phash_parity.rs`).
 
 use std::sync::OnceLock;
 
-use idforge_core::resample::{Filter, Plane8, resize, rgb_to_l};
+use crate::resample::{Filter, Plane8, resize, rgb_to_l};
 use image::DynamicImage;
 
 const SIDE: usize = 32;
@@ -34,9 +38,15 @@ pub fn pillow_luma(img: &DynamicImage) -> (u32, u32, Vec<u8>) {
 /// The 32×32 Lanczos-resized grayscale image the hash is computed from.
 pub fn phash_input(img: &DynamicImage) -> [u8; SIDE * SIDE] {
     let (w, h, data) = pillow_luma(img);
+    input_from_luma(w as usize, h as usize, data)
+}
+
+/// Resizes a grayscale plane to the 32×32 hash input (both entry points meet here, so they give
+/// the same bits).
+fn input_from_luma(width: usize, height: usize, data: Vec<u8>) -> [u8; SIDE * SIDE] {
     let gray = Plane8 {
-        width: w as usize,
-        height: h as usize,
+        width,
+        height,
         channels: 1,
         data,
     };
@@ -103,6 +113,23 @@ pub fn phash(img: &DynamicImage) -> u64 {
     hash_from_input(&phash_input(img))
 }
 
+/// The 64-bit perceptual hash of interleaved RGB8 pixels (`height` rows of `width` × 3 bytes),
+/// without building a [`DynamicImage`]: for stages that already hold raw pixels (crops, resized
+/// planes). Same bits as [`phash`] of the same image.
+///
+/// # Panics
+/// If `rgb.len() != width * height * 3`.
+pub fn phash_rgb(width: usize, height: usize, rgb: &[u8]) -> u64 {
+    assert_eq!(
+        rgb.len(),
+        width * height * 3,
+        "phash_rgb: {width}×{height} RGB8 needs {} bytes, got {}",
+        width * height * 3,
+        rgb.len()
+    );
+    hash_from_input(&input_from_luma(width, height, rgb_to_l(rgb, 3)))
+}
+
 /// The hash of an already prepared 32×32 grayscale input.
 pub fn hash_from_input(pixels: &[u8; SIDE * SIDE]) -> u64 {
     let low = dct_low(pixels);
@@ -141,6 +168,36 @@ mod tests {
         let low = dct_low(&[10; SIDE * SIDE]);
         assert!((low[0][0] - (2.0 * 32.0) * (2.0 * 32.0) * 10.0).abs() < 1e-6);
         assert!(low[0][1].abs() < 1e-9 && low[1][0].abs() < 1e-9);
+    }
+
+    #[test]
+    fn rgb_buffer_and_dynamic_image_give_the_same_hash() {
+        // A 47×29 gradient with some texture: not square, not a multiple of 32, so the resize
+        // actually reduces on both axes differently.
+        let (w, h) = (47u32, 29u32);
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 5 + y * 3) as u8,
+                ((x * y) % 251) as u8,
+                if (x / 4 + y / 3) % 2 == 0 { 200 } else { 30 },
+            ])
+        });
+        let raw = img.as_raw().clone();
+        let dynamic = DynamicImage::ImageRgb8(img);
+        let expected = phash(&dynamic);
+        assert_eq!(phash_rgb(w as usize, h as usize, &raw), expected);
+        // The RGBA path of the same pixels agrees too (alpha is ignored).
+        assert_eq!(
+            phash(&DynamicImage::ImageRgba8(dynamic.to_rgba8())),
+            expected
+        );
+        assert_ne!(expected, 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "needs")]
+    fn rgb_buffer_of_the_wrong_length_is_refused() {
+        phash_rgb(4, 4, &[0; 47]);
     }
 
     #[test]

@@ -1,0 +1,277 @@
+//! Filters 1–3 on one image, and everything per face that needs its pixels: detection,
+//! landmarks, embedding, the reference crop and its pHash, the training crop. What needs the
+//! whole group (filters 4 and 5) happens when the shards are merged.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use idforge_core::image_io::{DEFAULT_MAX_PIXELS, decode};
+use idforge_core::phash::phash_rgb;
+use idforge_core::schema::faces::{BoxXyxy, FaceRow, Reason, Verdict};
+use idforge_core::schema::ImageRow;
+use idforge_models::face_align::{five_points_from_68, norm_crop};
+use idforge_models::face_api::preprocess::RgbView;
+use idforge_models::face_api::{Detector, FaceApi, Stages};
+use idforge_models::iresnet::IResNet;
+
+use crate::crop;
+use crate::error::CurateError;
+use crate::settings::{CurateSettings, DetectorKind, EmbedderKind};
+use crate::verify::l2_normalized;
+
+/// Folder names under the stage directory, also the prefixes of the path columns.
+pub const CROPS_DIR: &str = "crops";
+/// Reference face crops.
+pub const REFS_DIR: &str = "refs";
+
+/// The loaded networks and the settings of filters 1–3; shared by the worker threads.
+pub struct Analyzer<B: Backend> {
+    face_api: FaceApi<B>,
+    arcface: Option<IResNet<B>>,
+    settings: CurateSettings,
+}
+
+impl<B: Backend> Analyzer<B> {
+    /// Loads the detector, landmark and embedding networks the settings ask for.
+    pub fn load(
+        settings: &CurateSettings,
+        face_api_models: &Path,
+        device: &B::Device,
+    ) -> Result<Self, CurateError> {
+        let face_api = FaceApi::load(
+            face_api_models,
+            detector(settings),
+            match settings.embedder.kind {
+                EmbedderKind::FaceApi => Stages::Descriptors,
+                EmbedderKind::Arcface => Stages::Landmarks,
+            },
+            device,
+        )?;
+        let arcface = match (&settings.embedder.kind, &settings.embedder.arcface_onnx) {
+            (EmbedderKind::Arcface, Some(path)) => Some(IResNet::load(path, device)?),
+            _ => None,
+        };
+        Ok(Analyzer {
+            face_api,
+            arcface,
+            settings: settings.clone(),
+        })
+    }
+
+    /// Length of the embeddings: 128 for face-api, the ONNX model's for ArcFace.
+    pub fn embedding_dim(&self) -> usize {
+        match &self.arcface {
+            Some(net) => net.config().embedding_size,
+            None => 128,
+        }
+    }
+
+    /// The name recorded in the `embedder` column.
+    pub fn embedder_name(&self) -> String {
+        embedder_name(&self.settings)
+    }
+
+    /// Runs filters 1–3 on `row` and writes the crops of its faces under `stage_dir`.
+    ///
+    /// Returns the image's rows of the `faces` table: its faces (candidates still `kept`), or
+    /// one image-level row. Errors are reserved for the run (a crop that cannot be written);
+    /// a bad image is a row.
+    pub fn analyze(
+        &self,
+        row: &ImageRow,
+        run_root: &Path,
+        stage_dir: &Path,
+    ) -> Result<Vec<FaceRow>, CurateError> {
+        let image_id = row.image_id.clone().unwrap_or_default();
+        let reject = |reason, detail: String| {
+            let mut r =
+                FaceRow::image_rejected(row.row_id, image_id.clone(), row.identity.clone(), reason, detail);
+            r.group = row.identity.clone();
+            Ok(vec![r])
+        };
+        let Some(store_path) = &row.store_path else {
+            return reject(Reason::Unreadable, "the images row has no store_path".into());
+        };
+        let path = resolve(run_root, store_path);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => return reject(Reason::Unreadable, format!("{}: {e}", path.display())),
+        };
+        let decoded = match decode(&bytes, DEFAULT_MAX_PIXELS) {
+            Ok(d) => d,
+            Err(e) => return reject(Reason::Unreadable, format!("{}: {e}", path.display())),
+        };
+        let min_side = self.settings.resolution.min_short_side;
+        let short = decoded.width.min(decoded.height);
+        if short < min_side {
+            return reject(
+                Reason::LowResolution,
+                format!(
+                    "{}×{} px: short side {short} < {min_side}",
+                    decoded.width, decoded.height
+                ),
+            );
+        }
+        let rgb = decoded.image.into_rgb8();
+        let img = RgbView {
+            width: rgb.width() as usize,
+            height: rgb.height() as usize,
+            data: rgb.as_raw(),
+        };
+        let detections = self.face_api.detect(img, detector(&self.settings));
+        if detections.is_empty() {
+            return reject(
+                Reason::NoFace,
+                format!(
+                    "no face scored {} or more",
+                    self.settings.faces.detector_floor
+                ),
+            );
+        }
+        let f = &self.settings.faces;
+        let mut rows = Vec::with_capacity(detections.len());
+        let mut candidates = Vec::new();
+        for (i, face) in detections.iter().enumerate() {
+            let d = &face.detection;
+            let bbox: BoxXyxy = [
+                d.x as f32,
+                d.y as f32,
+                (d.x + d.width) as f32,
+                (d.y + d.height) as f32,
+            ];
+            let mut r = FaceRow::image_rejected(
+                row.row_id,
+                image_id.clone(),
+                row.identity.clone(),
+                Reason::NoFace,
+                String::new(),
+            );
+            r.verdict = Verdict::Kept;
+            r.reason = None;
+            r.detail = None;
+            r.group = row.identity.clone();
+            r.face_index = Some(i as u32);
+            r.bbox = Some(bbox);
+            r.score = Some(d.score);
+            // The reference crop of every detection: the report shows even the rejected ones.
+            let rect = crop::reference_rect(bbox, img.width, img.height, self.settings.crop.ref_margin);
+            let pixels = crop::reference_crop(img, rect);
+            r.face_phash = Some(phash_rgb(pixels.width, pixels.height, &pixels.data));
+            let rel = face_file(REFS_DIR, &image_id, i);
+            save(stage_dir, &rel, &pixels, self.settings.crop.jpeg_quality)?;
+            r.ref_path = Some(stage_relative(stage_dir, &rel));
+            r.ref_box = Some(rect.map(|v| v as f32));
+            if d.score < f.min_score {
+                r.reject(
+                    Reason::LowScore,
+                    format!("detector score {:.3} < {}", d.score, f.min_score),
+                );
+            } else if (d.width as f32) < f.min_face_px || (d.height as f32) < f.min_face_px {
+                r.reject(
+                    Reason::FaceTooSmall,
+                    format!(
+                        "face box {:.0}×{:.0} px, both sides must reach {}",
+                        d.width, d.height, f.min_face_px
+                    ),
+                );
+            } else {
+                candidates.push(i);
+            }
+            rows.push(r);
+        }
+        if candidates.is_empty() {
+            return Ok(rows);
+        }
+        let mut faces: Vec<_> = candidates.iter().map(|&i| detections[i].clone()).collect();
+        self.face_api.add_landmarks(img, &mut faces);
+        match &self.arcface {
+            None => self.face_api.add_descriptors(img, &mut faces),
+            Some(net) => {
+                for face in &mut faces {
+                    let points = five_points_from_68(face.landmarks.as_deref().unwrap_or(&[]));
+                    let aligned = norm_crop(img, &points, 112);
+                    face.descriptor = Some(net.embed(aligned.view()));
+                }
+            }
+        }
+        let c = &self.settings.crop;
+        for (&i, face) in candidates.iter().zip(&faces) {
+            let r = &mut rows[i];
+            r.landmarks = face
+                .landmarks
+                .as_ref()
+                .map(|p| p.iter().flat_map(|&(x, y)| [x as f32, y as f32]).collect());
+            r.embedding = face.descriptor.as_deref().map(l2_normalized);
+            let bbox = r.bbox.expect("set above");
+            let sq = crop::training_square(bbox, img.width, img.height, c.face_share);
+            let pixels = crop::training_crop(img, sq, c.resolution as usize);
+            let rel = face_file(CROPS_DIR, &image_id, i);
+            save(stage_dir, &rel, &pixels, c.jpeg_quality)?;
+            r.crop_path = Some(stage_relative(stage_dir, &rel));
+            r.crop_box = Some(sq.xyxy());
+            r.face_box_in_crop = Some(crop::box_in_crop(bbox, sq, c.resolution as usize));
+        }
+        Ok(rows)
+    }
+}
+
+/// The face-api detector the settings name, with the recording floor as its threshold.
+fn detector(s: &CurateSettings) -> Detector {
+    match s.faces.detector {
+        DetectorKind::Ssd => Detector::SsdMobilenetV1 {
+            min_confidence: s.faces.detector_floor,
+            max_results: s.faces.max_faces,
+        },
+        DetectorKind::Tiny => Detector::Tiny {
+            input_size: 416,
+            score_threshold: s.faces.detector_floor,
+        },
+    }
+}
+
+/// `face-api` or `arcface:<file name>`.
+pub fn embedder_name(s: &CurateSettings) -> String {
+    match (&s.embedder.kind, &s.embedder.arcface_onnx) {
+        (EmbedderKind::Arcface, Some(p)) => format!(
+            "arcface:{}",
+            p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ),
+        _ => "face-api".into(),
+    }
+}
+
+/// A store path from the `images` table: relative ones are relative to the run directory.
+pub fn resolve(run_root: &Path, store_path: &str) -> PathBuf {
+    let p = Path::new(store_path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        run_root.join(p)
+    }
+}
+
+/// `<dir>/<ab>/<image_id>-<face>.jpg`, fanned out by the hash's first byte.
+fn face_file(dir: &str, image_id: &str, face: usize) -> PathBuf {
+    let fan = image_id.get(..2).unwrap_or("xx");
+    Path::new(dir).join(fan).join(format!("{image_id}-{face}.jpg"))
+}
+
+/// A stage-relative file as the run-relative path stored in the table (`curate/crops/...`).
+fn stage_relative(stage_dir: &Path, rel: &Path) -> String {
+    let stage = stage_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{stage}/{}", rel.display())
+}
+
+fn save(
+    stage_dir: &Path,
+    rel: &Path,
+    pixels: &idforge_core::resample::Plane8,
+    quality: u8,
+) -> Result<(), CurateError> {
+    let path = stage_dir.join(rel);
+    crop::save_jpeg(&path, pixels, quality)
+        .map_err(|e| idforge_core::CoreError::io(path, e).into())
+}
