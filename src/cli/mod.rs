@@ -1,5 +1,6 @@
 //! Command-line arguments and their dispatch to the stage libraries.
 
+mod curate;
 mod device;
 mod faces;
 mod ingest;
@@ -26,6 +27,9 @@ pub struct Cli {
 enum Command {
     /// Fetch or read images from URL lists and folders into the `images` table and the store.
     Ingest(ingest::IngestArgs),
+    /// Curate the ingested images: resolution, faces, identity verification, duplicates,
+    /// crops; writes the `faces` table and an HTML report.
+    Curate(curate::CurateArgs),
     /// Face models: `faces detect <image>` prints detected faces as JSON.
     Faces(faces::FacesArgs),
     /// Summarise a table (`images.parquet`) or a run folder.
@@ -39,6 +43,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ingest(a) => ingest::run(a),
+        Command::Curate(a) => curate::run(a),
         Command::Faces(a) => faces::run(a),
         Command::Show(a) => show::run(a),
         Command::Device(a) => device::run(a),
