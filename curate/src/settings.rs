@@ -289,3 +289,47 @@ impl Default for CropSettings {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idforge_core::recipe::Recipe;
+    use std::path::Path;
+
+    fn recipe(name: &str) -> Recipe {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../datasets/recipes")
+            .join(name);
+        Recipe::load(&path).unwrap()
+    }
+
+    #[test]
+    fn the_example_recipe_lists_every_default() {
+        let s: CurateSettings = recipe("example-urls.toml").stage("curate").unwrap();
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::to_value(CurateSettings::default()).unwrap()
+        );
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn the_demo_recipe_parses_and_validates() {
+        let s: CurateSettings = recipe("demo.toml").stage("curate").unwrap();
+        assert_eq!(s.faces.min_face_px, 150.0);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn meaningless_values_name_the_key_to_fix() {
+        let mut s = CurateSettings::default();
+        s.crop.face_share = 0.0;
+        assert!(s.validate().unwrap_err().contains("face_share"));
+        let mut s = CurateSettings::default();
+        s.embedder.kind = EmbedderKind::Arcface;
+        assert!(s.validate().unwrap_err().contains("arcface_onnx"));
+        let mut s = CurateSettings::default();
+        s.faces.detector_floor = 0.6;
+        assert!(s.validate().unwrap_err().contains("detector_floor"));
+    }
+}
