@@ -7,12 +7,12 @@ CARGO ?= cargo
 assets:
 	tools/fetch-assets >/dev/null
 
-## Ingest the face-api sample photographs, print the images table, curate them (faces table,
-## crops, runs/demo/curate/report.html).
+## Ingest the face-api sample photographs, curate them (faces table, crops,
+## runs/demo/curate/report.html), print both tables.
 demo: assets
 	$(CARGO) run --quiet -- ingest --recipe datasets/recipes/demo.toml
-	$(CARGO) run --quiet -- show runs/demo --rows 6
 	$(CARGO) run --quiet -- curate --recipe datasets/recipes/demo.toml
+	$(CARGO) run --quiet -- show runs/demo --rows 6
 
 ## Every unit, integration and doc test of the workspace.
 test: assets

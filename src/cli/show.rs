@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use idforge_core::schema::ImagesTable;
+use idforge_core::schema::{FacesTable, ImagesTable, Reason, Verdict};
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// An `images.parquet` file, or a run folder (`runs/<name>`).
+    /// An `images.parquet` or `faces.parquet` file, or a run folder (`runs/<name>`: every
+    /// finished stage's table).
     path: PathBuf,
     /// Also print the first N rows.
     #[arg(long, default_value_t = 0)]
@@ -18,11 +19,76 @@ pub struct ShowArgs {
 }
 
 pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let file = if args.path.is_dir() {
-        args.path.join("ingest").join("images.parquet")
-    } else {
-        args.path.clone()
-    };
+    if args.path.is_dir() {
+        let images = args.path.join("ingest").join("images.parquet");
+        let faces = args.path.join("curate").join("faces.parquet");
+        if !images.is_file() {
+            bail!(
+                "{} not found: give a table file, or a run folder whose ingest stage has finished",
+                images.display()
+            );
+        }
+        show_images(&images, args.rows)?;
+        if faces.is_file() {
+            println!();
+            show_faces(&faces, args.rows)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let file = args.path.clone();
+    if file.file_stem().is_some_and(|s| s == "faces") && file.is_file() {
+        show_faces(&file, args.rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    show_images(&file, args.rows)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_faces(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
+    let table = FacesTable::read(file).with_context(|| format!("reading {}", file.display()))?;
+    println!("{}", file.display());
+    let mut images: Vec<u64> = table.rows.iter().map(|r| r.row_id).collect();
+    images.dedup();
+    let faces = table.rows.iter().filter(|r| r.face_index.is_some()).count();
+    let kept: Vec<&idforge_core::schema::FaceRow> = table
+        .rows
+        .iter()
+        .filter(|r| r.verdict == Verdict::Kept)
+        .collect();
+    let mut groups: Vec<&str> = kept.iter().filter_map(|r| r.group.as_deref()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    println!(
+        "{} images, {faces} faces ({}), {} kept in {} identities",
+        images.len(),
+        table.embedder,
+        kept.len(),
+        groups.len()
+    );
+    let counts = table.outcome_counts();
+    for reason in Reason::ALL {
+        println!(
+            "  {:<20} {}",
+            reason.as_str(),
+            counts.get(reason.as_str()).copied().unwrap_or(0)
+        );
+    }
+    if rows > 0 {
+        let batch = table.to_batch()?.slice(0, rows.min(table.rows.len()));
+        let cols = [
+            "row_id", "face_index", "group", "score", "id_score", "verdict", "reason", "detail",
+        ];
+        let projected =
+            batch.project(&cols.map(|c| batch.schema().index_of(c).expect("fixed column")))?;
+        println!(
+            "{}",
+            arrow::util::pretty::pretty_format_batches(&[projected])?
+        );
+    }
+    Ok(())
+}
+
+fn show_images(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
     if !file.is_file() {
         bail!(
             "{} not found: give an images.parquet file or a run folder whose ingest stage has finished",
@@ -32,8 +98,8 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let table = ImagesTable::read(&file).with_context(|| format!("reading {}", file.display()))?;
     println!("{}", file.display());
     print!("{}", idforge_ingest::summary::summarize(&table));
-    if args.rows > 0 {
-        let batch = table.to_batch().slice(0, args.rows.min(table.rows.len()));
+    if rows > 0 {
+        let batch = table.to_batch().slice(0, rows.min(table.rows.len()));
         let cols = [
             "row_id", "identity", "status", "width", "height", "format", "source", "error",
         ];
@@ -44,5 +110,5 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             arrow::util::pretty::pretty_format_batches(&[projected])?
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
