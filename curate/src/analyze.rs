@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use idforge_core::image_io::{DEFAULT_MAX_PIXELS, decode};
 use idforge_core::phash::phash_rgb;
-use idforge_core::schema::faces::{BoxXyxy, FaceRow, Reason, Verdict};
 use idforge_core::schema::ImageRow;
+use idforge_core::schema::faces::{BoxXyxy, FaceRow, Reason, Verdict};
 use idforge_models::face_align::{five_points_from_68, norm_crop};
 use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::face_api::{Detector, FaceApi, Stages};
@@ -84,13 +84,21 @@ impl<B: Backend> Analyzer<B> {
     ) -> Result<Vec<FaceRow>, CurateError> {
         let image_id = row.image_id.clone().unwrap_or_default();
         let reject = |reason, detail: String| {
-            let mut r =
-                FaceRow::image_rejected(row.row_id, image_id.clone(), row.identity.clone(), reason, detail);
+            let mut r = FaceRow::image_rejected(
+                row.row_id,
+                image_id.clone(),
+                row.identity.clone(),
+                reason,
+                detail,
+            );
             r.group = row.identity.clone();
             Ok(vec![r])
         };
         let Some(store_path) = &row.store_path else {
-            return reject(Reason::Unreadable, "the images row has no store_path".into());
+            return reject(
+                Reason::Unreadable,
+                "the images row has no store_path".into(),
+            );
         };
         let path = resolve(run_root, store_path);
         let bytes = match std::fs::read(&path) {
@@ -154,7 +162,8 @@ impl<B: Backend> Analyzer<B> {
             r.bbox = Some(bbox);
             r.score = Some(d.score);
             // The reference crop of every detection: the report shows even the rejected ones.
-            let rect = crop::reference_rect(bbox, img.width, img.height, self.settings.crop.ref_margin);
+            let rect =
+                crop::reference_rect(bbox, img.width, img.height, self.settings.crop.ref_margin);
             let pixels = crop::reference_crop(img, rect);
             r.face_phash = Some(phash_rgb(pixels.width, pixels.height, &pixels.data));
             let rel = face_file(REFS_DIR, &image_id, i);
@@ -234,7 +243,9 @@ pub fn embedder_name(s: &CurateSettings) -> String {
     match (&s.embedder.kind, &s.embedder.arcface_onnx) {
         (EmbedderKind::Arcface, Some(p)) => format!(
             "arcface:{}",
-            p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            p.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         ),
         _ => "face-api".into(),
     }
@@ -253,7 +264,9 @@ pub fn resolve(run_root: &Path, store_path: &str) -> PathBuf {
 /// `<dir>/<ab>/<image_id>-<face>.jpg`, fanned out by the hash's first byte.
 fn face_file(dir: &str, image_id: &str, face: usize) -> PathBuf {
     let fan = image_id.get(..2).unwrap_or("xx");
-    Path::new(dir).join(fan).join(format!("{image_id}-{face}.jpg"))
+    Path::new(dir)
+        .join(fan)
+        .join(format!("{image_id}-{face}.jpg"))
 }
 
 /// A stage-relative file as the run-relative path stored in the table (`curate/crops/...`).
@@ -272,6 +285,5 @@ fn save(
     quality: u8,
 ) -> Result<(), CurateError> {
     let path = stage_dir.join(rel);
-    crop::save_jpeg(&path, pixels, quality)
-        .map_err(|e| idforge_core::CoreError::io(path, e).into())
+    crop::save_jpeg(&path, pixels, quality).map_err(|e| idforge_core::CoreError::io(path, e).into())
 }

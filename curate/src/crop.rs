@@ -42,7 +42,11 @@ impl Square {
 /// The training square for `face` in a `width × height` image (see the module doc).
 pub fn training_square(face: BoxXyxy, width: usize, height: usize, face_share: f32) -> Square {
     let (w, h) = ((face[2] - face[0]) as f64, (face[3] - face[1]) as f64);
-    let side = ((w * h / face_share as f64).sqrt()).max(w).max(h).round().max(1.0) as i64;
+    let side = ((w * h / face_share as f64).sqrt())
+        .max(w)
+        .max(h)
+        .round()
+        .max(1.0) as i64;
     let place = |center: f64, extent: usize| -> i64 {
         let extent = extent as i64;
         let want = (center - side as f64 / 2.0).round() as i64;

@@ -84,9 +84,11 @@ impl CurateSettings {
             ));
         }
         if self.embedder.kind == EmbedderKind::Arcface && self.embedder.arcface_onnx.is_none() {
-            return Err("[curate.embedder] kind = \"arcface\" needs arcface_onnx = \"<path to the \
+            return Err(
+                "[curate.embedder] kind = \"arcface\" needs arcface_onnx = \"<path to the \
                         model's .onnx>\" (insightface's w600k_r50.onnx, glintr100.onnx, ...)"
-                .into());
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -288,7 +290,6 @@ impl Default for CropSettings {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

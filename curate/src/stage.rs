@@ -75,7 +75,9 @@ where
                 "[curate] shards must be at least 1".into(),
             ));
         }
-        let images_path = run_root.join("ingest").join(format!("{IMAGES_TABLE}.parquet"));
+        let images_path = run_root
+            .join("ingest")
+            .join(format!("{IMAGES_TABLE}.parquet"));
         if !images_path.is_file() {
             return Err(CurateError::Settings(format!(
                 "{} does not exist: run `idforge ingest` for this run first (curate reads its \
@@ -185,10 +187,11 @@ where
     fn run_shard(&self, dir: &StageDir, shard: Shard) -> Result<StageStats, CurateError> {
         self.check_inputs(dir)?;
         let range = shard.rows(self.images.len());
-        let ids: std::collections::HashSet<u64> =
-            self.images[range.clone()].iter().map(|r| r.row_id).collect();
-        let (journal, done) =
-            Journal::<ImageDone>::open(&dir.shard_file(shard, "journal.jsonl"))?;
+        let ids: std::collections::HashSet<u64> = self.images[range.clone()]
+            .iter()
+            .map(|r| r.row_id)
+            .collect();
+        let (journal, done) = Journal::<ImageDone>::open(&dir.shard_file(shard, "journal.jsonl"))?;
         let mut finished: BTreeMap<u64, Vec<FaceRow>> = done
             .into_iter()
             .filter(|d| ids.contains(&d.row_id))
@@ -293,7 +296,10 @@ pub fn group_filters(rows: &mut [FaceRow], settings: &CurateSettings) -> Vec<Gro
     match id.mode {
         IdentityMode::Labels => {
             for &i in &unlabeled {
-                rows[i].group = Some(format!("image-{}", &rows[i].image_id[..12.min(rows[i].image_id.len())]));
+                rows[i].group = Some(format!(
+                    "image-{}",
+                    &rows[i].image_id[..12.min(rows[i].image_id.len())]
+                ));
             }
         }
         IdentityMode::Auto | IdentityMode::Discover => {

@@ -330,7 +330,10 @@ mod tests {
             .collect();
         let (out, fig) = verify_group(&cands, RULES);
         assert_eq!(out[6].decision, Decision::Outlier, "{out:?} {fig:?}");
-        assert!(out[..6].iter().all(|v| v.decision == Decision::Kept), "{out:?}");
+        assert!(
+            out[..6].iter().all(|v| v.decision == Decision::Kept),
+            "{out:?}"
+        );
         // The documented quantity: the mean cosine to the other six.
         let want: f32 = (0..6).map(|j| cosine(&embs[6], &embs[j])).sum::<f32>() / 6.0;
         assert!((out[6].id_score.unwrap() - want).abs() < 1e-6);
@@ -362,13 +365,28 @@ mod tests {
     fn in_a_group_photo_the_face_consistent_with_the_other_images_is_chosen() {
         let (a, a2, b, a3) = (unit(0.0), unit(0.05), unit(1.0), unit(-0.05));
         let cands = [
-            Candidate { image: 1, embedding: &a },
-            Candidate { image: 2, embedding: &b },
-            Candidate { image: 2, embedding: &a2 },
-            Candidate { image: 3, embedding: &a3 },
+            Candidate {
+                image: 1,
+                embedding: &a,
+            },
+            Candidate {
+                image: 2,
+                embedding: &b,
+            },
+            Candidate {
+                image: 2,
+                embedding: &a2,
+            },
+            Candidate {
+                image: 3,
+                embedding: &a3,
+            },
         ];
         let (out, _) = verify_group(&cands, RULES);
-        assert!(matches!(out[1].decision, Decision::OtherFaceInImage { .. }), "{out:?}");
+        assert!(
+            matches!(out[1].decision, Decision::OtherFaceInImage { .. }),
+            "{out:?}"
+        );
         assert_eq!(out[2].decision, Decision::Kept);
         assert_eq!(out[1].id_score, None);
     }
@@ -380,8 +398,14 @@ mod tests {
         let q = [unit(0.5), unit(0.52), unit(0.48)];
         let mut cands = Vec::new();
         for i in 0..3 {
-            cands.push(Candidate { image: i, embedding: &p[i as usize] });
-            cands.push(Candidate { image: i, embedding: &q[i as usize] });
+            cands.push(Candidate {
+                image: i,
+                embedding: &p[i as usize],
+            });
+            cands.push(Candidate {
+                image: i,
+                embedding: &q[i as usize],
+            });
         }
         let label = discover(&cands, 0.99);
         assert_eq!(label, vec![0, 1, 0, 1, 0, 1]);

@@ -163,7 +163,8 @@ fn detect_min_side(p: &Plane8, x: f32, y: f32) -> f32 {
         .min_by(|a, b| {
             let d = |f: &&idforge_models::face_api::Face| {
                 let d = &f.detection;
-                ((d.x + d.width / 2.0) as f32 - x).powi(2) + ((d.y + d.height / 2.0) as f32 - y).powi(2)
+                ((d.x + d.width / 2.0) as f32 - x).powi(2)
+                    + ((d.y + d.height / 2.0) as f32 - y).powi(2)
             };
             d(a).total_cmp(&d(b))
         })
@@ -181,7 +182,10 @@ fn threshold_boundaries_on_resolution_and_face_size() {
     let ok = to_size(&s1, 768, 512);
     let big = scaled(&s1, 1.04);
     // The limit goes between the face's measured size in the two versions.
-    let (under, over) = (detect_min_side(&s1, 502.0, 475.0), detect_min_side(&big, 522.0, 494.0));
+    let (under, over) = (
+        detect_min_side(&s1, 502.0, 475.0),
+        detect_min_side(&big, 522.0, 494.0),
+    );
     assert!(over - under > 2.0, "{under} {over}");
     let limit = (under + over) / 2.0;
     ingest(
@@ -207,7 +211,11 @@ fn threshold_boundaries_on_resolution_and_face_size() {
     assert!(r512.iter().all(|r| r.face_index.is_some()), "{r512:?}");
 
     let face_under = face_near(&rows_of(&table, 2), 502.0, 475.0);
-    assert_eq!(face_under.reason, Some(Reason::FaceTooSmall), "{face_under:?}");
+    assert_eq!(
+        face_under.reason,
+        Some(Reason::FaceTooSmall),
+        "{face_under:?}"
+    );
     let face_over = face_near(&rows_of(&table, 3), 522.0, 494.0);
     assert_eq!(face_over.verdict, Verdict::Kept, "{face_over:?}");
     assert!(face_over.crop_path.is_some() && face_over.embedding.is_some());
@@ -299,8 +307,11 @@ fn discovery_separates_the_people_of_the_group_photos() {
     let mirrors: Vec<Plane8> = originals.iter().map(mirrored).collect();
     let names = ["o1", "o4", "o6", "m1", "m4", "m6"];
     let all: Vec<&Plane8> = originals.iter().chain(&mirrors).collect();
-    let images: Vec<(&str, Option<&str>, &Plane8)> =
-        names.iter().zip(&all).map(|(n, p)| (*n, None, *p)).collect();
+    let images: Vec<(&str, Option<&str>, &Plane8)> = names
+        .iter()
+        .zip(&all)
+        .map(|(n, p)| (*n, None, *p))
+        .collect();
     ingest(tmp.path(), &images);
     let mut settings = CurateSettings::default();
     settings.faces.min_face_px = 100.0; // the group photos' faces are about 180 px wide
@@ -329,13 +340,94 @@ fn discovery_separates_the_people_of_the_group_photos() {
     for (g, people) in &by_group {
         let first = people[0];
         assert!(
-            people.iter().all(|p| p.0 == first.0 && (p.1 - first.1).abs() <= 1),
+            people
+                .iter()
+                .all(|p| p.0 == first.0 && (p.1 - first.1).abs() <= 1),
             "{g} mixes people: {people:?}"
         );
     }
     let pairs = by_group.values().filter(|p| p.len() == 2).count();
-    assert!(pairs >= 10, "only {pairs} people found in both copies: {by_group:?}");
+    assert!(
+        pairs >= 10,
+        "only {pairs} people found in both copies: {by_group:?}"
+    );
     // With two images each, the pairs pass verification and are kept.
-    let kept = table.rows.iter().filter(|r| r.verdict == Verdict::Kept).count();
+    let kept = table
+        .rows
+        .iter()
+        .filter(|r| r.verdict == Verdict::Kept)
+        .count();
     assert_eq!(kept, 2 * pairs, "{:?}", table.outcome_counts());
+}
+
+/// The ArcFace path of the stage (68 landmarks → 5 points → `norm_crop` → IResNet ONNX) gives
+/// the embeddings ONNX Runtime gives on insightface's alignment of the same faces
+/// (`tools/iresnet-reference/`, committed in the models crate's fixtures): cosine ≥ 0.9999.
+#[test]
+fn arcface_embeddings_match_onnx_runtime_through_the_stage() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures");
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("iresnet/iresnet.json")).unwrap(),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image::open(fixtures.join("face-api/sample1_640.png"))
+        .unwrap()
+        .into_rgb8();
+    let plane = Plane8 {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        channels: 3,
+        data: img.into_raw(),
+    };
+    ingest(tmp.path(), &[("s1", Some("group"), &plane)]);
+    let mut settings = CurateSettings::default();
+    settings.resolution.min_short_side = 400; // the fixture is 640 × 427
+    settings.faces.min_face_px = 30.0;
+    settings.identity.min_images = 1;
+    settings.embedder.kind = idforge_curate::settings::EmbedderKind::Arcface;
+    settings.embedder.arcface_onnx = Some(fixtures.join("iresnet/iresnet50_w4.onnx"));
+    let table = curate(tmp.path(), settings);
+    assert_eq!(table.embedder, "arcface:iresnet50_w4.onnx");
+    assert_eq!(table.embedding_dim, 32);
+    let faces: Vec<&serde_json::Value> = reference["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["image"] == "sample1_640.png")
+        .collect();
+    assert_eq!(faces.len(), 3);
+    for f in faces {
+        let want: Vec<f32> = f["embeddings"]["iresnet50_w4.onnx"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let want = idforge_curate::verify::l2_normalized(&want);
+        // The face whose left-eye centre (the first of the five points) is nearest.
+        let eye = &f["landmarks5"][0];
+        let (ex, ey) = (
+            eye[0].as_f64().unwrap() as f32,
+            eye[1].as_f64().unwrap() as f32,
+        );
+        let row = table
+            .rows
+            .iter()
+            .filter(|r| r.landmarks.is_some())
+            .min_by(|a, b| {
+                let d = |r: &&FaceRow| {
+                    let l = r.landmarks.as_ref().unwrap();
+                    let (x, y) = (
+                        l[36 * 2..42 * 2].iter().step_by(2).sum::<f32>() / 6.0,
+                        l[36 * 2 + 1..42 * 2].iter().step_by(2).sum::<f32>() / 6.0,
+                    );
+                    (x - ex).powi(2) + (y - ey).powi(2)
+                };
+                d(a).total_cmp(&d(b))
+            })
+            .unwrap();
+        let cos = idforge_curate::verify::cosine(row.embedding.as_ref().unwrap(), &want);
+        assert!(cos >= 0.9999, "face {}: cosine {cos}", f["face"]);
+    }
 }

@@ -76,7 +76,14 @@ fn show_faces(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
     if rows > 0 {
         let batch = table.to_batch()?.slice(0, rows.min(table.rows.len()));
         let cols = [
-            "row_id", "face_index", "group", "score", "id_score", "verdict", "reason", "detail",
+            "row_id",
+            "face_index",
+            "group",
+            "score",
+            "id_score",
+            "verdict",
+            "reason",
+            "detail",
         ];
         let projected =
             batch.project(&cols.map(|c| batch.schema().index_of(c).expect("fixed column")))?;

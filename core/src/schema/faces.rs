@@ -416,7 +416,11 @@ impl FacesTable {
             .map(|f| f.data_type().clone())
         {
             Ok(DataType::FixedSizeList(_, n)) => n as usize,
-            _ => return Err(schema_err("no FixedSizeList<f32> column `embedding`".into())),
+            _ => {
+                return Err(schema_err(
+                    "no FixedSizeList<f32> column `embedding`".into(),
+                ));
+            }
         };
         let expected = faces_schema(embedding_dim);
         let schema = first.schema();
@@ -545,7 +549,13 @@ mod tests {
     use super::*;
 
     fn sample() -> FacesTable {
-        let mut kept = FaceRow::image_rejected(3, "ab".repeat(32), Some("alice".into()), Reason::NoFace, String::new());
+        let mut kept = FaceRow::image_rejected(
+            3,
+            "ab".repeat(32),
+            Some("alice".into()),
+            Reason::NoFace,
+            String::new(),
+        );
         kept.verdict = Verdict::Kept;
         kept.reason = None;
         kept.detail = None;
