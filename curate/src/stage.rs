@@ -393,10 +393,14 @@ pub fn group_filters(rows: &mut [FaceRow], settings: &CurateSettings) -> Vec<Gro
                 if let Some(j) = d {
                     let first = rows[kept[*j]].key();
                     let bits = (hashes[k] ^ hashes[*j]).count_ones();
+                    let short = match first.split_once('#') {
+                        Some((id, face)) => format!("{}…#{face}", &id[..id.len().min(12)]),
+                        None => first.clone(),
+                    };
                     let r = &mut rows[kept[k]];
                     r.reject(
                         Reason::Duplicate,
-                        format!("reference crop's pHash is {bits} bits from {first}"),
+                        format!("reference crop's pHash is {bits} bits from {short}"),
                     );
                     r.duplicate_of = Some(first);
                 }
