@@ -102,7 +102,7 @@ fn show_images(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
             file.display()
         );
     }
-    let table = ImagesTable::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let table = ImagesTable::read(file).with_context(|| format!("reading {}", file.display()))?;
     println!("{}", file.display());
     print!("{}", idforge_ingest::summary::summarize(&table));
     if rows > 0 {
