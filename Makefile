@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both fetch what they need.
 CARGO ?= cargo
 
-.PHONY: demo test assets check-cuda bench bench-setup bench-faces lint
+.PHONY: demo test assets check-cuda bench bench-setup bench-faces bench-curate lint
 
 ## Fetch the face-api package (weights, sample photographs) into $IDFORGE_CACHE, once.
 assets:
@@ -35,6 +35,11 @@ bench: assets bench-setup
 ## against the reference face-api (tfjs wasm and cpu in Node), same images, same cores.
 bench-faces: assets
 	CARGO="$(CARGO)" tools/face-bench/run
+
+## The whole curate stage in images/s (1 thread, every core) on the demo photographs, next to
+## face-api's chain in Node on the same photographs.
+bench-curate: assets
+	CARGO="$(CARGO)" tools/curate-bench/run
 
 lint:
 	$(CARGO) fmt --all --check

@@ -4,6 +4,7 @@
 //! Stages never depend on each other; they meet in the tables defined here.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cache;
 pub mod error;
 pub mod hash;

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
+use idforge_core::bench::{cpu_seconds, loadavg};
 use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::face_api::{Detector, Face, FaceApi, Stages};
 
@@ -48,13 +49,9 @@ struct Args {
 }
 
 fn args() -> Args {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let bench = argv.iter().any(|a| a == "--bench");
-    let value = |flag: &str| {
-        argv.iter()
-            .position(|a| a == flag)
-            .and_then(|i| argv.get(i + 1).cloned())
-    };
+    let argv = idforge_core::bench::BenchArgs::from_env();
+    let bench = argv.bench;
+    let value = |flag: &str| argv.value(flag);
     let rounds = value("--rounds").map_or(if bench { 5 } else { 0 }, |v| {
         v.parse().expect("--rounds N")
     });
@@ -111,26 +108,6 @@ fn main() {
             ),
         }
     }
-}
-
-/// Seconds of CPU time (user + system) this process has used so far, from `/proc/self/stat`
-/// (clock ticks, assumed 100 per second); `None` where that file does not exist.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// The threads the backend's kernels may run on.
