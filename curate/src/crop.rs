@@ -68,16 +68,22 @@ pub fn training_square(face: BoxXyxy, width: usize, height: usize, face_share: f
 /// The RGB pixels of `sq`, edge-replicated where it leaves the image.
 pub fn extract(img: RgbView<'_>, sq: Square) -> Plane8 {
     let side = sq.side as usize;
-    let mut data = Vec::with_capacity(side * side * 3);
-    let cols: Vec<usize> = (0..sq.side)
-        .map(|c| (sq.x0 + c).clamp(0, img.width as i64 - 1) as usize)
+    extract_rect(img, sq.x0, sq.y0, side, side)
+}
+
+/// The RGB pixels of the `width × height` rectangle at `(x0, y0)`, edge-replicated where it
+/// leaves the image.
+fn extract_rect(img: RgbView<'_>, x0: i64, y0: i64, width: usize, height: usize) -> Plane8 {
+    let mut data = Vec::with_capacity(width * height * 3);
+    let cols: Vec<usize> = (0..width as i64)
+        .map(|c| (x0 + c).clamp(0, img.width as i64 - 1) as usize)
         .collect();
-    let contiguous = sq.x0 >= 0 && sq.x0 + sq.side <= img.width as i64;
-    for r in 0..sq.side {
-        let y = (sq.y0 + r).clamp(0, img.height as i64 - 1) as usize;
+    let contiguous = x0 >= 0 && x0 + width as i64 <= img.width as i64;
+    for r in 0..height as i64 {
+        let y = (y0 + r).clamp(0, img.height as i64 - 1) as usize;
         let row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
         if contiguous {
-            data.extend_from_slice(&row[sq.x0 as usize * 3..(sq.x0 as usize + side) * 3]);
+            data.extend_from_slice(&row[x0 as usize * 3..(x0 as usize + width) * 3]);
         } else {
             for &x in &cols {
                 data.extend_from_slice(&row[x * 3..x * 3 + 3]);
@@ -85,8 +91,8 @@ pub fn extract(img: RgbView<'_>, sq: Square) -> Plane8 {
         }
     }
     Plane8 {
-        width: side,
-        height: side,
+        width,
+        height,
         channels: 3,
         data,
     }
@@ -127,17 +133,7 @@ pub fn reference_rect(face: BoxXyxy, width: usize, height: usize, margin: f32) -
 /// The pixels of a reference rectangle (inside the image).
 pub fn reference_crop(img: RgbView<'_>, rect: [usize; 4]) -> Plane8 {
     let (w, h) = (rect[2] - rect[0], rect[3] - rect[1]);
-    let mut data = Vec::with_capacity(w * h * 3);
-    for y in rect[1]..rect[3] {
-        let row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
-        data.extend_from_slice(&row[rect[0] * 3..rect[2] * 3]);
-    }
-    Plane8 {
-        width: w,
-        height: h,
-        channels: 3,
-        data,
-    }
+    extract_rect(img, rect[0] as i64, rect[1] as i64, w, h)
 }
 
 /// Writes an RGB plane as JPEG, atomically (temporary file, then rename).

@@ -308,6 +308,17 @@ mod tests {
         vec![angle.cos(), angle.sin(), 0.0]
     }
 
+    /// One candidate per image, image `i` for embedding `i`.
+    fn one_per_image(embs: &[Vec<f32>]) -> Vec<Candidate<'_>> {
+        embs.iter()
+            .enumerate()
+            .map(|(i, e)| Candidate {
+                image: i as u64,
+                embedding: e,
+            })
+            .collect()
+    }
+
     const RULES: Rules = Rules {
         k: 8.0,
         sigma_floor: 0.005,
@@ -320,14 +331,7 @@ mod tests {
             .iter()
             .map(|&a| unit(a))
             .collect();
-        let cands: Vec<Candidate> = embs
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Candidate {
-                image: i as u64,
-                embedding: e,
-            })
-            .collect();
+        let cands = one_per_image(&embs);
         let (out, fig) = verify_group(&cands, RULES);
         assert_eq!(out[6].decision, Decision::Outlier, "{out:?} {fig:?}");
         assert!(
@@ -348,14 +352,7 @@ mod tests {
     #[test]
     fn the_floor_rejects_a_group_that_is_consistent_but_far_apart() {
         let embs: Vec<Vec<f32>> = [0.0, 1.2].iter().map(|&a| unit(a)).collect();
-        let cands: Vec<Candidate> = embs
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Candidate {
-                image: i as u64,
-                embedding: e,
-            })
-            .collect();
+        let cands = one_per_image(&embs);
         let (out, fig) = verify_group(&cands, RULES);
         assert!(out.iter().all(|v| v.decision == Decision::BelowFloor));
         assert_eq!(fig.sigma, None, "no relative rule below three images");

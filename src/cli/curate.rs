@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
-use idforge_core::Shard;
 use idforge_core::recipe::Recipe;
 use idforge_core::run::{RunDir, ShardSelection, run_stage};
 use idforge_core::schema::FacesTable;
@@ -187,17 +186,7 @@ fn resolve(args: &CurateArgs) -> anyhow::Result<Resolved> {
             Mode::Discover => IdentityMode::Discover,
         };
     }
-    let shard = match &args.shard {
-        Some(spec) => Some(Shard::parse(spec)?),
-        None => Shard::from_env()?,
-    };
-    let selection = match shard {
-        Some(sh) => {
-            s.shards = sh.count;
-            ShardSelection::One(sh)
-        }
-        None => ShardSelection::All(s.shards),
-    };
+    let selection = super::shard_selection(args.shard.as_deref(), &mut s.shards)?;
     Ok(Resolved {
         name,
         runs_dir,
@@ -248,18 +237,10 @@ where
     );
     let report = run_stage(&stage, &run, r.selection)
         .with_context(|| format!("running curate for `{}`", r.name))?;
-    if !report.skipped.is_empty() {
-        let list: Vec<String> = report.skipped.iter().map(|s| s.to_string()).collect();
-        eprintln!("already complete, skipped: shard {}", list.join(", "));
-    }
-    let Some(stats) = report.merged else {
-        let list: Vec<String> = report.waiting_for.iter().map(|s| s.to_string()).collect();
-        println!(
-            "shard done; the table is merged when the remaining shards finish: {}",
-            list.join(", ")
-        );
+    if !super::print_shard_report(&report) {
         return Ok(ExitCode::SUCCESS);
-    };
+    }
+    let stats = report.merged.expect("merged when the report says so");
     let dir = run.stage("curate");
     let table = FacesTable::read(&dir.path().join("faces.parquet"))?;
     let faces = table.rows.iter().filter(|r| r.face_index.is_some()).count();

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use idforge_core::Shard;
 use idforge_core::recipe::Recipe;
 use idforge_core::run::{RunDir, ShardSelection, run_stage};
 use idforge_core::schema::ImagesTable;
@@ -152,17 +151,7 @@ fn resolve(args: IngestArgs) -> anyhow::Result<Resolved> {
     if args.store.is_some() {
         settings.store = args.store;
     }
-    let shard = match args.shard {
-        Some(s) => Some(Shard::parse(&s)?),
-        None => Shard::from_env()?,
-    };
-    let selection = match shard {
-        Some(s) => {
-            settings.shards = s.count;
-            ShardSelection::One(s)
-        }
-        None => ShardSelection::All(settings.shards),
-    };
+    let selection = super::shard_selection(args.shard.as_deref(), &mut settings.shards)?;
     Ok(Resolved {
         name,
         runs_dir,
@@ -196,16 +185,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     );
     let report = run_stage(&stage, &run, r.selection)
         .with_context(|| format!("running ingest for `{}`", r.name))?;
-    if !report.skipped.is_empty() {
-        let list: Vec<String> = report.skipped.iter().map(|s| s.to_string()).collect();
-        eprintln!("already complete, skipped: shard {}", list.join(", "));
-    }
-    if report.merged.is_none() {
-        let list: Vec<String> = report.waiting_for.iter().map(|s| s.to_string()).collect();
-        println!(
-            "shard done; the table is merged when the remaining shards finish: {}",
-            list.join(", ")
-        );
+    if !super::print_shard_report(&report) {
         return Ok(ExitCode::SUCCESS);
     }
     let table_path = run.stage("ingest").path().join("images.parquet");

@@ -9,6 +9,8 @@ mod show;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use idforge_core::Shard;
+use idforge_core::run::{ShardSelection, StageReport};
 
 /// idforge builds identity-oriented face datasets, captions them into split prompts, trains
 /// PhotoMaker / IP-Adapter-style adapters and benchmarks identity-personalization methods.
@@ -48,4 +50,43 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Show(a) => show::run(a),
         Command::Device(a) => device::run(a),
     }
+}
+
+/// Which shards this process runs: `--shard i/N`, else the cluster scheduler's variables, else
+/// all `shards` of the stage. A single shard fixes the stage's shard count to its `N`.
+fn shard_selection(spec: Option<&str>, shards: &mut usize) -> anyhow::Result<ShardSelection> {
+    let shard = match spec {
+        Some(s) => Some(Shard::parse(s)?),
+        None => Shard::from_env()?,
+    };
+    Ok(match shard {
+        Some(s) => {
+            *shards = s.count;
+            ShardSelection::One(s)
+        }
+        None => ShardSelection::All(*shards),
+    })
+}
+
+/// Says which shards were skipped as complete and, when the stage is not merged yet, which
+/// ones it waits for. Returns whether the merged table exists.
+fn print_shard_report(report: &StageReport) -> bool {
+    let list = |shards: &[Shard]| {
+        shards
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !report.skipped.is_empty() {
+        eprintln!("already complete, skipped: shard {}", list(&report.skipped));
+    }
+    if report.merged.is_none() {
+        println!(
+            "shard done; the table is merged when the remaining shards finish: {}",
+            list(&report.waiting_for)
+        );
+        return false;
+    }
+    true
 }

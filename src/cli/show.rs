@@ -85,12 +85,7 @@ fn show_faces(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
             "reason",
             "detail",
         ];
-        let projected =
-            batch.project(&cols.map(|c| batch.schema().index_of(c).expect("fixed column")))?;
-        println!(
-            "{}",
-            arrow::util::pretty::pretty_format_batches(&[projected])?
-        );
+        print_columns(&batch, &cols)?;
     }
     Ok(())
 }
@@ -110,12 +105,21 @@ fn show_images(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
         let cols = [
             "row_id", "identity", "status", "width", "height", "format", "source", "error",
         ];
-        let projected =
-            batch.project(&cols.map(|c| batch.schema().index_of(c).expect("fixed column")))?;
-        println!(
-            "{}",
-            arrow::util::pretty::pretty_format_batches(&[projected])?
-        );
+        print_columns(&batch, &cols)?;
     }
+    Ok(())
+}
+
+/// Prints the named columns of `batch` as a table.
+fn print_columns(batch: &arrow::array::RecordBatch, cols: &[&str]) -> anyhow::Result<()> {
+    let indices: Vec<usize> = cols
+        .iter()
+        .map(|c| batch.schema().index_of(c).expect("fixed column"))
+        .collect();
+    let projected = batch.project(&indices)?;
+    println!(
+        "{}",
+        arrow::util::pretty::pretty_format_batches(&[projected])?
+    );
     Ok(())
 }
