@@ -3,8 +3,12 @@
 //! A schema change bumps the table's version constant; readers refuse other versions with a
 //! message that points at the migration note in `docs/ARCHITECTURE.md`.
 
+pub mod captions;
 pub mod faces;
 pub mod images;
 
+pub use captions::{
+    CAPTIONS_SCHEMA_VERSION, CAPTIONS_TABLE, CaptionRow, CaptionStatus, CaptionsTable,
+};
 pub use faces::{FACES_SCHEMA_VERSION, FACES_TABLE, FaceRow, FacesTable, Reason, Verdict};
 pub use images::{IMAGES_SCHEMA_VERSION, IMAGES_TABLE, ImageRow, ImageStatus, ImagesTable};
