@@ -460,6 +460,8 @@ mod tests {
             ("ssd_mobilenetv1_model", 151),
             ("face_landmark_68_model", 49),
             ("face_recognition_model", 117),
+            ("face_expression_model", 49),
+            ("age_gender_model", 51),
         ] {
             let w = TfjsWeights::load(&dir.join(format!("{model}-weights_manifest.json"))).unwrap();
             assert_eq!(w.tensors().len(), count, "{model}");

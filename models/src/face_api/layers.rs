@@ -68,3 +68,34 @@ impl<B: Backend> SeparableConv<B> {
         )
     }
 }
+
+/// `common/fullyConnectedLayer.ts`: `matMul(x, weights) + bias`, weights `[in, out]`.
+#[derive(Module, Debug)]
+pub(crate) struct FullyConnected<B: Backend> {
+    weights: Param<Tensor<B, 2>>,
+    bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> FullyConnected<B> {
+    /// `{prefix}/weights` and `{prefix}/bias` of the manifest.
+    pub(crate) fn load(
+        w: &TfjsWeights,
+        prefix: &str,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        Ok(FullyConnected {
+            weights: Param::from_tensor(w.dense(&format!("{prefix}/weights"), device)?),
+            bias: Param::from_tensor(w.tensor(&format!("{prefix}/bias"), device)?),
+        })
+    }
+
+    /// `[batch, in]` → `[batch, out]`.
+    pub(crate) fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(self.weights.val()) + self.bias.val().unsqueeze()
+    }
+
+    /// The device the weights live on.
+    pub(crate) fn device(&self) -> B::Device {
+        self.bias.val().device()
+    }
+}

@@ -3,8 +3,12 @@
 //! them line by line, with the file each part follows named in its docs.
 //!
 //! [`FaceApi`] chains them as `detectAllFaces().withFaceLandmarks().withFaceDescriptors()`
-//! does; each network is also usable alone.
+//! does, and [`FaceAttributeNets`] adds `.withFaceExpressions().withAgeAndGender()` from the
+//! landmarks; each network is also usable alone.
 
+pub mod age_gender;
+pub mod face_expression;
+pub mod face_feature_extractor;
 pub mod face_landmark_68;
 pub mod face_recognition;
 mod layers;
@@ -13,9 +17,12 @@ pub mod preprocess;
 pub mod ssd_mobilenetv1;
 pub mod tiny_face_detector;
 
+pub use age_gender::{AgeAndGender, AgeGenderNet, Gender};
+pub use face_expression::{EXPRESSION_LABELS, FaceExpressionNet};
+pub use face_feature_extractor::FaceFeatureExtractor;
 pub use face_landmark_68::FaceLandmark68;
 pub use face_recognition::FaceRecognition;
-pub use pipeline::{Detector, Face, FaceApi, Stages};
+pub use pipeline::{Detector, Face, FaceApi, FaceAttributeNets, FaceAttributes, Stages};
 pub use preprocess::PixelRect;
 pub use ssd_mobilenetv1::SsdMobilenetV1;
 pub use tiny_face_detector::TinyFaceDetector;

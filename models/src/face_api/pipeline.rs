@@ -2,6 +2,9 @@
 //! detect, cut each face as `dom/extractFaceTensors.ts` does, 68 landmarks, the dlib-style
 //! aligned square of `classes/FaceLandmarks.ts` (`alignDlib`), the 128-d descriptor. Faces of
 //! one image go through the landmark and descriptor nets as one batch.
+//!
+//! The attribute nets of `.withFaceExpressions().withAgeAndGender()` ([`FaceAttributeNets`])
+//! take a face's 68 landmarks and cut its `alignedRect` ([`aligned_rect`], [`attribute_crop`]).
 
 use std::path::Path;
 
@@ -10,7 +13,10 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::preprocess::{PixelRect, RgbView};
-use super::{Detection, FaceLandmark68, FaceRecognition, SsdMobilenetV1, TinyFaceDetector};
+use super::{
+    AgeAndGender, AgeGenderNet, Detection, FaceExpressionNet, FaceLandmark68, FaceRecognition,
+    Gender, SsdMobilenetV1, TinyFaceDetector,
+};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
 
@@ -308,4 +314,227 @@ pub fn align_dlib(points: &[(f64, f64)], crop_size: (usize, usize)) -> [f64; 4] 
         size.min(crop_size.0 as f64 + x),
         size.min(crop_size.1 as f64 + y),
     ]
+}
+
+/// `FaceLandmarks.align()` with its defaults (`alignMinBbox(0.2)`): the landmarks' bounding box
+/// (`ops/minBbox.ts`, whose maxima start from 0), grown by 20% of its width and height, half on
+/// each side; then the round trip through relative coordinates that
+/// `extendWithFaceLandmarks` makes (`rescale(1/size)`, then `FaceDetection` scales back),
+/// which can move the last bit. This is the `alignedRect.box` face-api keeps with each face,
+/// as `[x, y, width, height]`, unclipped; `image_size` is the image's `(width, height)`.
+/// Public because it is the box face-api reports for a face with landmarks, and because the
+/// attribute nets' crop ([`attribute_crop`]) derives from it.
+pub fn aligned_rect(points: &[(f64, f64)], image_size: (usize, usize)) -> [f64; 4] {
+    let min = |f: fn(&(f64, f64)) -> f64| {
+        points
+            .iter()
+            .map(f)
+            .fold(f64::INFINITY, |m, v| if v < m { v } else { m })
+    };
+    let max = |f: fn(&(f64, f64)) -> f64| {
+        points
+            .iter()
+            .map(f)
+            .fold(0.0, |m, v| if m < v { v } else { m })
+    };
+    let (min_x, min_y, max_x, max_y) = (min(|p| p.0), min(|p| p.1), max(|p| p.0), max(|p| p.1));
+    let (w, h) = (max_x - min_x, max_y - min_y);
+    // Box.pad(width · 0.2, height · 0.2).
+    let (pad_x, pad_y) = (w * 0.2, h * 0.2);
+    let padded = [
+        min_x - pad_x / 2.0,
+        min_y - pad_y / 2.0,
+        w + pad_x,
+        h + pad_y,
+    ];
+    relative_round_trip(padded, image_size)
+}
+
+/// `new FaceDetection(score, box.rescale(imageDims.reverse()), imageDims).box`: to relative
+/// coordinates (times `1/width`, `1/height`) and back, in doubles as JavaScript does.
+fn relative_round_trip(b: [f64; 4], (width, height): (usize, usize)) -> [f64; 4] {
+    let (w, h) = (width as f64, height as f64);
+    let (rw, rh) = (1.0 / w, 1.0 / h);
+    [b[0] * rw * w, b[1] * rh * h, b[2] * rw * w, b[3] * rh * h]
+}
+
+/// The rectangle face-api cuts for the expression and age/gender nets of a face with
+/// landmarks: `extractAllFacesAndComputeResults` takes the face's `alignedRect`
+/// ([`aligned_rect`]), `extractFaceTensors` scales it with `forSize(width, height)` (two more
+/// relative round trips) and clips it at the image borders, floored. `None` when nothing of it
+/// is inside the image (`extractFaceTensors` drops such a face). The nets' outputs depend on
+/// the exact pixels cut, so matching face-api's numbers needs this rectangle, not the dlib
+/// square of the descriptor nor the detection box.
+pub fn attribute_crop(points: &[(f64, f64)], img: RgbView<'_>) -> Option<PixelRect> {
+    let size = (img.width, img.height);
+    let rect = aligned_rect(points, size);
+    // FaceDetection.forSize: ObjectDetection.forSize, then a new FaceDetection from it.
+    let rect = relative_round_trip(relative_round_trip(rect, size), size);
+    clip_at_image_borders(rect, img)
+}
+
+/// What `.withFaceExpressions().withAgeAndGender()` adds to one face, with face-api's meaning
+/// of each field, so that callers can report the package's numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceAttributes {
+    /// Estimated age in years (the regression output, not rounded).
+    pub age: f32,
+    /// The more probable gender.
+    pub gender: Gender,
+    /// The probability of `gender`, in [0.5, 1].
+    pub gender_probability: f32,
+    /// Expression probabilities in [`super::face_expression::EXPRESSION_LABELS`] order
+    /// (neutral, happy, sad, angry, fearful, disgusted, surprised), summing to 1.
+    pub expressions: [f32; 7],
+    /// The pixels both nets saw: [`attribute_crop`] of the landmarks.
+    pub crop: PixelRect,
+}
+
+impl FaceAttributes {
+    /// The most probable expression and its probability (`asSortedArray()[0]`; the first label
+    /// wins a tie, as the stable sort keeps it first).
+    pub fn dominant_expression(&self) -> (&'static str, f32) {
+        let mut best = 0;
+        for (i, &p) in self.expressions.iter().enumerate() {
+            if p > self.expressions[best] {
+                best = i;
+            }
+        }
+        (
+            super::face_expression::EXPRESSION_LABELS[best],
+            self.expressions[best],
+        )
+    }
+}
+
+/// face-api's two attribute networks, loaded together because the chain runs both on the same
+/// crop; separate from [`FaceApi`] so that its loading and results stay as they were.
+#[derive(Debug)]
+pub struct FaceAttributeNets<B: Backend> {
+    expression: FaceExpressionNet<B>,
+    age_gender: AgeGenderNet<B>,
+}
+
+impl<B: Backend> FaceAttributeNets<B> {
+    /// Loads `face_expression_model` and `age_gender_model` from the package's `model/`
+    /// folder (the one [`FaceApi::load`] takes).
+    pub fn load(model_dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        let weights = |name: &str| {
+            TfjsWeights::load(&model_dir.join(format!("{name}-weights_manifest.json")))
+        };
+        Ok(FaceAttributeNets {
+            expression: FaceExpressionNet::load(&weights("face_expression_model")?, device)?,
+            age_gender: AgeGenderNet::load(&weights("age_gender_model")?, device)?,
+        })
+    }
+
+    /// Builds from nets already loaded.
+    pub fn new(expression: FaceExpressionNet<B>, age_gender: AgeGenderNet<B>) -> Self {
+        FaceAttributeNets {
+            expression,
+            age_gender,
+        }
+    }
+
+    /// The expression net, to run it alone.
+    pub fn expression_net(&self) -> &FaceExpressionNet<B> {
+        &self.expression
+    }
+
+    /// The age and gender net, to run it alone.
+    pub fn age_gender_net(&self) -> &AgeGenderNet<B> {
+        &self.age_gender
+    }
+
+    /// Expressions, age and gender of one face of `img` from its 68 landmarks in image pixels
+    /// (e.g. [`Face::landmarks`]); `None` when its [`attribute_crop`] is empty.
+    pub fn attributes(&self, img: RgbView<'_>, landmarks: &[(f64, f64)]) -> Option<FaceAttributes> {
+        self.attributes_batch(img, &[landmarks]).pop().flatten()
+    }
+
+    /// [`Self::attributes`] of several faces of one image, run through each net as one batch;
+    /// one entry per face, in order.
+    ///
+    /// # Panics
+    /// If a face has not 68 landmarks.
+    pub fn attributes_batch(
+        &self,
+        img: RgbView<'_>,
+        landmarks: &[&[(f64, f64)]],
+    ) -> Vec<Option<FaceAttributes>> {
+        let crops: Vec<(usize, PixelRect)> = landmarks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, points)| {
+                assert_eq!(points.len(), 68, "68 landmarks");
+                attribute_crop(points, img).map(|r| (i, r))
+            })
+            .collect();
+        let mut out = vec![None; landmarks.len()];
+        if crops.is_empty() {
+            return out;
+        }
+        let device = self
+            .expression
+            .devices()
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        // Both nets take the same input (`toBatchTensor(112, true)`, the same mean).
+        let input = Tensor::cat(
+            crops
+                .iter()
+                .map(|&(_, r)| FaceExpressionNet::<B>::input_at(img, r, &device))
+                .collect(),
+            0,
+        );
+        let expressions: Vec<f32> = self
+            .expression
+            .forward(input.clone())
+            .into_data()
+            .to_vec()
+            .expect("f32 output");
+        let (age, gender) = self.age_gender.forward(input);
+        let age: Vec<f32> = age.into_data().to_vec().expect("f32 output");
+        let gender: Vec<f32> = gender.into_data().to_vec().expect("f32 output");
+        for (k, &(i, crop)) in crops.iter().enumerate() {
+            let AgeAndGender {
+                age,
+                gender,
+                gender_probability,
+            } = AgeAndGender::from_outputs(age[k], gender[2 * k]);
+            out[i] = Some(FaceAttributes {
+                age,
+                gender,
+                gender_probability,
+                expressions: expressions[7 * k..7 * k + 7]
+                    .try_into()
+                    .expect("7 probabilities"),
+                crop,
+            });
+        }
+        out
+    }
+
+    /// [`Self::attributes_batch`] of the faces [`FaceApi::analyze`] returned, as
+    /// `.withFaceLandmarks().withFaceExpressions().withAgeAndGender()` does; `None` for a face
+    /// without landmarks (loaded with [`Stages::Detect`], or a box empty in the image): without
+    /// landmarks face-api would cut the detection box instead, a chain this does not offer.
+    pub fn attributes_of_faces(
+        &self,
+        img: RgbView<'_>,
+        faces: &[Face],
+    ) -> Vec<Option<FaceAttributes>> {
+        let with: Vec<(usize, &[(f64, f64)])> = faces
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.landmarks.as_deref().map(|l| (i, l)))
+            .collect();
+        let results = self.attributes_batch(img, &with.iter().map(|&(_, l)| l).collect::<Vec<_>>());
+        let mut out = vec![None; faces.len()];
+        for ((i, _), r) in with.into_iter().zip(results) {
+            out[i] = r;
+        }
+        out
+    }
 }
