@@ -74,6 +74,27 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         ))
     }
 
+    /// Reads the whole rows of a journal another process may still be appending to, without
+    /// touching the file (a torn last line is skipped, not cut off). A missing file is empty.
+    pub fn read_only(path: &Path) -> Result<Vec<T>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).at(path),
+        };
+        let mut rows = Vec::new();
+        for line in text.split_inclusive('\n') {
+            if !line.ends_with('\n') {
+                break;
+            }
+            match serde_json::from_str::<T>(line) {
+                Ok(row) => rows.push(row),
+                Err(_) => break,
+            }
+        }
+        Ok(rows)
+    }
+
     /// Appends one finished row as a JSON line, with a single write, so a kill leaves either the
     /// whole line or a torn tail that the next [`Journal::open`] discards.
     ///
@@ -152,5 +173,24 @@ mod tests {
         assert_eq!(text.lines().count(), 2);
         let (_, done) = Journal::<Row>::open(&path).unwrap();
         assert_eq!(done, vec![row(1), row(2)]);
+    }
+
+    #[test]
+    fn read_only_skips_a_torn_line_and_leaves_the_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.journal.jsonl");
+        assert!(Journal::<Row>::read_only(&path).unwrap().is_empty());
+        let (journal, _) = Journal::<Row>::open(&path).unwrap();
+        journal.append(&row(1)).unwrap();
+        drop(journal);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"id\": 2, \"na")
+            .unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(Journal::<Row>::read_only(&path).unwrap(), vec![row(1)]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), before);
     }
 }

@@ -111,6 +111,30 @@ impl StageDir {
         std::fs::write(&marker, b"").at(&marker)
     }
 
+    /// Removes everything the stage wrote except the entries named in `keep` (a cache), so
+    /// that the next run starts over — with another shard count if it likes — without paying
+    /// again for what the kept entries hold.
+    pub fn reset_keeping(&self, keep: &[&str]) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).at(&self.path),
+        };
+        for entry in entries {
+            let entry = entry.at(&self.path)?;
+            if keep.iter().any(|k| entry.file_name() == **k) {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type().at(&path)?.is_dir() {
+                std::fs::remove_dir_all(&path).at(&path)?;
+            } else {
+                std::fs::remove_file(&path).at(&path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Fixes the shard count on first use; a later run with another count is an error.
     fn check_plan(&self, count: usize) -> Result<()> {
         #[derive(Serialize, Deserialize)]
