@@ -8,10 +8,13 @@ assets:
 	tools/fetch-assets >/dev/null
 
 ## Ingest the face-api sample photographs, curate them (faces table, crops,
-## runs/demo/curate/report.html), print both tables.
+## runs/demo/curate/report.html), caption them offline (captions table), export the
+## dataset (runs/demo/dataset/, loads in Hugging Face `datasets`), print the tables.
 demo: assets
 	$(CARGO) run --quiet -- ingest --recipe datasets/recipes/demo.toml
 	$(CARGO) run --quiet -- curate --recipe datasets/recipes/demo.toml
+	$(CARGO) run --quiet -- caption --recipe datasets/recipes/demo.toml
+	$(CARGO) run --quiet -- dataset export runs/demo
 	$(CARGO) run --quiet -- show runs/demo --rows 6
 
 ## Every unit, integration and doc test of the workspace.

@@ -93,7 +93,7 @@ pub struct CurateArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Device {
+pub(super) enum Device {
     /// burn's flex CPU backend, one image per core.
     Cpu,
     /// burn's CUDA backend (builds with `--features cuda`).

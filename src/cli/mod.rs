@@ -1,6 +1,8 @@
 //! Command-line arguments and their dispatch to the stage libraries.
 
+mod caption;
 mod curate;
+mod dataset;
 mod device;
 mod faces;
 mod ingest;
@@ -32,6 +34,12 @@ enum Command {
     /// Curate the ingested images: resolution, faces, identity verification, duplicates,
     /// crops; writes the `faces` table and an HTML report.
     Curate(curate::CurateArgs),
+    /// Caption the kept faces into general / background / body prompts (a VLM server, offline
+    /// face attributes, or imported captions); writes the `captions` table.
+    Caption(caption::CaptionArgs),
+    /// Publish a run as a dataset: `dataset export` writes Hugging Face `datasets` Parquet
+    /// shards and a dataset card.
+    Dataset(dataset::DatasetArgs),
     /// Face models: `faces detect <image>` prints detected faces as JSON.
     Faces(faces::FacesArgs),
     /// Summarise a table (`images.parquet`) or a run folder.
@@ -46,6 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ingest(a) => ingest::run(a),
         Command::Curate(a) => curate::run(a),
+        Command::Caption(a) => caption::run(a),
+        Command::Dataset(a) => dataset::run(a),
         Command::Faces(a) => faces::run(a),
         Command::Show(a) => show::run(a),
         Command::Device(a) => device::run(a),

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use idforge_core::schema::{FacesTable, ImagesTable, Reason, Verdict};
+use idforge_core::schema::{CaptionStatus, CaptionsTable, FacesTable, ImagesTable, Reason, Verdict};
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// An `images.parquet` or `faces.parquet` file, or a run folder (`runs/<name>`: every
+    /// An `images.parquet`, `faces.parquet` or `captions.parquet` file, or a run folder (`runs/<name>`: every
     /// finished stage's table).
     path: PathBuf,
     /// Also print the first N rows.
@@ -33,11 +33,20 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             println!();
             show_faces(&faces, args.rows)?;
         }
+        let captions = args.path.join("caption").join("captions.parquet");
+        if captions.is_file() {
+            println!();
+            show_captions(&captions, args.rows)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let file = args.path.clone();
     if file.file_stem().is_some_and(|s| s == "faces") && file.is_file() {
         show_faces(&file, args.rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if file.file_stem().is_some_and(|s| s == "captions") && file.is_file() {
+        show_captions(&file, args.rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     show_images(&file, args.rows)?;
@@ -86,6 +95,31 @@ fn show_faces(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
             "detail",
         ];
         print_columns(&batch, &cols)?;
+    }
+    Ok(())
+}
+
+fn show_captions(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
+    let table = CaptionsTable::read(file).with_context(|| format!("reading {}", file.display()))?;
+    println!("{}", file.display());
+    let ok = table.rows.iter().filter(|r| r.status == CaptionStatus::Ok).count();
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &table.rows {
+        *by.entry(format!("{} ({}, {}, {})", r.captioner, r.model, r.prompt_version, r.splitter))
+            .or_default() += 1;
+    }
+    println!(
+        "{} faces: {ok} captioned, {} failed, {} from the cache",
+        table.rows.len(),
+        table.rows.len() - ok,
+        table.rows.iter().filter(|r| r.cached).count()
+    );
+    for (who, n) in by {
+        println!("  {who}: {n}");
+    }
+    if rows > 0 {
+        let batch = table.to_batch()?.slice(0, rows.min(table.rows.len()));
+        print_columns(&batch, &["row_id", "face_index", "status", "class_word", "general", "background", "body"])?;
     }
     Ok(())
 }
