@@ -234,4 +234,23 @@ mod tests {
         let err = toml::from_str::<CaptionSettings>("captioner = \"gpt\"").unwrap_err();
         assert!(err.to_string().contains("unknown variant"), "{err}");
     }
+
+    fn recipe(name: &str) -> idforge_core::recipe::Recipe {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../datasets/recipes")
+            .join(name);
+        idforge_core::recipe::Recipe::load(&path).unwrap()
+    }
+
+    #[test]
+    fn the_example_recipe_lists_every_default() {
+        let s: CaptionSettings = recipe("example-urls.toml").stage("caption").unwrap();
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::to_value(CaptionSettings::default()).unwrap()
+        );
+        s.validate().unwrap();
+        let demo: CaptionSettings = recipe("demo.toml").stage("caption").unwrap();
+        assert_eq!(demo.captioner, CaptionerKind::Attributes);
+    }
 }
