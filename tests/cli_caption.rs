@@ -75,10 +75,16 @@ fn the_demo_pipeline_captions_every_kept_face_and_exports_them() {
         .map(|r| (r.image_id.clone(), r.face_index))
         .collect();
     assert_eq!(keys, kept, "one caption row per kept face, in table order");
-    assert!(kept.len() >= 10, "the demo keeps the faces of six group photos");
+    assert!(
+        kept.len() >= 10,
+        "the demo keeps the faces of six group photos"
+    );
     for r in &captions.rows {
         assert_eq!(r.status, CaptionStatus::Ok, "{r:?}");
-        assert_eq!((r.captioner.as_str(), r.splitter.as_str()), ("attributes", "none"));
+        assert_eq!(
+            (r.captioner.as_str(), r.splitter.as_str()),
+            ("attributes", "none")
+        );
         let class = r.class_word.as_deref().unwrap();
         let general = r.general.as_deref().unwrap();
         assert!(
@@ -124,7 +130,14 @@ fn the_cli_drives_an_openai_compatible_server_and_reports_failures() {
             .arg(recipe())
             .arg("--runs-dir")
             .arg(&runs)
-            .args(["--captioner", "openai", "--model", "test-vlm", "--concurrency", "1"])
+            .args([
+                "--captioner",
+                "openai",
+                "--model",
+                "test-vlm",
+                "--concurrency",
+                "1",
+            ])
             .args(["--api-key-env", "IDFORGE_TEST_KEY"])
             .arg("--base-url")
             .arg(server.base_url())
@@ -133,17 +146,33 @@ fn the_cli_drives_an_openai_compatible_server_and_reports_failures() {
         c.output().unwrap()
     };
     let out = caption(&[]);
-    assert_eq!(out.status.code(), Some(3), "failures exit 3\n{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "failures exit 3\n{}",
+        text(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(" 1 failed"), "{stdout}");
     assert!(stdout.contains("no valid JSON after 3 replies"), "{stdout}");
-    let n = CaptionsTable::read(&runs.join("demo/caption/captions.parquet")).unwrap().rows.len();
+    let n = CaptionsTable::read(&runs.join("demo/caption/captions.parquet"))
+        .unwrap()
+        .rows
+        .len();
     assert_eq!(server.requests().len(), n + 2);
 
     let out = caption(&["--retry-failed"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("retrying 1 failed"), "{}", text(&out));
-    assert_eq!(server.requests().len(), n + 3, "only the failed face was asked again");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("retrying 1 failed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        server.requests().len(),
+        n + 3,
+        "only the failed face was asked again"
+    );
     let table = CaptionsTable::read(&runs.join("demo/caption/captions.parquet")).unwrap();
     assert!(table.rows.iter().all(|r| r.status == CaptionStatus::Ok
         && r.general.as_deref().unwrap().starts_with("a man img with")));
@@ -158,18 +187,40 @@ fn first_mistakes_get_messages_that_say_what_to_do() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("run `idforge curate` for this run first"), "{}", text(&out));
+    assert!(
+        text(&out).contains("run `idforge curate` for this run first"),
+        "{}",
+        text(&out)
+    );
 
     let out = idforge()
-        .args(["caption", "--name", "nothing", "--captioner", "openai", "--runs-dir"])
+        .args([
+            "caption",
+            "--name",
+            "nothing",
+            "--captioner",
+            "openai",
+            "--runs-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("[caption.openai] model is required"), "{}", text(&out));
+    assert!(
+        text(&out).contains("[caption.openai] model is required"),
+        "{}",
+        text(&out)
+    );
 
     let out = idforge()
-        .args(["caption", "--name", "x", "--trigger", "two words", "--runs-dir"])
+        .args([
+            "caption",
+            "--name",
+            "x",
+            "--trigger",
+            "two words",
+            "--runs-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

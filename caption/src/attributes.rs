@@ -56,7 +56,11 @@ pub struct Observed {
 /// The class word the template uses for these attributes.
 pub fn class_word(a: &FaceAttributes) -> &'static str {
     let child = a.age < 13.0;
-    match (a.gender_probability >= MIN_GENDER_PROBABILITY, a.gender, child) {
+    match (
+        a.gender_probability >= MIN_GENDER_PROBABILITY,
+        a.gender,
+        child,
+    ) {
         (true, Gender::Male, true) => "boy",
         (true, Gender::Male, false) => "man",
         (true, Gender::Female, true) => "girl",
@@ -161,24 +165,33 @@ where
             raw: vec![],
             attempts: 0,
         };
-        let (Some(path), Some(lm), Some(bbox)) = (&item.source_path, &item.landmarks, item.bbox) else {
+        let (Some(path), Some(lm), Some(bbox)) = (&item.source_path, &item.landmarks, item.bbox)
+        else {
             return Err(fail(
                 "the attributes captioner needs the source image, the face's landmarks and box \
                  (the faces table has no landmarks for this face, or the images table no store path)"
                     .into(),
             ));
         };
-        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-        let decoded = decode(&bytes, DEFAULT_MAX_PIXELS).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let decoded = decode(&bytes, DEFAULT_MAX_PIXELS)
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
         let rgb = decoded.image.into_rgb8();
         let img = RgbView {
             width: rgb.width() as usize,
             height: rgb.height() as usize,
             data: rgb.as_raw(),
         };
-        let points: Vec<(f64, f64)> = lm.chunks_exact(2).map(|p| (p[0] as f64, p[1] as f64)).collect();
+        let points: Vec<(f64, f64)> = lm
+            .chunks_exact(2)
+            .map(|p| (p[0] as f64, p[1] as f64))
+            .collect();
         if points.len() != 68 {
-            return Err(fail(format!("{} landmarks where 68 are expected", points.len())));
+            return Err(fail(format!(
+                "{} landmarks where 68 are expected",
+                points.len()
+            )));
         }
         let attributes = self
             .nets
@@ -225,18 +238,31 @@ mod tests {
             gender,
             gender_probability: p,
             expressions,
-            crop: PixelRect { x: 0, y: 0, width: 1, height: 1 },
+            crop: PixelRect {
+                x: 0,
+                y: 0,
+                width: 1,
+                height: 1,
+            },
         }
     }
 
     #[test]
     fn the_template_names_age_gender_expression_pose_and_framing() {
         let o = Observed {
-            attributes: attrs(34.2, Gender::Female, 0.93, [0.2, 0.8, 0.0, 0.0, 0.0, 0.0, 0.0]),
+            attributes: attrs(
+                34.2,
+                Gender::Female,
+                0.93,
+                [0.2, 0.8, 0.0, 0.0, 0.0, 0.0, 0.0],
+            ),
             yaw: 0.05,
             face_share: 0.3,
         };
-        assert_eq!(template(&o), "a woman in her thirties, smiling, facing the camera, close-up photo");
+        assert_eq!(
+            template(&o),
+            "a woman in her thirties, smiling, facing the camera, close-up photo"
+        );
         let o = Observed {
             attributes: attrs(8.0, Gender::Male, 0.6, [0.7, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0]),
             yaw: -0.4,
@@ -248,10 +274,18 @@ mod tests {
         );
         let o = Observed {
             // No expression above one half: none is named.
-            attributes: attrs(75.0, Gender::Male, 0.99, [0.3, 0.45, 0.25, 0.0, 0.0, 0.0, 0.0]),
+            attributes: attrs(
+                75.0,
+                Gender::Male,
+                0.99,
+                [0.3, 0.45, 0.25, 0.0, 0.0, 0.0, 0.0],
+            ),
             yaw: 0.3,
             face_share: 0.001,
         };
-        assert_eq!(template(&o), "an elderly man, head turned towards the right of the frame, wide shot");
+        assert_eq!(
+            template(&o),
+            "an elderly man, head turned towards the right of the frame, wide shot"
+        );
     }
 }

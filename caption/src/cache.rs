@@ -23,8 +23,15 @@ use crate::captioner::Outcome;
 use crate::error::CaptionError;
 
 /// The key of a caption.
-pub fn caption_key(image_sha256: &str, captioner: &str, model: &str, prompt_version: &str) -> String {
-    sha256_hex(format!("caption\0{image_sha256}\0{captioner}\0{model}\0{prompt_version}").as_bytes())
+pub fn caption_key(
+    image_sha256: &str,
+    captioner: &str,
+    model: &str,
+    prompt_version: &str,
+) -> String {
+    sha256_hex(
+        format!("caption\0{image_sha256}\0{captioner}\0{model}\0{prompt_version}").as_bytes(),
+    )
 }
 
 /// The key of an `llm` split of a caption.
@@ -55,12 +62,18 @@ impl Cache {
     /// `<own>.jsonl`.
     pub fn open(dir: &Path, own: &str) -> Result<Self, CaptionError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            CaptionError::Settings(format!("cannot create the cache folder {}: {e}", dir.display()))
+            CaptionError::Settings(format!(
+                "cannot create the cache folder {}: {e}",
+                dir.display()
+            ))
         })?;
         let own_path = dir.join(format!("{own}.jsonl"));
         let mut entries = HashMap::new();
         let listing = std::fs::read_dir(dir).map_err(|e| {
-            CaptionError::Settings(format!("cannot read the cache folder {}: {e}", dir.display()))
+            CaptionError::Settings(format!(
+                "cannot read the cache folder {}: {e}",
+                dir.display()
+            ))
         })?;
         let mut others: Vec<_> = listing
             .filter_map(|e| e.ok().map(|e| e.path()))

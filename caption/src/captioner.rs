@@ -107,8 +107,7 @@ pub fn parse_parts(reply: &str) -> Result<Parts, String> {
         (Some(a), Some(b)) if b > a => &trimmed[a..=b],
         _ => return Err("no JSON object in the reply".into()),
     };
-    let value: Value =
-        serde_json::from_str(candidate).map_err(|e| format!("invalid JSON: {e}"))?;
+    let value: Value = serde_json::from_str(candidate).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(map) = value else {
         return Err("the reply is not a JSON object".into());
     };
@@ -229,7 +228,11 @@ impl JsonAsker<'_> {
                 temperature: self.temperature,
             };
             match self.client.chat(&req).await {
-                Err(e) if use_schema && self.schema == SchemaMode::Auto && e.is_schema_unsupported() => {
+                Err(e)
+                    if use_schema
+                        && self.schema == SchemaMode::Auto
+                        && e.is_schema_unsupported() =>
+                {
                     out.attempts += e.attempts();
                     self.supported.store(SCHEMA_UNSUPPORTED, Ordering::Relaxed);
                     continue;
@@ -313,8 +316,14 @@ impl OpenAiCaptioner {
     /// Captions one image (`mime` its media type).
     pub async fn caption(&self, mime: &str, image: &[u8]) -> Result<Outcome, Failure> {
         if self.answers_in_parts() {
-            return self.asker()
-                .ask(&self.prompt.system, &self.prompt.user, Some((mime, image)), |_| Ok(()))
+            return self
+                .asker()
+                .ask(
+                    &self.prompt.system,
+                    &self.prompt.user,
+                    Some((mime, image)),
+                    |_| Ok(()),
+                )
                 .await;
         }
         let req = ChatRequest {
@@ -444,16 +453,30 @@ mod tests {
 
     #[test]
     fn parts_parse_strictly_but_tolerate_fences() {
-        let p = parse_parts("```json\n{\"general\": \"a man\", \"background\": \"\", \"body\": \"a coat\"}\n```")
-            .unwrap();
+        let p = parse_parts(
+            "```json\n{\"general\": \"a man\", \"background\": \"\", \"body\": \"a coat\"}\n```",
+        )
+        .unwrap();
         assert_eq!(p.general, "a man");
         assert_eq!(p.background.as_deref(), Some(""));
         for (bad, why) in [
             ("sure! here it is", "no JSON object"),
-            ("{\"general\": \"a man\", \"background\": \"x\"}", "`body` is missing"),
-            ("{\"general\": \"\", \"background\": \"x\", \"body\": \"y\"}", "`general` is empty"),
-            ("{\"general\": 3, \"background\": \"x\", \"body\": \"y\"}", "not a string"),
-            ("{\"general\": \"a\", \"background\": \"x\", \"body\": \"y\", \"notes\": \"z\"}", "unexpected keys"),
+            (
+                "{\"general\": \"a man\", \"background\": \"x\"}",
+                "`body` is missing",
+            ),
+            (
+                "{\"general\": \"\", \"background\": \"x\", \"body\": \"y\"}",
+                "`general` is empty",
+            ),
+            (
+                "{\"general\": 3, \"background\": \"x\", \"body\": \"y\"}",
+                "not a string",
+            ),
+            (
+                "{\"general\": \"a\", \"background\": \"x\", \"body\": \"y\", \"notes\": \"z\"}",
+                "unexpected keys",
+            ),
             ("{\"general\": \"a\", ", "no JSON object"),
             ("{\"general\": \"a\" \"b\"}", "invalid JSON"),
         ] {

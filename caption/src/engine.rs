@@ -52,7 +52,6 @@ impl Splitter {
     }
 }
 
-
 /// Where the pieces of an engine come from besides the settings.
 pub struct EngineInputs<'a, B: Backend> {
     /// Resolves a path from the recipe (prompt files, import files) against its folder.
@@ -65,7 +64,11 @@ pub struct EngineInputs<'a, B: Backend> {
     pub device: B::Device,
 }
 
-fn client(o: &OpenAiSettings, model: &str, api_key: Option<String>) -> Result<ChatClient, CaptionError> {
+fn client(
+    o: &OpenAiSettings,
+    model: &str,
+    api_key: Option<String>,
+) -> Result<ChatClient, CaptionError> {
     let policy = RetryPolicy {
         max_retries: o.max_retries,
         base_backoff: Duration::from_secs_f64(o.backoff_s),
@@ -76,7 +79,11 @@ fn client(o: &OpenAiSettings, model: &str, api_key: Option<String>) -> Result<Ch
         .map_err(|e| CaptionError::Settings(format!("[caption.openai] {e}")))
 }
 
-fn prompt(path: &Option<PathBuf>, kind: PromptKind, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Prompt, CaptionError> {
+fn prompt(
+    path: &Option<PathBuf>,
+    kind: PromptKind,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Prompt, CaptionError> {
     match path {
         Some(p) => Prompt::load(&resolve(p), kind),
         None => Ok(Prompt::builtin(kind)),
@@ -98,7 +105,11 @@ impl Engine {
             Ok(match settings.splitter {
                 SplitterKind::Rules => Splitter::Rules,
                 SplitterKind::Llm => {
-                    let model = if o.split_model.is_empty() { &o.model } else { &o.split_model };
+                    let model = if o.split_model.is_empty() {
+                        &o.model
+                    } else {
+                        &o.split_model
+                    };
                     Splitter::Llm(Arc::new(LlmSplitter::new(
                         client(o, model, inputs.api_key.clone())?,
                         prompt(&o.split_prompt, PromptKind::Split, inputs.resolve)?,

@@ -36,7 +36,8 @@ impl ImportCaptioner {
 
     /// Captions from a CSV (with a header) or JSON-lines (`.jsonl`, `.ndjson`) file.
     pub fn from_file(path: &Path) -> Result<Self, CaptionError> {
-        let err = |m: String| CaptionError::Settings(format!("import file {}: {m}", path.display()));
+        let err =
+            |m: String| CaptionError::Settings(format!("import file {}: {m}", path.display()));
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -48,9 +49,13 @@ impl ImportCaptioner {
             Some("jsonl" | "ndjson")
         );
         if jsonl {
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
-                    .map_err(|e| err(format!("line {}: {e}", i + 1)))?;
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let v: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(line).map_err(|e| err(format!("line {}: {e}", i + 1)))?;
                 rows.push(
                     v.into_iter()
                         .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
@@ -138,7 +143,10 @@ impl OfflineCaptioner for ImportCaptioner {
                     if self.from_ingest {
                         "the ingest row has no caption".to_string()
                     } else {
-                        format!("{} has no row for its crop_path, image_id or source", self.model)
+                        format!(
+                            "{} has no row for its crop_path, image_id or source",
+                            self.model
+                        )
                     }
                 ),
                 raw: vec![],

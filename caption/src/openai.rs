@@ -437,11 +437,13 @@ mod tests {
         assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
         let past = "Wed, 21 Oct 2015 07:28:00 GMT";
         assert_eq!(parse_retry_after(past), Some(Duration::ZERO));
-        let future = httpdate::fmt_http_date(
-            std::time::SystemTime::now() + Duration::from_secs(30),
-        );
+        let future =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
         let d = parse_retry_after(&future).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-1"), None);
     }
@@ -453,7 +455,13 @@ mod tests {
             body: body.into(),
             attempts: 1,
         };
-        assert!(e(400, "{\"error\": \"response_format json_schema not supported\"}").is_schema_unsupported());
+        assert!(
+            e(
+                400,
+                "{\"error\": \"response_format json_schema not supported\"}"
+            )
+            .is_schema_unsupported()
+        );
         assert!(e(422, "guided decoding backend unavailable").is_schema_unsupported());
         assert!(!e(400, "image too large").is_schema_unsupported());
         assert!(!e(500, "response_format").is_schema_unsupported());
@@ -469,7 +477,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.content, "hi");
-        assert_eq!((ok.prompt_tokens, ok.completion_tokens), (Some(10), Some(2)));
+        assert_eq!(
+            (ok.prompt_tokens, ok.completion_tokens),
+            (Some(10), Some(2))
+        );
         assert_eq!(ok.attempts, 2);
         for bad in [
             "not json",

@@ -58,9 +58,18 @@ impl Prompt {
     /// that an installed binary has them).
     pub fn builtin(kind: PromptKind) -> Self {
         let (name, text) = match kind {
-            PromptKind::OneCall => ("one-call-v1.toml", include_str!("../../datasets/prompts/one-call-v1.toml")),
-            PromptKind::Caption => ("caption-v1.toml", include_str!("../../datasets/prompts/caption-v1.toml")),
-            PromptKind::Split => ("split-v1.toml", include_str!("../../datasets/prompts/split-v1.toml")),
+            PromptKind::OneCall => (
+                "one-call-v1.toml",
+                include_str!("../../datasets/prompts/one-call-v1.toml"),
+            ),
+            PromptKind::Caption => (
+                "caption-v1.toml",
+                include_str!("../../datasets/prompts/caption-v1.toml"),
+            ),
+            PromptKind::Split => (
+                "split-v1.toml",
+                include_str!("../../datasets/prompts/split-v1.toml"),
+            ),
         };
         Self::parse(&Path::new("datasets/prompts").join(name), text, kind)
             .expect("the shipped prompts are valid")
@@ -115,7 +124,10 @@ mod tests {
         let split = Prompt::load(&d.join("split-v1.toml"), PromptKind::Split).unwrap();
         assert!(split.user_with_caption("X Y").contains("X Y"));
         let wrong = Prompt::load(&d.join("split-v1.toml"), PromptKind::OneCall).unwrap_err();
-        assert!(wrong.to_string().contains("Split prompt where a OneCall"), "{wrong}");
+        assert!(
+            wrong.to_string().contains("Split prompt where a OneCall"),
+            "{wrong}"
+        );
         assert_eq!(Prompt::builtin(PromptKind::OneCall).user, one.user);
     }
 }

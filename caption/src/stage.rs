@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use idforge_core::hash::sha256_hex;
 use idforge_core::progress::Progress;
-use idforge_core::run::{RunDir, ShardSelection, StageDir, StageReport, read_json, run_stage, write_json};
+use idforge_core::run::{
+    RunDir, ShardSelection, StageDir, StageReport, read_json, run_stage, write_json,
+};
 use idforge_core::schema::faces::{FacesTable, Verdict};
 use idforge_core::schema::{
     CAPTIONS_TABLE, CaptionRow, CaptionStatus, CaptionsTable, FACES_TABLE, IMAGES_TABLE, ImageRow,
@@ -29,8 +31,8 @@ use idforge_core::{Shard, Stage, StageStats};
 
 use crate::cache::{Cache, caption_key, split_key};
 use crate::captioner::{Failure, OpenAiCaptioner, Outcome, Parts};
-use crate::engine::{Engine, Splitter};
 use crate::class_word::{find_class_word, insert_trigger, most_frequent_class_word};
+use crate::engine::{Engine, Splitter};
 use crate::error::CaptionError;
 use crate::rules;
 use crate::settings::CaptionSettings;
@@ -116,7 +118,11 @@ pub struct CaptionStage {
 
 impl CaptionStage {
     /// Reads the kept faces of `runs/<name>/curate/faces.parquet` (and their `images` rows).
-    pub fn new(settings: CaptionSettings, run_root: &Path, engine: Engine) -> Result<Self, CaptionError> {
+    pub fn new(
+        settings: CaptionSettings,
+        run_root: &Path,
+        engine: Engine,
+    ) -> Result<Self, CaptionError> {
         settings.validate().map_err(CaptionError::Settings)?;
         let items = load_items(run_root)?;
         let threads = if settings.threads == 0 {
@@ -146,7 +152,10 @@ impl CaptionStage {
     /// (captioner, model, prompt version, splitter) as stored in every row.
     pub fn identity(&self) -> (String, String, String, String) {
         match &self.engine {
-            Engine::Server { captioner, splitter } => (
+            Engine::Server {
+                captioner,
+                splitter,
+            } => (
                 "openai".into(),
                 captioner.model().to_string(),
                 captioner.prompt().version.clone(),
@@ -156,7 +165,10 @@ impl CaptionStage {
                     splitter.name()
                 },
             ),
-            Engine::Offline { captioner, splitter } => (
+            Engine::Offline {
+                captioner,
+                splitter,
+            } => (
                 captioner.name().to_string(),
                 captioner.model(),
                 captioner.version(),
@@ -185,7 +197,10 @@ impl CaptionStage {
     fn fingerprint(&self) -> Fingerprint {
         let mut text = String::new();
         for it in &self.items {
-            text.push_str(&format!("{}#{}\t{}\n", it.image_id, it.face_index, it.crop_path));
+            text.push_str(&format!(
+                "{}#{}\t{}\n",
+                it.image_id, it.face_index, it.crop_path
+            ));
         }
         let (captioner, model, prompt_version, splitter) = self.identity();
         Fingerprint {
@@ -209,7 +224,8 @@ impl CaptionStage {
             if then != now {
                 note = Some(describe_change(&then, &now));
             } else if retry_failed && dir.is_final() {
-                let table = CaptionsTable::read(&dir.path().join(format!("{CAPTIONS_TABLE}.parquet")))?;
+                let table =
+                    CaptionsTable::read(&dir.path().join(format!("{CAPTIONS_TABLE}.parquet")))?;
                 let failed = table
                     .rows
                     .iter()
@@ -260,7 +276,11 @@ impl CaptionStage {
     }
 
     /// Fills a row from an outcome (success) or a failure.
-    fn finish_row(&self, mut row: CaptionRow, result: Result<(Outcome, bool), Failure>) -> CaptionRow {
+    fn finish_row(
+        &self,
+        mut row: CaptionRow,
+        result: Result<(Outcome, bool), Failure>,
+    ) -> CaptionRow {
         match result {
             Ok((out, cached)) => {
                 row.cached = cached;
@@ -369,7 +389,12 @@ impl CaptionStage {
             Err(f) => return self.finish_row(self.base_row(item, String::new()), Err(f)),
         };
         let row = self.base_row(item, sha.clone());
-        let key = caption_key(&sha, "openai", captioner.model(), &captioner.prompt().version);
+        let key = caption_key(
+            &sha,
+            "openai",
+            captioner.model(),
+            &captioner.prompt().version,
+        );
         let (out, cached) = match cache.get(&key) {
             Some(out) => (out, true),
             None => {
@@ -379,7 +404,14 @@ impl CaptionStage {
                 match captioner.caption(mime, &bytes).await {
                     Ok(out) => {
                         if let Err(e) = cache.put(&key, &out) {
-                            return self.finish_row(row, Err(Failure { error: e.to_string(), raw: out.raw, attempts: out.attempts }));
+                            return self.finish_row(
+                                row,
+                                Err(Failure {
+                                    error: e.to_string(),
+                                    raw: out.raw,
+                                    attempts: out.attempts,
+                                }),
+                            );
                         }
                         (out, false)
                     }
@@ -448,7 +480,9 @@ fn describe_change(then: &Fingerprint, now: &Fingerprint) -> String {
 
 /// The kept faces with a crop, joined with their `images` rows.
 fn load_items(run_root: &Path) -> Result<Vec<Item>, CaptionError> {
-    let faces_path = run_root.join("curate").join(format!("{FACES_TABLE}.parquet"));
+    let faces_path = run_root
+        .join("curate")
+        .join(format!("{FACES_TABLE}.parquet"));
     if !faces_path.is_file() {
         return Err(CaptionError::Settings(format!(
             "{} does not exist: run `idforge curate` for this run first (caption reads its faces table)",
@@ -456,7 +490,9 @@ fn load_items(run_root: &Path) -> Result<Vec<Item>, CaptionError> {
         )));
     }
     let faces = FacesTable::read(&faces_path)?;
-    let images_path = run_root.join("ingest").join(format!("{IMAGES_TABLE}.parquet"));
+    let images_path = run_root
+        .join("ingest")
+        .join(format!("{IMAGES_TABLE}.parquet"));
     let images: HashMap<u64, ImageRow> = if images_path.is_file() {
         ImagesTable::read(&images_path)?
             .rows
@@ -468,14 +504,19 @@ fn load_items(run_root: &Path) -> Result<Vec<Item>, CaptionError> {
     };
     let mut items = Vec::new();
     for f in faces.rows {
-        let (Verdict::Kept, Some(face_index), Some(crop_path)) = (f.verdict, f.face_index, f.crop_path)
+        let (Verdict::Kept, Some(face_index), Some(crop_path)) =
+            (f.verdict, f.face_index, f.crop_path)
         else {
             continue;
         };
         let img = images.get(&f.row_id);
         let source_path = img.and_then(|r| r.store_path.as_deref()).map(|p| {
             let p = Path::new(p);
-            if p.is_absolute() { p.to_path_buf() } else { run_root.join(p) }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                run_root.join(p)
+            }
         });
         items.push(Item {
             row_id: f.row_id,
@@ -516,13 +557,18 @@ impl Stage for CaptionStage {
         let cache = Cache::open(&dir.path().join(CACHE_DIR), &shard.label())?;
         let progress = Progress::new(format!("caption shard {shard}"), items.len() as u64);
         let rows: Vec<CaptionRow> = match &self.engine {
-            Engine::Server { captioner, splitter } => {
+            Engine::Server {
+                captioner,
+                splitter,
+            } => {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
                     .build()
                     .map_err(|e| CaptionError::Settings(format!("tokio runtime: {e}")))?;
-                let limit = Arc::new(tokio::sync::Semaphore::new(self.settings.openai.concurrency));
+                let limit = Arc::new(tokio::sync::Semaphore::new(
+                    self.settings.openai.concurrency,
+                ));
                 rt.block_on(async {
                     let tasks = items.iter().map(|item| {
                         let limit = limit.clone();
@@ -530,7 +576,9 @@ impl Stage for CaptionStage {
                         let cache = &cache;
                         async move {
                             let _permit = limit.acquire().await.expect("semaphore open");
-                            let row = self.caption_with_server(item, captioner, splitter, cache).await;
+                            let row = self
+                                .caption_with_server(item, captioner, splitter, cache)
+                                .await;
                             progress.inc(1);
                             row
                         }
@@ -538,7 +586,10 @@ impl Stage for CaptionStage {
                     futures_util::future::join_all(tasks).await
                 })
             }
-            Engine::Offline { captioner, splitter } => {
+            Engine::Offline {
+                captioner,
+                splitter,
+            } => {
                 let rt = match splitter {
                     Splitter::Llm(_) => Some(
                         tokio::runtime::Builder::new_multi_thread()
@@ -553,7 +604,13 @@ impl Stage for CaptionStage {
                     items
                         .par_iter()
                         .map(|item| {
-                            let row = self.caption_offline(item, captioner.as_ref(), splitter, &cache, rt.as_ref());
+                            let row = self.caption_offline(
+                                item,
+                                captioner.as_ref(),
+                                splitter,
+                                &cache,
+                                rt.as_ref(),
+                            );
                             progress.inc(1);
                             row
                         })

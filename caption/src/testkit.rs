@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::{Value, json};
 use idforge_core::hash::sha256_hex;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -218,7 +218,11 @@ async fn answer(head: &[String], body: &[u8], state: &State) -> Answer {
             .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
             .map(|(_, v)| v.trim().to_string());
         if auth.as_deref() != Some(&format!("Bearer {key}")) {
-            return (401, vec![], error_body("invalid API key", "authentication_error"));
+            return (
+                401,
+                vec![],
+                error_body("invalid API key", "authentication_error"),
+            );
         }
     }
     let Ok(req) = serde_json::from_slice::<Value>(body) else {
@@ -316,15 +320,22 @@ async fn answer(head: &[String], body: &[u8], state: &State) -> Answer {
         }
         Some(Fault::Status(code)) => {
             state.requests.lock().unwrap().push(record(*code));
-            return (*code, vec![], error_body("the model crashed", "server_error"));
+            return (
+                *code,
+                vec![],
+                error_body("the model crashed", "server_error"),
+            );
         }
         Some(Fault::Malformed) => content = "Sure! {\"general\": \"a man\", \"background".into(),
-        Some(Fault::WrongShape) => content = json!({"general": "a man", "background": ""}).to_string(),
+        Some(Fault::WrongShape) => {
+            content = json!({"general": "a man", "background": ""}).to_string()
+        }
         Some(Fault::Slow(d)) => tokio::time::sleep(*d).await,
         Some(Fault::Pass) | None => {}
     }
     state.requests.lock().unwrap().push(record(200));
-    let prompt_tokens = (system_text.len() + user_text.len()) / 4 + if tag.is_some() { 256 } else { 0 };
+    let prompt_tokens =
+        (system_text.len() + user_text.len()) / 4 + if tag.is_some() { 256 } else { 0 };
     let completion_tokens = content.split_whitespace().count();
     (
         200,

@@ -118,7 +118,11 @@ fn one_call_captions_every_crop_from_its_own_image_and_records_costs() {
     s.openai.concurrency = 4;
     let (rows, note) = run(&stage(&s, &root, Some("sk-test")), &root, false);
     assert_eq!(note, None);
-    assert_eq!(rows.len(), 4, "one row per kept face, the rejected face is not captioned");
+    assert_eq!(
+        rows.len(),
+        4,
+        "one row per kept face, the rejected face is not captioned"
+    );
     for r in &rows {
         assert_eq!(r.status, CaptionStatus::Ok, "{r:?}");
         let tag = &r.input_sha256[..8];
@@ -130,23 +134,48 @@ fn one_call_captions_every_crop_from_its_own_image_and_records_costs() {
         );
         assert_eq!(
             r.general.as_deref(),
-            Some(format!("a man img with short dark hair and a calm expression, photo {tag}").as_str())
+            Some(
+                format!("a man img with short dark hair and a calm expression, photo {tag}")
+                    .as_str()
+            )
         );
         assert_eq!(r.background.as_deref(), Some("a plain white wall"));
-        assert_eq!(r.body.as_deref(), Some("wearing a grey shirt, arms crossed"));
-        assert_eq!((r.class_word.as_deref(), r.trigger.as_deref()), (Some("man"), Some("img")));
-        assert_eq!((r.captioner.as_str(), r.model.as_str()), ("openai", "test-vlm"));
-        assert_eq!((r.prompt_version.as_str(), r.splitter.as_str()), ("one-call-v1", "json"));
+        assert_eq!(
+            r.body.as_deref(),
+            Some("wearing a grey shirt, arms crossed")
+        );
+        assert_eq!(
+            (r.class_word.as_deref(), r.trigger.as_deref()),
+            (Some("man"), Some("img"))
+        );
+        assert_eq!(
+            (r.captioner.as_str(), r.model.as_str()),
+            ("openai", "test-vlm")
+        );
+        assert_eq!(
+            (r.prompt_version.as_str(), r.splitter.as_str()),
+            ("one-call-v1", "json")
+        );
         assert_eq!(r.attempts, 1);
         assert!(!r.cached);
         assert!(r.latency_ms.is_some());
-        assert!(r.prompt_tokens.unwrap() > 256 && r.completion_tokens.unwrap() > 5, "{r:?}");
+        assert!(
+            r.prompt_tokens.unwrap() > 256 && r.completion_tokens.unwrap() > 5,
+            "{r:?}"
+        );
         assert_eq!(raw_replies(r).len(), 1);
     }
     let requests = server.requests();
     assert_eq!(requests.len(), 4);
-    assert!(requests.iter().all(|q| q.response_format && q.status == 200 && q.model == "test-vlm"));
-    let mut sent: Vec<_> = requests.iter().map(|q| q.image_sha256.clone().unwrap()).collect();
+    assert!(
+        requests
+            .iter()
+            .all(|q| q.response_format && q.status == 200 && q.model == "test-vlm")
+    );
+    let mut sent: Vec<_> = requests
+        .iter()
+        .map(|q| q.image_sha256.clone().unwrap())
+        .collect();
     let mut have: Vec<_> = rows.iter().map(|r| r.input_sha256.clone()).collect();
     sent.sort();
     have.sort();
@@ -161,7 +190,11 @@ fn a_wrong_api_key_is_a_failure_that_names_the_status() {
     })
     .unwrap();
     let (_dir, root) = make_run(1);
-    let (rows, _) = run(&stage(&settings(&server), &root, Some("wrong")), &root, false);
+    let (rows, _) = run(
+        &stage(&settings(&server), &root, Some("wrong")),
+        &root,
+        false,
+    );
     assert_eq!(rows[0].status, CaptionStatus::Failed);
     let error = rows[0].error.as_deref().unwrap();
     assert!(error.contains("HTTP 401 after 1 attempt"), "{error}");
@@ -190,12 +223,19 @@ fn retry_after_and_5xx_are_retried_and_invalid_json_is_retried_then_recorded() {
     let st = stage(&s, &root, None);
     let start = Instant::now();
     let (rows, _) = run(&st, &root, false);
-    assert!(start.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was honoured");
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was honoured"
+    );
     assert_eq!(rows[0].status, CaptionStatus::Ok);
     assert_eq!(rows[0].attempts, 3);
     assert_eq!(rows[1].status, CaptionStatus::Ok);
     assert_eq!(rows[1].attempts, 2);
-    assert_eq!(raw_replies(&rows[1]).len(), 2, "the malformed reply is kept");
+    assert_eq!(
+        raw_replies(&rows[1]).len(),
+        2,
+        "the malformed reply is kept"
+    );
     assert_eq!(rows[2].status, CaptionStatus::Failed);
     assert_eq!(rows[2].attempts, 3);
     let error = rows[2].error.as_deref().unwrap();
@@ -212,7 +252,10 @@ fn retry_after_and_5xx_are_retried_and_invalid_json_is_retried_then_recorded() {
     assert!(note.unwrap().contains("retrying 1 failed"));
     assert_eq!(server.requests().len(), 9);
     assert!(rows.iter().all(|r| r.status == CaptionStatus::Ok));
-    assert_eq!(rows.iter().map(|r| r.cached).collect::<Vec<_>>(), [true, true, false]);
+    assert_eq!(
+        rows.iter().map(|r| r.cached).collect::<Vec<_>>(),
+        [true, true, false]
+    );
 }
 
 #[test]
@@ -263,19 +306,30 @@ fn the_cache_pays_for_nothing_twice_and_a_new_prompt_version_recaptions() {
     let (rows, note) = run(&stage(&s, &root, None), &root, false);
     assert!(note.unwrap().contains("trigger img → sks"));
     assert_eq!(server.requests().len(), 3);
-    assert!(rows.iter().all(|r| r.cached && r.general.as_deref().unwrap().starts_with("a man sks with")));
+    assert!(
+        rows.iter()
+            .all(|r| r.cached && r.general.as_deref().unwrap().starts_with("a man sks with"))
+    );
 
     // A new prompt version re-captions everything.
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/prompts/one-call-v1.toml"))
-        .unwrap()
-        .replace("version = \"one-call-v1\"", "version = \"one-call-v2\"");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/prompts/one-call-v1.toml"),
+    )
+    .unwrap()
+    .replace("version = \"one-call-v1\"", "version = \"one-call-v2\"");
     let prompt = dir.path().join("one-call-v2.toml");
     std::fs::write(&prompt, text).unwrap();
     s.openai.prompt = Some(prompt);
     let (rows, note) = run(&stage(&s, &root, None), &root, false);
-    assert!(note.unwrap().contains("prompt version one-call-v1 → one-call-v2"));
+    assert!(
+        note.unwrap()
+            .contains("prompt version one-call-v1 → one-call-v2")
+    );
     assert_eq!(server.requests().len(), 6);
-    assert!(rows.iter().all(|r| !r.cached && r.prompt_version == "one-call-v2"));
+    assert!(
+        rows.iter()
+            .all(|r| !r.cached && r.prompt_version == "one-call-v2")
+    );
 }
 
 #[test]
@@ -288,9 +342,22 @@ fn two_call_mode_with_the_llm_splitter_loses_nothing_and_caches_the_split() {
     let (rows, _) = run(&stage(&s, &root, None), &root, false);
     let requests = server.requests();
     assert_eq!(requests.len(), 4);
-    assert_eq!(requests.iter().filter(|q| q.image_sha256.is_some()).count(), 2);
-    assert!(requests.iter().filter(|q| q.image_sha256.is_some()).all(|q| !q.response_format));
-    assert!(requests.iter().filter(|q| q.image_sha256.is_none()).all(|q| q.response_format));
+    assert_eq!(
+        requests.iter().filter(|q| q.image_sha256.is_some()).count(),
+        2
+    );
+    assert!(
+        requests
+            .iter()
+            .filter(|q| q.image_sha256.is_some())
+            .all(|q| !q.response_format)
+    );
+    assert!(
+        requests
+            .iter()
+            .filter(|q| q.image_sha256.is_none())
+            .all(|q| q.response_format)
+    );
     for r in &rows {
         let tag = &r.input_sha256[..8];
         assert_eq!(r.status, CaptionStatus::Ok, "{:?}", r.error);
@@ -301,14 +368,24 @@ fn two_call_mode_with_the_llm_splitter_loses_nothing_and_caches_the_split() {
             r.general_raw.as_deref(),
             Some(format!("A man with short dark hair and a calm expression, photo {tag}").as_str())
         );
-        assert_eq!(r.body.as_deref(), Some("He is wearing a grey shirt with his arms crossed"));
-        assert_eq!(r.background.as_deref(), Some("Behind him is a plain white wall"));
+        assert_eq!(
+            r.body.as_deref(),
+            Some("He is wearing a grey shirt with his arms crossed")
+        );
+        assert_eq!(
+            r.background.as_deref(),
+            Some("Behind him is a plain white wall")
+        );
         assert_eq!(r.attempts, 2);
         assert_eq!(raw_replies(r).len(), 2);
     }
     s.trigger = "sks".into();
     run(&stage(&s, &root, None), &root, false);
-    assert_eq!(server.requests().len(), 4, "captions and splits both came from the cache");
+    assert_eq!(
+        server.requests().len(),
+        4,
+        "captions and splits both came from the cache"
+    );
 }
 
 #[test]
@@ -322,8 +399,17 @@ fn two_call_mode_with_the_rules_splitter_needs_one_request_per_face() {
     for r in &rows {
         assert_eq!(r.status, CaptionStatus::Ok, "{:?}", r.error);
         assert_eq!(r.splitter, "rules-v1");
-        assert!(r.general_raw.as_deref().unwrap().starts_with("A man with short dark hair"), "{r:?}");
+        assert!(
+            r.general_raw
+                .as_deref()
+                .unwrap()
+                .starts_with("A man with short dark hair"),
+            "{r:?}"
+        );
         assert!(r.body.as_deref().unwrap().contains("grey shirt"), "{r:?}");
-        assert!(r.background.as_deref().unwrap().contains("white wall"), "{r:?}");
+        assert!(
+            r.background.as_deref().unwrap().contains("white wall"),
+            "{r:?}"
+        );
     }
 }

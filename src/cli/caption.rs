@@ -145,6 +145,7 @@ enum Mode {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+#[allow(clippy::enum_variant_names)] // `json-schema` is the API's own name
 enum Schema {
     /// JSON schema, instructions if the server refuses it.
     Auto,
@@ -269,7 +270,13 @@ where
 {
     let run = RunDir::new(&r.runs_dir, &r.name);
     let base = r.base_dir.clone();
-    let resolve = move |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let resolve = move |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
     let api_key = std::env::var(&r.settings.openai.api_key_env)
         .ok()
         .filter(|k| !k.is_empty());
@@ -277,7 +284,8 @@ where
         &r.settings,
         EngineInputs {
             resolve: &resolve,
-            face_api_models: idforge_core::cache::face_api_dir_if_fetched().map(|d| d.join("model")),
+            face_api_models: idforge_core::cache::face_api_dir_if_fetched()
+                .map(|d| d.join("model")),
             api_key,
             device,
         },
@@ -313,29 +321,53 @@ where
     );
     if get("requests") + get("cached") > 0.0 {
         println!(
-        "{} from the cache, {} requests, {} prompt + {} completion tokens{}",
-        get("cached"),
-        get("requests"),
-        get("prompt_tokens"),
-        get("completion_tokens"),
-        match (stats.extra.get("latency_p50_ms"), stats.extra.get("latency_p95_ms")) {
-            (Some(a), Some(b)) => format!(", latency p50 {a} ms, p95 {b} ms"),
-            _ => String::new(),
-        }
+            "{} from the cache, {} requests, {} prompt + {} completion tokens{}",
+            get("cached"),
+            get("requests"),
+            get("prompt_tokens"),
+            get("completion_tokens"),
+            match (
+                stats.extra.get("latency_p50_ms"),
+                stats.extra.get("latency_p95_ms")
+            ) {
+                (Some(a), Some(b)) => format!(", latency p50 {a} ms, p95 {b} ms"),
+                _ => String::new(),
+            }
         );
     }
-    let failed: Vec<_> = table.rows.iter().filter(|r| r.status == CaptionStatus::Failed).collect();
+    let failed: Vec<_> = table
+        .rows
+        .iter()
+        .filter(|r| r.status == CaptionStatus::Failed)
+        .collect();
     for f in failed.iter().take(5) {
-        println!("  failed {}: {}", f.crop_path, f.error.as_deref().unwrap_or(""));
+        println!(
+            "  failed {}: {}",
+            f.crop_path,
+            f.error.as_deref().unwrap_or("")
+        );
     }
     if failed.len() > 5 {
-        println!("  … {} more failures (see the `error` and `raw` columns)", failed.len() - 5);
+        println!(
+            "  … {} more failures (see the `error` and `raw` columns)",
+            failed.len() - 5
+        );
     }
     if let Some(example) = table.rows.iter().find(|r| r.status == CaptionStatus::Ok) {
         println!("example ({}):", example.crop_path);
         println!("  general:    {}", example.general.as_deref().unwrap_or(""));
-        println!("  background: {}", example.background.as_deref().unwrap_or("(not described)"));
-        println!("  body:       {}", example.body.as_deref().unwrap_or("(not described)"));
+        println!(
+            "  background: {}",
+            example.background.as_deref().unwrap_or("(not described)")
+        );
+        println!(
+            "  body:       {}",
+            example.body.as_deref().unwrap_or("(not described)")
+        );
     }
-    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

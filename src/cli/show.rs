@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use idforge_core::schema::{CaptionStatus, CaptionsTable, FacesTable, ImagesTable, Reason, Verdict};
+use idforge_core::schema::{
+    CaptionStatus, CaptionsTable, FacesTable, ImagesTable, Reason, Verdict,
+};
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
@@ -102,11 +104,18 @@ fn show_faces(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
 fn show_captions(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
     let table = CaptionsTable::read(file).with_context(|| format!("reading {}", file.display()))?;
     println!("{}", file.display());
-    let ok = table.rows.iter().filter(|r| r.status == CaptionStatus::Ok).count();
+    let ok = table
+        .rows
+        .iter()
+        .filter(|r| r.status == CaptionStatus::Ok)
+        .count();
     let mut by: std::collections::BTreeMap<String, usize> = Default::default();
     for r in &table.rows {
-        *by.entry(format!("{} ({}, {}, {})", r.captioner, r.model, r.prompt_version, r.splitter))
-            .or_default() += 1;
+        *by.entry(format!(
+            "{} ({}, {}, {})",
+            r.captioner, r.model, r.prompt_version, r.splitter
+        ))
+        .or_default() += 1;
     }
     println!(
         "{} faces: {ok} captioned, {} failed, {} from the cache",
@@ -119,7 +128,18 @@ fn show_captions(file: &std::path::Path, rows: usize) -> anyhow::Result<()> {
     }
     if rows > 0 {
         let batch = table.to_batch()?.slice(0, rows.min(table.rows.len()));
-        print_columns(&batch, &["row_id", "face_index", "status", "class_word", "general", "background", "body"])?;
+        print_columns(
+            &batch,
+            &[
+                "row_id",
+                "face_index",
+                "status",
+                "class_word",
+                "general",
+                "background",
+                "body",
+            ],
+        )?;
     }
     Ok(())
 }
