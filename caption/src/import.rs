@@ -90,11 +90,13 @@ impl ImportCaptioner {
                 .ok_or_else(|| err(format!("row {}: no `caption`", i + 1)))?
                 .trim()
                 .to_string();
-            if let Some(k) = row.get("crop_path") {
+            // An empty cell (a CSV with several key columns) names nothing.
+            let key = |k: &str| row.get(k).filter(|v| !v.trim().is_empty());
+            if let Some(k) = key("crop_path") {
                 out.by_crop.insert(k.clone(), caption);
-            } else if let Some(k) = row.get("image_id") {
+            } else if let Some(k) = key("image_id") {
                 out.by_image.insert(k.clone(), caption);
-            } else if let Some(k) = row.get("source") {
+            } else if let Some(k) = key("source") {
                 out.by_source.insert(k.clone(), caption);
             } else {
                 return Err(err(format!(
