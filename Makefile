@@ -1,11 +1,13 @@
 # The two commands of the README: `make demo` and `make test`. Both fetch what they need.
 CARGO ?= cargo
 
-.PHONY: demo test assets check-cuda bench bench-setup bench-faces bench-curate lint
+.PHONY: demo test assets check-cuda bench bench-setup bench-faces bench-curate bench-caption lint
 
-## Fetch the face-api package (weights, sample photographs) into $IDFORGE_CACHE, once.
+## Fetch the face-api package (weights, sample photographs) and CLIP's BPE vocabulary into
+## $IDFORGE_CACHE, once.
 assets:
 	tools/fetch-assets >/dev/null
+	tools/clip-reference/fetch-vocab >/dev/null
 
 ## Ingest the face-api sample photographs, curate them (faces table, crops,
 ## runs/demo/curate/report.html), caption them offline (captions table), export the
@@ -43,6 +45,12 @@ bench-faces: assets
 ## face-api's chain in Node on the same photographs.
 bench-curate: assets
 	CARGO="$(CARGO)" tools/curate-bench/run
+
+## The caption stage's parts: face-api's attribute nets in faces/s (1 thread, every core) next to
+## face-api in Node (tfjs wasm and cpu, one core) on the demo photographs, the rules splitter in
+## captions/s, the openai client and stage in requests/s against the loopback double.
+bench-caption: assets
+	CARGO="$(CARGO)" tools/caption-bench/run
 
 lint:
 	$(CARGO) fmt --all --check

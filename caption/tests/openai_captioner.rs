@@ -434,14 +434,36 @@ fn imported_captions_are_matched_by_crop_or_image_and_a_missing_one_is_a_failure
     };
     s.import.file = Some(csv);
     let (rows, _) = run(&stage(&s, &root, None), &root, false);
-    assert_eq!((rows[0].captioner.as_str(), rows[0].model.as_str()), ("import", "file:captions.csv"));
+    assert_eq!(
+        (rows[0].captioner.as_str(), rows[0].model.as_str()),
+        ("import", "file:captions.csv")
+    );
     assert_eq!(rows[0].status, CaptionStatus::Ok);
-    assert_eq!(rows[0].general.as_deref(), Some("A woman img with curly red hair"));
+    assert_eq!(
+        rows[0].general.as_deref(),
+        Some("A woman img with curly red hair")
+    );
     assert_eq!(rows[0].body.as_deref(), Some("wearing a green coat"));
     assert_eq!(rows[0].background.as_deref(), Some("in a snowy park"));
     assert_eq!(rows[1].status, CaptionStatus::Ok);
     assert_eq!(rows[1].class_word.as_deref(), Some("boy"));
-    assert!(rows[1].general.as_deref().unwrap().starts_with("A smiling boy img"), "{:?}", rows[1]);
+    assert!(
+        rows[1]
+            .general
+            .as_deref()
+            .unwrap()
+            .starts_with("A smiling boy img"),
+        "{:?}",
+        rows[1]
+    );
     assert_eq!(rows[2].status, CaptionStatus::Failed);
-    assert!(rows[2].error.as_deref().unwrap().contains("no imported caption"), "{:?}", rows[2]);
+    assert!(
+        rows[2]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no imported caption"),
+        "{:?}",
+        rows[2]
+    );
 }

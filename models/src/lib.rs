@@ -7,11 +7,15 @@
 //! its reference implementation by the tests in `models/tests/`.
 #![warn(missing_docs)]
 
+pub mod clip;
+pub mod dino;
 pub mod error;
 pub mod face_align;
 pub mod face_api;
+pub mod inception;
 pub mod iresnet;
 pub mod onnx;
+pub mod tensor_file;
 pub mod tfjs;
 
 pub use error::ModelError;

@@ -1,6 +1,7 @@
 //! Command-line arguments and their dispatch to the stage libraries.
 
 mod caption;
+mod clip;
 mod curate;
 mod dataset;
 mod device;
@@ -40,6 +41,9 @@ enum Command {
     /// Publish a run as a dataset: `dataset export` writes Hugging Face `datasets` Parquet
     /// shards and a dataset card.
     Dataset(dataset::DatasetArgs),
+    /// CLIP: `clip score --image … --text …` prints CLIP-T (torchmetrics' CLIPScore,
+    /// 100·max(cos, 0)) of image–text pairs from the user's checkpoint.
+    Clip(clip::ClipArgs),
     /// Face models: `faces detect <image>` prints detected faces as JSON.
     Faces(faces::FacesArgs),
     /// Summarise a table (`images.parquet`) or a run folder.
@@ -56,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Curate(a) => curate::run(a),
         Command::Caption(a) => caption::run(a),
         Command::Dataset(a) => dataset::run(a),
+        Command::Clip(a) => clip::run(a),
         Command::Faces(a) => faces::run(a),
         Command::Show(a) => show::run(a),
         Command::Device(a) => device::run(a),
