@@ -102,3 +102,36 @@ pub fn read_parquet(path: &Path, table: &str, version: u32) -> Result<Vec<Record
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| table_err(path, e))
 }
+
+/// Checks that `found` has exactly the columns (names and types, in order) of `expected`, the
+/// schema of table `table`; the error names the first column that differs.
+pub fn check_columns(
+    path: &Path,
+    table: &str,
+    expected: &arrow::datatypes::Schema,
+    found: &arrow::datatypes::Schema,
+) -> Result<()> {
+    let err = |message: String| CoreError::Schema {
+        path: path.to_path_buf(),
+        message,
+    };
+    if expected.fields().len() != found.fields().len() {
+        return Err(err(format!(
+            "{} columns where the {table} schema has {}",
+            found.fields().len(),
+            expected.fields().len()
+        )));
+    }
+    for (want, got) in expected.fields().iter().zip(found.fields()) {
+        if want.name() != got.name() || want.data_type() != got.data_type() {
+            return Err(err(format!(
+                "expected column `{}` of type {}, found `{}` of type {}",
+                want.name(),
+                want.data_type(),
+                got.name(),
+                got.data_type()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -242,25 +242,7 @@ impl CaptionsTable {
         let expected = captions_schema();
         let mut rows = Vec::new();
         for batch in batches {
-            let schema = batch.schema();
-            if schema.fields().len() != expected.fields().len() {
-                return Err(schema_err(format!(
-                    "{} columns where the captions schema has {}",
-                    schema.fields().len(),
-                    expected.fields().len()
-                )));
-            }
-            for (want, got) in expected.fields().iter().zip(schema.fields()) {
-                if want.name() != got.name() || want.data_type() != got.data_type() {
-                    return Err(schema_err(format!(
-                        "expected column `{}` of type {}, found `{}` of type {}",
-                        want.name(),
-                        want.data_type(),
-                        got.name(),
-                        got.data_type()
-                    )));
-                }
-            }
+            crate::table::check_columns(path, CAPTIONS_TABLE, &expected, &batch.schema())?;
             let col = |name: &str| batch.column_by_name(name).expect("schema checked above");
             macro_rules! typed {
                 ($name:expr, $ty:ty) => {

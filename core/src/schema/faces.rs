@@ -423,25 +423,7 @@ impl FacesTable {
             }
         };
         let expected = faces_schema(embedding_dim);
-        let schema = first.schema();
-        if expected.fields().len() != schema.fields().len() {
-            return Err(schema_err(format!(
-                "{} columns where the faces schema has {}",
-                schema.fields().len(),
-                expected.fields().len()
-            )));
-        }
-        for (want, got) in expected.fields().iter().zip(schema.fields()) {
-            if want.name() != got.name() || want.data_type() != got.data_type() {
-                return Err(schema_err(format!(
-                    "expected column `{}` of type {}, found `{}` of type {}",
-                    want.name(),
-                    want.data_type(),
-                    got.name(),
-                    got.data_type()
-                )));
-            }
-        }
+        crate::table::check_columns(path, FACES_TABLE, &expected, &first.schema())?;
         let mut table = FacesTable {
             embedder: String::new(),
             embedding_dim,
