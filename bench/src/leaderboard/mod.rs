@@ -1,0 +1,205 @@
+//! The leaderboard: one schema-versioned JSON document (`leaderboard.json`) from which the
+//! Markdown table and the static HTML page are rendered, so the three never disagree.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub mod charts;
+pub mod html;
+pub mod markdown;
+
+/// Version of `leaderboard.json`; readers refuse other versions.
+pub const LEADERBOARD_SCHEMA_VERSION: u32 = 1;
+
+/// Everything the three leaderboard files show.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Leaderboard {
+    /// [`LEADERBOARD_SCHEMA_VERSION`] when written.
+    pub schema_version: u32,
+    /// The protocol the generations followed.
+    pub protocol: ProtocolInfo,
+    /// When the file was written (RFC 3339, UTC).
+    pub generated_at: String,
+    /// The idforge version that scored.
+    pub idforge_version: String,
+    /// Which networks computed the metrics; a metric whose network was not given is absent.
+    pub models: ModelsUsed,
+    /// How the confidence intervals were drawn.
+    pub bootstrap: BootstrapInfo,
+    /// The metrics present in this file, in display order.
+    pub metrics: Vec<MetricInfo>,
+    /// Every scored method, built-in baselines included.
+    pub methods: Vec<MethodEntry>,
+    /// One table per reference set.
+    pub sets: Vec<SetResult>,
+    /// Image grids (reference | each method) for a few (identity, prompt) items.
+    pub grids: Vec<Grid>,
+}
+
+/// The protocol's identity, so two leaderboards can be told comparable or not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProtocolInfo {
+    /// e.g. `idforge-v1`.
+    pub name: String,
+    /// The protocol file's own version number.
+    pub version: u32,
+    /// sha256 of the protocol file's bytes.
+    pub sha256: String,
+    /// sha256 over the reference images (paths and bytes), in a stable order.
+    pub references_sha256: String,
+    /// Seeds per (reference, prompt).
+    pub seeds: usize,
+    /// Number of prompts.
+    pub prompts: usize,
+    /// Prompt categories in display order.
+    pub categories: Vec<String>,
+}
+
+/// The networks behind the metrics, as names a reader can look up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ModelsUsed {
+    /// `face-api` (128-d descriptor) or `arcface:<file>`.
+    pub face_embedder: String,
+    /// The CLIP weights for CLIP-T, CLIP-I and CMMD, if given.
+    pub clip: Option<String>,
+    /// The DINO weights, if given.
+    pub dino: Option<String>,
+    /// The FID Inception weights for FID, KID and IS, if given.
+    pub inception: Option<String>,
+}
+
+/// The bootstrap behind every interval.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BootstrapInfo {
+    /// Number of resamples.
+    pub resamples: usize,
+    /// RNG seed, so intervals reproduce.
+    pub seed: u64,
+    /// Confidence level, 0.95.
+    pub level: f64,
+    /// What is resampled (e.g. "(identity, prompt) items" or "images").
+    pub unit: String,
+}
+
+/// One metric column.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricInfo {
+    /// Key in [`MethodRow::metrics`], e.g. `face_sim`.
+    pub key: String,
+    /// Column title, e.g. `Face-Sim`.
+    pub label: String,
+    /// Whether a larger value is better (sorting, arrows).
+    pub higher_is_better: bool,
+    /// Whether it is a mean over images (also shown per category) or a set-level statistic.
+    pub per_image: bool,
+    /// One line on what it measures and how.
+    pub description: String,
+}
+
+/// A method and its cost figures as its authors measured them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MethodEntry {
+    /// Folder name and display name.
+    pub name: String,
+    /// Built in (a baseline such as `copy-reference`) rather than imported.
+    pub builtin: bool,
+    /// e.g. `SDXL 1.0`.
+    pub base_model: Option<String>,
+    /// Paper or code.
+    pub link: Option<String>,
+    /// The trigger word the method's prompts carried (removed for CLIP-T).
+    pub trigger: Option<String>,
+    /// The method's own settings, as given in `method.toml`.
+    pub settings: BTreeMap<String, String>,
+    /// Cost columns.
+    pub cost: Cost,
+}
+
+/// What a method costs, per its `method.toml`; absent figures stay absent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Cost {
+    /// Training or tuning time per identity, minutes (0 for tuning-free methods).
+    pub training_minutes: Option<f64>,
+    /// Peak GPU memory, GiB.
+    pub peak_memory_gib: Option<f64>,
+    /// Extra disk per identity, MiB.
+    pub disk_per_identity_mib: Option<f64>,
+    /// Inference seconds per image.
+    pub seconds_per_image: Option<f64>,
+    /// The hardware the figures were measured on.
+    pub hardware: Option<String>,
+}
+
+/// One reference set's table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SetResult {
+    /// `in-train`, `out-of-train` or `out-of-domain`.
+    pub name: String,
+    /// From the protocol.
+    pub description: String,
+    /// Identities in the set.
+    pub identities: usize,
+    /// Reference images in the set.
+    pub references: usize,
+    /// One row per method, in method order.
+    pub rows: Vec<MethodRow>,
+}
+
+/// A method's results on one set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MethodRow {
+    /// [`MethodEntry::name`].
+    pub method: String,
+    /// Generations the protocol expects for this set.
+    pub expected: usize,
+    /// Generations found and decoded.
+    pub scored: usize,
+    /// Metric key → estimate; absent when its network was not given or too few images.
+    pub metrics: BTreeMap<String, Estimate>,
+    /// Category → metric key → estimate, for the per-image metrics.
+    pub by_category: BTreeMap<String, BTreeMap<String, Estimate>>,
+}
+
+/// A value with its 95 % bootstrap interval.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Estimate {
+    /// The statistic on all the data.
+    pub value: f64,
+    /// Lower bound of the interval.
+    pub lo: f64,
+    /// Upper bound of the interval.
+    pub hi: f64,
+    /// Number of observations behind it.
+    pub n: usize,
+}
+
+/// Reference | each method, for one (identity, prompt, seed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Grid {
+    /// Reference set.
+    pub set: String,
+    /// Identity.
+    pub identity: String,
+    /// Prompt id.
+    pub prompt_id: String,
+    /// The prompt without trigger, as shown to readers.
+    pub prompt: String,
+    /// Seed shown.
+    pub seed: u64,
+    /// Reference thumbnail, relative to the leaderboard folder.
+    pub reference: String,
+    /// One cell per method, in method order.
+    pub cells: Vec<GridCell>,
+}
+
+/// One method's image in a grid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GridCell {
+    /// Method name.
+    pub method: String,
+    /// Thumbnail relative to the leaderboard folder; `None` when the image is missing.
+    pub image: Option<String>,
+    /// Its Face-Sim, if scored.
+    pub face_sim: Option<f64>,
+}

@@ -1,0 +1,12 @@
+//! The benchmark: a versioned protocol (reference sets, split prompts, seeds), the generations
+//! any method's own code fills in, the metrics that score them, and the leaderboard files.
+//!
+//! It is useful before idforge trains anything: a method is a folder of images in the layout
+//! `idforge bench plan` prints, plus a `method.toml`.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod leaderboard;
+pub mod stats;
+
+pub use error::BenchError;
