@@ -9,10 +9,9 @@ use idforge_core::image_io::{DEFAULT_MAX_PIXELS, decode};
 use idforge_core::phash::phash_rgb;
 use idforge_core::schema::ImageRow;
 use idforge_core::schema::faces::{BoxXyxy, FaceRow, Reason, Verdict};
-use idforge_models::face_align::{five_points_from_68, norm_crop};
+use idforge_models::face_api::Detector;
 use idforge_models::face_api::preprocess::RgbView;
-use idforge_models::face_api::{Detector, FaceApi, Stages};
-use idforge_models::iresnet::IResNet;
+use idforge_models::face_embedder::FaceEmbedder;
 
 use crate::crop;
 use crate::error::CurateError;
@@ -26,8 +25,7 @@ pub const REFS_DIR: &str = "refs";
 
 /// The loaded networks and the settings of filters 1–3; shared by the worker threads.
 pub struct Analyzer<B: Backend> {
-    face_api: FaceApi<B>,
-    arcface: Option<IResNet<B>>,
+    faces: FaceEmbedder<B>,
     settings: CurateSettings,
 }
 
@@ -38,32 +36,21 @@ impl<B: Backend> Analyzer<B> {
         face_api_models: &Path,
         device: &B::Device,
     ) -> Result<Self, CurateError> {
-        let face_api = FaceApi::load(
+        let faces = FaceEmbedder::load(
             face_api_models,
             detector(settings),
-            match settings.embedder.kind {
-                EmbedderKind::FaceApi => Stages::Descriptors,
-                EmbedderKind::Arcface => Stages::Landmarks,
-            },
+            arcface_onnx(settings),
             device,
         )?;
-        let arcface = match (&settings.embedder.kind, &settings.embedder.arcface_onnx) {
-            (EmbedderKind::Arcface, Some(path)) => Some(IResNet::load(path, device)?),
-            _ => None,
-        };
         Ok(Analyzer {
-            face_api,
-            arcface,
+            faces,
             settings: settings.clone(),
         })
     }
 
     /// Length of the embeddings: 128 for face-api, the ONNX model's for ArcFace.
     pub fn embedding_dim(&self) -> usize {
-        match &self.arcface {
-            Some(net) => net.config().embedding_size,
-            None => 128,
-        }
+        self.faces.embedding_dim()
     }
 
     /// The name recorded in the `embedder` column.
@@ -126,7 +113,7 @@ impl<B: Backend> Analyzer<B> {
             height: rgb.height() as usize,
             data: rgb.as_raw(),
         };
-        let detections = self.face_api.detect(img, detector(&self.settings));
+        let detections = self.faces.detect(img);
         if detections.is_empty() {
             return reject(
                 Reason::NoFace,
@@ -192,17 +179,7 @@ impl<B: Backend> Analyzer<B> {
             return Ok(rows);
         }
         let mut faces: Vec<_> = candidates.iter().map(|&i| detections[i].clone()).collect();
-        self.face_api.add_landmarks(img, &mut faces);
-        match &self.arcface {
-            None => self.face_api.add_descriptors(img, &mut faces),
-            Some(net) => {
-                for face in &mut faces {
-                    let points = five_points_from_68(face.landmarks.as_deref().unwrap_or(&[]));
-                    let aligned = norm_crop(img, &points, 112);
-                    face.descriptor = Some(net.embed(aligned.view()));
-                }
-            }
-        }
+        self.faces.embed_faces(img, &mut faces);
         let c = &self.settings.crop;
         for (&i, face) in candidates.iter().zip(&faces) {
             let r = &mut rows[i];
@@ -240,14 +217,14 @@ fn detector(s: &CurateSettings) -> Detector {
 
 /// `face-api` or `arcface:<file name>`.
 pub fn embedder_name(s: &CurateSettings) -> String {
+    idforge_models::face_embedder::embedder_name(arcface_onnx(s))
+}
+
+/// The ArcFace model the settings choose, if they choose one.
+fn arcface_onnx(s: &CurateSettings) -> Option<&Path> {
     match (&s.embedder.kind, &s.embedder.arcface_onnx) {
-        (EmbedderKind::Arcface, Some(p)) => format!(
-            "arcface:{}",
-            p.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        ),
-        _ => "face-api".into(),
+        (EmbedderKind::Arcface, Some(p)) => Some(p.as_path()),
+        _ => None,
     }
 }
 

@@ -436,6 +436,12 @@ impl<B: Backend> FidInception<B> {
         &self.config
     }
 
+    /// The `fc` bias: torchmetrics' Inception Score uses the logits without it
+    /// (torch-fidelity's `logits_unbiased`), i.e. `logits − bias`.
+    pub fn fc_bias(&self) -> Vec<f32> {
+        self.fc_bias.val().into_data().to_vec().expect("f32")
+    }
+
     fn build(
         config: &InceptionConfig,
         get: &Getter<'_>,

@@ -12,6 +12,7 @@ pub mod dino;
 pub mod error;
 pub mod face_align;
 pub mod face_api;
+pub mod face_embedder;
 pub mod inception;
 pub mod iresnet;
 pub mod onnx;

@@ -6,9 +6,11 @@
 pub mod captions;
 pub mod faces;
 pub mod images;
+pub mod scores;
 
 pub use captions::{
     CAPTIONS_SCHEMA_VERSION, CAPTIONS_TABLE, CaptionRow, CaptionStatus, CaptionsTable,
 };
 pub use faces::{FACES_SCHEMA_VERSION, FACES_TABLE, FaceRow, FacesTable, Reason, Verdict};
 pub use images::{IMAGES_SCHEMA_VERSION, IMAGES_TABLE, ImageRow, ImageStatus, ImagesTable};
+pub use scores::{SCORES_SCHEMA_VERSION, SCORES_TABLE, ScoreRow, ScoreStatus, ScoresTable};
