@@ -7,10 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
-use idforge_models::clip::{
-    Clip, ClipConfig, ClipPreprocess, ClipTokenizer, ClipWeights, WeightLayout, cached_bpe_vocab,
-    clip_score,
-};
+use idforge_models::clip::{ClipCheckpoint, ClipSource, WeightLayout, clip_t};
 use idforge_models::face_api::preprocess::RgbView;
 
 use super::device::Backend;
@@ -78,84 +75,44 @@ pub fn run(args: ClipArgs) -> anyhow::Result<ExitCode> {
     if ni != nt && ni != 1 && nt != 1 {
         bail!("{ni} images and {nt} texts: give one text per image, or one image or one text");
     }
-    let (files, folder) = checkpoint_files(&args.weights)?;
-    let weights = ClipWeights::open_many(&files)?.with_prefix(&args.prefix);
-    let layout = match args.layout {
-        LayoutArg::Hf => WeightLayout::HuggingFace,
-        LayoutArg::Openclip => WeightLayout::OpenClip,
-        LayoutArg::Auto => WeightLayout::detect(&weights).with_context(|| {
-            format!(
-                "{}: neither Hugging Face nor OpenCLIP CLIP tensor names (wrong --prefix?)",
-                files[0].display()
-            )
-        })?,
+    let source = ClipSource {
+        weights: args.weights.clone(),
+        preset: args.model.clone(),
+        layout: match args.layout {
+            LayoutArg::Hf => Some(WeightLayout::HuggingFace),
+            LayoutArg::Openclip => Some(WeightLayout::OpenClip),
+            LayoutArg::Auto => None,
+        },
+        tokenizer: args.tokenizer.clone(),
+        prefix: args.prefix.clone(),
     };
-    let config = match (
-        &args.model,
-        folder.as_deref().map(|f| f.join("config.json")),
-    ) {
-        (Some(name), _) => ClipConfig::preset(name).with_context(|| {
-            let names: Vec<&str> = ClipConfig::PRESETS.iter().map(|(n, _)| *n).collect();
-            format!("unknown --model {name:?}; presets: {}", names.join(", "))
-        })?,
-        (None, Some(json)) if json.is_file() => ClipConfig::from_hf_config_json(&json)?,
-        (None, _) => bail!("no config.json beside the weights: pass --model (a preset name)"),
-    };
-    let tokenizer_json = args.tokenizer.clone().or_else(|| {
-        folder
-            .as_ref()
-            .map(|f| f.join("tokenizer.json"))
-            .filter(|p| p.is_file())
-    });
-    let tokenizer = match tokenizer_json {
-        Some(path) => ClipTokenizer::from_tokenizer_json(&path)?,
-        None => {
-            let vocab = cached_bpe_vocab();
-            if !vocab.is_file() {
-                bail!(
-                    "{} is missing: run tools/clip-reference/fetch-vocab, or pass --tokenizer",
-                    vocab.display()
-                );
-            }
-            ClipTokenizer::from_bpe_vocab(&vocab, layout.convention())?
-        }
-    }
-    .with_context_length(config.text.context_length);
-
     let device = Default::default();
-    let model = Clip::<Backend>::load(&weights, &config, layout, &device)
+    let clip = ClipCheckpoint::<Backend>::load(&source, &device)
         .context("loading the CLIP checkpoint")?;
-    let preprocess = ClipPreprocess::new(config.vision.image_size, layout.convention());
-    let mut pixels = Vec::new();
+    let mut decoded = Vec::new();
     for path in &args.images {
-        let (width, height, data) = read_rgb(path)?;
-        pixels.push(preprocess.pixels(RgbView {
-            width,
-            height,
-            data: &data,
-        }));
+        decoded.push(read_rgb(path)?);
     }
-    let size = config.vision.image_size;
-    let image_tensor = burn::tensor::Tensor::<Backend, 4>::from_data(
-        burn::tensor::TensorData::new(pixels.concat(), [ni, 3, size, size]),
-        &device,
-    );
+    let views: Vec<RgbView> = decoded
+        .iter()
+        .map(|(width, height, data)| RgbView {
+            width: *width,
+            height: *height,
+            data,
+        })
+        .collect();
+    let image_embeds = clip.embed_images(&views);
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
-    let ids = tokenizer.encode_batch(&texts)?;
-    let image_embeds = model.encode_image(image_tensor);
-    let text_embeds = model.encode_text(&ids, &device);
+    let text_embeds = clip.embed_texts(&texts)?;
     let n = ni.max(nt);
-    let image_embeds = if ni == n {
-        image_embeds
-    } else {
-        image_embeds.repeat_dim(0, n)
-    };
-    let text_embeds = if nt == n {
-        text_embeds
-    } else {
-        text_embeds.repeat_dim(0, n)
-    };
-    let scores = clip_score(image_embeds, text_embeds);
+    let scores: Vec<f32> = (0..n)
+        .map(|i| {
+            clip_t(
+                &image_embeds[if ni == 1 { 0 } else { i }],
+                &text_embeds[if nt == 1 { 0 } else { i }],
+            )
+        })
+        .collect();
     for (i, score) in scores.iter().enumerate() {
         let image = &args.images[if ni == 1 { 0 } else { i }];
         let text = &args.texts[if nt == 1 { 0 } else { i }];
@@ -166,31 +123,6 @@ pub fn run(args: ClipArgs) -> anyhow::Result<ExitCode> {
         eprintln!("mean CLIP-T over {n} pairs: {mean:.4}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The `.safetensors` files of the checkpoint and, for a folder (or a file inside one), the
-/// folder where `config.json` and `tokenizer.json` may be.
-fn checkpoint_files(paths: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Option<PathBuf>)> {
-    if let [dir] = paths
-        && dir.is_dir()
-    {
-        let preferred = ["model.safetensors", "open_clip_model.safetensors"];
-        if let Some(file) = preferred.iter().map(|f| dir.join(f)).find(|p| p.is_file()) {
-            return Ok((vec![file], Some(dir.clone())));
-        }
-        let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect();
-        shards.sort();
-        if shards.is_empty() {
-            bail!("{}: no .safetensors file", dir.display());
-        }
-        return Ok((shards, Some(dir.clone())));
-    }
-    let folder = paths[0].parent().map(Path::to_path_buf);
-    Ok((paths.to_vec(), folder))
 }
 
 /// Width, height and RGB bytes of an image file.

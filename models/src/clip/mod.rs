@@ -13,6 +13,7 @@
 //! library ([`Convention`]). `models/tests/clip_parity.rs` checks all of it against
 //! transformers 4.46 and open_clip 3.3.
 
+pub mod checkpoint;
 pub mod config;
 pub mod load;
 pub mod preprocess;
@@ -25,6 +26,7 @@ use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+pub use checkpoint::{ClipCheckpoint, ClipSource, clip_t};
 pub use config::{
     Activation, ClipConfig, ClipTextConfig, ClipVisionConfig, Convention, TextPooling,
 };
