@@ -5,8 +5,16 @@
 //! `idforge bench plan` prints, plus a `method.toml`.
 #![warn(missing_docs)]
 
+pub mod baselines;
 pub mod error;
+pub mod generations;
+pub mod layout;
 pub mod leaderboard;
+pub mod method;
+pub mod plan;
+pub mod protocol;
+pub mod references;
+pub mod score;
 pub mod stats;
 
 pub use error::BenchError;
