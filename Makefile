@@ -11,13 +11,22 @@ assets:
 
 ## Ingest the face-api sample photographs, curate them (faces table, crops,
 ## runs/demo/curate/report.html), caption them offline (captions table), export the
-## dataset (runs/demo/dataset/, loads in Hugging Face `datasets`), print the tables.
+## dataset (runs/demo/dataset/, loads in Hugging Face `datasets`), print the tables; then
+## benchmark on the exported identities: copy-reference and two imported baseline method
+## folders, scored, with the leaderboard in runs/demo/bench/leaderboard/index.html.
 demo: assets
 	$(CARGO) run --quiet -- ingest --recipe datasets/recipes/demo.toml
 	$(CARGO) run --quiet -- curate --recipe datasets/recipes/demo.toml
 	$(CARGO) run --quiet -- caption --recipe datasets/recipes/demo.toml
 	$(CARGO) run --quiet -- dataset export runs/demo
 	$(CARGO) run --quiet -- show runs/demo --rows 6
+	test -f runs/demo/bench/protocol.toml || $(CARGO) run --quiet -- bench init runs/demo/bench \
+		--protocol datasets/benchmarks/demo-v1.toml --from-dataset runs/demo/dataset --identities-per-set 4
+	for m in flipped-reference other-identity; do \
+		$(CARGO) run --quiet -- bench baseline $$m --bench runs/demo/bench -o runs/demo/methods/$$m && \
+		$(CARGO) run --quiet -- bench import runs/demo/methods/$$m --bench runs/demo/bench || exit 1; \
+	done
+	$(CARGO) run --quiet -- bench score runs/demo/bench
 
 ## Every unit, integration and doc test of the workspace.
 test: assets

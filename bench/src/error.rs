@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not chained again).
+        cause: std::io::Error,
     },
     /// A protocol, method or reference file is not what the benchmark expects.
     #[error("{path}: {message}")]
@@ -34,10 +34,10 @@ pub enum BenchError {
 
 impl BenchError {
     /// An I/O error on `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         BenchError::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 

@@ -5,6 +5,7 @@
 //! `idforge bench plan` prints, plus a `method.toml`.
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod baselines;
 pub mod error;
 pub mod generations;

@@ -172,6 +172,10 @@ fn file_name(p: &Path) -> String {
 /// the bench folder's references. Returns the number of images copied.
 pub fn copy_references(from: &Path, bench: &BenchDir) -> Result<usize, BenchError> {
     let to = bench.references_dir();
+    if !from.is_dir() {
+        return Err(BenchError::invalid(from, "no such references folder"));
+    }
+    std::fs::create_dir_all(&to).map_err(|e| BenchError::io(&to, e))?;
     let mut copied = 0;
     for entry in walkdir::WalkDir::new(from).min_depth(1).sort_by_file_name() {
         let entry = entry.map_err(|e| {

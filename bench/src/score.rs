@@ -378,6 +378,15 @@ fn write_models_sidecar(scores: &Path, key: &Sidecar) -> Result<(), BenchError> 
     std::fs::write(&p, text).map_err(|e| BenchError::io(&p, e))
 }
 
+/// The networks a method's scores were computed with (for `bench leaderboard`).
+pub fn models_of(bench: &BenchDir, method: &str) -> Result<ModelsUsed, BenchError> {
+    let p = sidecar_path(&bench.scores_path(method));
+    let text = std::fs::read_to_string(&p).map_err(|e| BenchError::io(&p, e))?;
+    serde_json::from_str::<Sidecar>(&text)
+        .map(|s| s.models)
+        .map_err(|e| BenchError::invalid(&p, e.to_string()))
+}
+
 /// The previous run's `ok` rows by (path, sha256), when it used the same networks and
 /// reference photos.
 fn read_cache(scores: &Path, key: &Sidecar) -> HashMap<(String, String), ScoreRow> {

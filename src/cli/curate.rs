@@ -217,15 +217,7 @@ where
     idforge_curate::analyze::Analyzer<B>: Sync,
 {
     let run = RunDir::new(&r.runs_dir, &r.name);
-    let models = match &r.settings.weights {
-        Some(w) => w.clone(),
-        None => idforge_core::cache::face_api_dir_if_fetched()
-            .map(|d| d.join("model"))
-            .context(
-                "the face-api weights are not in the asset cache: run `make assets` \
-                 (or tools/fetch-assets), or give --weights <folder>",
-            )?,
-    };
+    let models = super::face_api_models(r.settings.weights.clone())?;
     let stage = CurateStage::<B>::new(r.settings, run.root(), &models, device)
         .with_context(|| format!("preparing the curate stage of run `{}`", r.name))?;
     eprintln!(

@@ -99,12 +99,7 @@ pub fn run(args: FacesArgs) -> anyhow::Result<ExitCode> {
         Until::Landmarks => Stages::Landmarks,
         Until::Descriptors => Stages::Descriptors,
     };
-    let dir = match args.weights {
-        Some(d) => d,
-        None => idforge_core::cache::face_api_dir_if_fetched()
-            .map(|d| d.join("model"))
-            .context("the face-api weights are not in the asset cache: run tools/fetch-assets, or pass --weights")?,
-    };
+    let dir = super::face_api_models(args.weights)?;
     let device = Default::default();
     let api = FaceApi::<Backend>::load(&dir, detector, stages, &device)
         .with_context(|| format!("loading the face-api networks from {}", dir.display()))?;

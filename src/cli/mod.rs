@@ -1,5 +1,6 @@
 //! Command-line arguments and their dispatch to the stage libraries.
 
+mod bench;
 mod caption;
 mod clip;
 mod curate;
@@ -41,6 +42,10 @@ enum Command {
     /// Publish a run as a dataset: `dataset export` writes Hugging Face `datasets` Parquet
     /// shards and a dataset card.
     Dataset(dataset::DatasetArgs),
+    /// Benchmark identity-personalization methods: `bench init` a protocol and references,
+    /// `bench plan` the generations, `bench import` a method's images, `bench score` them and
+    /// write the leaderboard (JSON, Markdown, HTML).
+    Bench(bench::BenchArgs),
     /// CLIP: `clip score --image … --text …` prints CLIP-T (torchmetrics' CLIPScore,
     /// 100·max(cos, 0)) of image–text pairs from the user's checkpoint.
     Clip(clip::ClipArgs),
@@ -60,10 +65,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Curate(a) => curate::run(a),
         Command::Caption(a) => caption::run(a),
         Command::Dataset(a) => dataset::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Clip(a) => clip::run(a),
         Command::Faces(a) => faces::run(a),
         Command::Show(a) => show::run(a),
         Command::Device(a) => device::run(a),
+    }
+}
+
+/// face-api's model folder: `given`, else the asset cache's (fetched by `make assets`).
+fn face_api_models(given: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    match given {
+        Some(d) => Ok(d),
+        None => idforge_core::cache::face_api_dir_if_fetched()
+            .map(|d| d.join("model"))
+            .context(
+                "the face-api weights are not in the asset cache: run `make assets` \
+                 (or tools/fetch-assets), or give face-api's model folder (--weights; \
+                 --face-api-weights for `bench score`)",
+            ),
     }
 }
 

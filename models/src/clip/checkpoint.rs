@@ -119,6 +119,27 @@ impl<B: Backend> ClipCheckpoint<B> {
         })
     }
 
+    /// A model of `config`'s shape with random weights and the cached BPE tokenizer's
+    /// conventions, for timing (speed does not depend on the values).
+    ///
+    /// # Panics
+    /// If the BPE vocabulary is not in the asset cache (`tools/clip-reference/fetch-vocab`).
+    pub fn random(config: &ClipConfig, device: &B::Device) -> Self {
+        let layout = WeightLayout::HuggingFace;
+        let tokenizer = ClipTokenizer::from_bpe_vocab(&cached_bpe_vocab(), layout.convention())
+            .expect("the CLIP BPE vocabulary: run tools/clip-reference/fetch-vocab")
+            .with_context_length(config.text.context_length);
+        ClipCheckpoint {
+            model: config.init(device),
+            tokenizer,
+            preprocess: ClipPreprocess::new(config.vision.image_size, layout.convention()),
+            config: config.clone(),
+            layout,
+            name: "random".into(),
+            device: device.clone(),
+        }
+    }
+
     /// L2-normalised image embeddings, one per image.
     pub fn embed_images(&self, images: &[RgbView<'_>]) -> Vec<Vec<f32>> {
         if images.is_empty() {
