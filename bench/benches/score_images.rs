@@ -39,11 +39,13 @@ fn main() {
             image::imageops::resize(&crop, 512, 512, image::imageops::FilterType::Triangle)
         })
         .collect();
-    let view = |img: &image::RgbImage| RgbView {
-        width: img.width() as usize,
-        height: img.height() as usize,
-        data: img.as_raw(),
-    };
+    fn view(img: &image::RgbImage) -> RgbView<'_> {
+        RgbView {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            data: img.as_raw(),
+        }
+    }
     let face_only = ScoringModels {
         faces,
         clip: None,
@@ -109,7 +111,7 @@ fn main() {
     let logits = matrix(4200, 1008);
     let clip_gen = matrix(4200, 512);
     let clip_ref = matrix(20, 512);
-    let mut set = |name: &str, f: &dyn Fn() -> f64| {
+    let set = |name: &str, f: &dyn Fn() -> f64| {
         let t = Instant::now();
         let v = f();
         println!(

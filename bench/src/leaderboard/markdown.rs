@@ -1,1 +1,723 @@
-//! (being written)
+//! `LEADERBOARD.md`: the leaderboard as GitHub-flavoured Markdown, for READMEs, pull requests
+//! and terminals, where the HTML page cannot be shown.
+//!
+//! The number formats live here too ([`metric_format`] and friends) and the HTML page and the
+//! charts use them, so a value reads the same in all three files.
+
+use std::fmt::Write as _;
+
+use super::{Cost, Estimate, Leaderboard, MethodRow, MetricInfo, SetResult};
+
+/// Shown wherever a value is absent (metric not computed, cost not given, image missing).
+pub(crate) const DASH: &str = "—";
+
+/// How one metric's numbers are written: its precision. Values are shown as stored; scaled
+/// metrics say so in their label (`KID×10³`, `No face %`), as `aggregate` writes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct MetricFormat {
+    /// Decimals shown.
+    pub decimals: usize,
+}
+
+impl MetricFormat {
+    /// `v` rounded, or [`DASH`] when it is not a finite number.
+    pub(crate) fn value(&self, v: f64) -> String {
+        self.number(v).unwrap_or_else(|| DASH.to_string())
+    }
+
+    /// `value [lo, hi]`, the interval in the same precision.
+    pub(crate) fn estimate(&self, e: &Estimate) -> String {
+        match (self.number(e.value), self.number(e.lo), self.number(e.hi)) {
+            (Some(v), Some(lo), Some(hi)) => format!("{v} [{lo}, {hi}]"),
+            _ => self.value(e.value),
+        }
+    }
+
+    /// Just the interval, `[lo, hi]`, or nothing when a bound is not finite.
+    pub(crate) fn interval(&self, e: &Estimate) -> String {
+        match (self.number(e.lo), self.number(e.hi)) {
+            (Some(lo), Some(hi)) => format!("[{lo}, {hi}]"),
+            _ => String::new(),
+        }
+    }
+
+    fn number(&self, v: f64) -> Option<String> {
+        if !v.is_finite() {
+            return None;
+        }
+        let s = format!("{v:.*}", self.decimals);
+        // "-0.000" reads as a sign error.
+        Some(
+            if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') {
+                s[1..].to_string()
+            } else {
+                s
+            },
+        )
+    }
+}
+
+/// Lower-cased key with separators removed, so `face_sim`, `Face-Sim` and `facesim` match.
+pub(crate) fn normalize_key(key: &str) -> String {
+    key.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// The format of the metric with `key`, as `aggregate` stores it: Face-Sim, CLIP-I, DINO,
+/// Face-Div and CMMD with 3 decimals; CLIP-T (torchmetrics' 100·cos), FID, IS and KID (stored
+/// ×1000) with 2; the no-face rate (stored in percent) with 1; anything else with 3.
+pub(crate) fn metric_format(key: &str) -> MetricFormat {
+    let k = normalize_key(key);
+    let decimals = match k.as_str() {
+        "facesim" | "clipi" | "dino" | "facediv" | "cmmd" => 3,
+        "clipt" | "fid" | "is" | "inceptionscore" | "kid" => 2,
+        _ if k.contains("fail") => 1,
+        _ => 3,
+    };
+    MetricFormat { decimals }
+}
+
+/// The metric of `lb` whose key normalizes to `key` (see [`normalize_key`]).
+pub(crate) fn find_metric<'a>(lb: &'a Leaderboard, key: &str) -> Option<&'a MetricInfo> {
+    let k = normalize_key(key);
+    lb.metrics.iter().find(|m| normalize_key(&m.key) == k)
+}
+
+/// Key of Face-Sim, the identity metric every leaderboard has.
+pub(crate) const FACE_SIM: &str = "face_sim";
+/// Key of CLIP-T, the prompt-following metric (absent without CLIP weights).
+pub(crate) const CLIP_T: &str = "clip_t";
+
+/// One cost column: title, unit-bearing header, decimals, getter.
+pub(crate) struct CostColumn {
+    /// Short header, e.g. `Train (min)`.
+    pub title: &'static str,
+    /// What it is, for tooltips and definitions.
+    pub description: &'static str,
+    /// Decimals shown.
+    pub decimals: usize,
+    /// The figure, if the method's authors gave it.
+    pub get: fn(&Cost) -> Option<f64>,
+}
+
+/// The cost columns shown beside the quality columns, in display order.
+pub(crate) const COST_COLUMNS: [CostColumn; 4] = [
+    CostColumn {
+        title: "Train (min)",
+        description: "Training or tuning time per identity, minutes (0 for tuning-free methods)",
+        decimals: 1,
+        get: |c| c.training_minutes,
+    },
+    CostColumn {
+        title: "Peak (GiB)",
+        description: "Peak GPU memory, GiB",
+        decimals: 1,
+        get: |c| c.peak_memory_gib,
+    },
+    CostColumn {
+        title: "Disk (MiB)",
+        description: "Extra disk per identity, MiB",
+        decimals: 1,
+        get: |c| c.disk_per_identity_mib,
+    },
+    CostColumn {
+        title: "s/image",
+        description: "Inference seconds per image",
+        decimals: 2,
+        get: |c| c.seconds_per_image,
+    },
+];
+
+impl CostColumn {
+    /// The figure with this column's decimals, or [`DASH`].
+    pub(crate) fn format(&self, cost: Option<&Cost>) -> String {
+        match cost.and_then(|c| (self.get)(c)).filter(|v| v.is_finite()) {
+            Some(v) => format!("{v:.*}", self.decimals),
+            None => DASH.to_string(),
+        }
+    }
+}
+
+/// The first 12 hex digits of a sha256: enough to tell two protocols apart by eye.
+pub(crate) fn short_hash(h: &str) -> &str {
+    h.get(..12).unwrap_or(h)
+}
+
+/// Categories to show for `set`: the protocol's, in its order, then any others the rows carry.
+pub(crate) fn categories(lb: &Leaderboard, set: &SetResult) -> Vec<String> {
+    let mut out: Vec<String> = lb.protocol.categories.clone();
+    for row in &set.rows {
+        for c in row.by_category.keys() {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The bootstrap as one sentence, e.g. "95 % bootstrap intervals over images (1000 resamples,
+/// seed 7)".
+pub(crate) fn bootstrap_sentence(lb: &Leaderboard) -> String {
+    let b = &lb.bootstrap;
+    let level = b.level * 100.0;
+    let level = if (level - level.round()).abs() < 1e-9 {
+        format!("{level:.0}")
+    } else {
+        format!("{level}")
+    };
+    format!(
+        "{level} % bootstrap intervals over {} ({} resamples, seed {})",
+        b.unit, b.resamples, b.seed
+    )
+}
+
+/// Escapes text for a Markdown table cell or inline text: pipes would split cells, and
+/// backslash-escaped punctuation keeps users' method names from becoming links, emphasis or
+/// HTML. Line breaks become spaces, since a cell is one line.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | '|' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '&' | '#' | '!' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' | '\t' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Text inside backticks: code spans take no escapes, so backticks are dropped instead.
+fn code(s: &str) -> String {
+    format!("`{}`", s.replace(['`', '\n', '\r'], ""))
+}
+
+/// Renders `LEADERBOARD.md`: a header saying which protocol, networks and bootstrap produced the
+/// numbers; per reference set a table of every metric in `lb.metrics` as `value [lo, hi]` with
+/// the cost columns beside it, then Face-Sim and CLIP-T per prompt category; the methods; and the
+/// metric definitions. Absent values are written as `—`.
+pub fn render(lb: &Leaderboard) -> String {
+    let mut md = String::new();
+    header(&mut md, lb);
+    for set in &lb.sets {
+        set_table(&mut md, lb, set);
+        category_table(&mut md, lb, set);
+    }
+    methods(&mut md, lb);
+    definitions(&mut md, lb);
+    md
+}
+
+fn header(md: &mut String, lb: &Leaderboard) {
+    let p = &lb.protocol;
+    let m = &lb.models;
+    let opt = |v: &Option<String>| v.as_deref().map_or_else(|| "not given".to_string(), code);
+    let _ = writeln!(md, "# Leaderboard — {} v{}\n", escape(&p.name), p.version);
+    let _ = writeln!(
+        md,
+        "- **Protocol:** {} version {}, sha256 {}, references sha256 {}; {} prompts × {} seeds; \
+         categories: {}",
+        code(&p.name),
+        p.version,
+        code(short_hash(&p.sha256)),
+        code(short_hash(&p.references_sha256)),
+        p.prompts,
+        p.seeds,
+        if p.categories.is_empty() {
+            DASH.to_string()
+        } else {
+            p.categories
+                .iter()
+                .map(|c| escape(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- **Models:** face embedder {}; CLIP {}; DINO {}; Inception {}",
+        code(&m.face_embedder),
+        opt(&m.clip),
+        opt(&m.dino),
+        opt(&m.inception)
+    );
+    let _ = writeln!(md, "- **Intervals:** {}", escape(&bootstrap_sentence(lb)));
+    let _ = writeln!(
+        md,
+        "- **Generated:** {} by idforge {}",
+        escape(&lb.generated_at),
+        escape(&lb.idforge_version)
+    );
+    let _ = write!(
+        md,
+        "\nEach cell is `value [lo, hi]`; ↑ marks metrics where higher is better, ↓ lower; Scored counts \
+         the generations found and decoded against those the protocol expects. "
+    );
+    let _ = writeln!(md, "{DASH} means not computed or not given.\n");
+}
+
+/// `↑` or `↓` after a label.
+fn arrow(mi: &MetricInfo) -> &'static str {
+    if mi.higher_is_better { "↑" } else { "↓" }
+}
+
+fn row_for<'a>(set: &'a SetResult, method: &str) -> Option<&'a MethodRow> {
+    set.rows.iter().find(|r| r.method == method)
+}
+
+fn set_table(md: &mut String, lb: &Leaderboard, set: &SetResult) {
+    let _ = writeln!(md, "## {}\n", escape(&set.name));
+    if !set.description.is_empty() {
+        let _ = write!(md, "{} ", escape(&set.description));
+    }
+    let _ = writeln!(
+        md,
+        "{} identities, {} reference images.\n",
+        set.identities, set.references
+    );
+
+    let mut head = vec!["Method".to_string(), "Scored".to_string()];
+    let mut align = vec![":---".to_string(), "---:".to_string()];
+    for mi in &lb.metrics {
+        head.push(format!("{} {}", escape(&mi.label), arrow(mi)));
+        align.push("---:".into());
+    }
+    for c in &COST_COLUMNS {
+        head.push(c.title.into());
+        align.push("---:".into());
+    }
+    let _ = writeln!(md, "| {} |", head.join(" | "));
+    let _ = writeln!(md, "|{}|", align.join("|"));
+    for row in &set.rows {
+        let entry = lb.methods.iter().find(|m| m.name == row.method);
+        let mut cells = vec![
+            method_cell(&row.method, entry.is_some_and(|e| e.builtin)),
+            format!("{}/{}", row.scored, row.expected),
+        ];
+        for mi in &lb.metrics {
+            cells.push(
+                row.metrics
+                    .get(&mi.key)
+                    .map_or_else(|| DASH.to_string(), |e| metric_format(&mi.key).estimate(e)),
+            );
+        }
+        for c in &COST_COLUMNS {
+            cells.push(c.format(entry.map(|e| &e.cost)));
+        }
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+    md.push('\n');
+}
+
+fn method_cell(name: &str, builtin: bool) -> String {
+    if builtin {
+        format!("{} (baseline)", escape(name))
+    } else {
+        escape(name)
+    }
+}
+
+fn category_table(md: &mut String, lb: &Leaderboard, set: &SetResult) {
+    let shown: Vec<&MetricInfo> = [FACE_SIM, CLIP_T]
+        .iter()
+        .filter_map(|k| find_metric(lb, k))
+        .filter(|mi| {
+            set.rows
+                .iter()
+                .any(|r| r.by_category.values().any(|m| m.contains_key(&mi.key)))
+        })
+        .collect();
+    if shown.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "### {} by prompt category\n", escape(&set.name));
+    let mut head = vec!["Category".to_string(), "Method".to_string()];
+    for mi in &shown {
+        head.push(format!("{} {}", escape(&mi.label), arrow(mi)));
+    }
+    let _ = writeln!(md, "| {} |", head.join(" | "));
+    let _ = writeln!(md, "|:---|:---|{}", "---:|".repeat(shown.len()));
+    for cat in categories(lb, set) {
+        for entry in &lb.methods {
+            let Some(row) = row_for(set, &entry.name) else {
+                continue;
+            };
+            let Some(values) = row.by_category.get(&cat) else {
+                continue;
+            };
+            let mut cells = vec![escape(&cat), method_cell(&row.method, entry.builtin)];
+            for mi in &shown {
+                cells.push(
+                    values
+                        .get(&mi.key)
+                        .map_or_else(|| DASH.to_string(), |e| metric_format(&mi.key).estimate(e)),
+                );
+            }
+            let _ = writeln!(md, "| {} |", cells.join(" | "));
+        }
+    }
+    md.push('\n');
+}
+
+fn methods(md: &mut String, lb: &Leaderboard) {
+    if lb.methods.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Methods\n");
+    let _ = writeln!(
+        md,
+        "| Method | Base model | Trigger | Cost measured on | Link |"
+    );
+    let _ = writeln!(md, "|:---|:---|:---|:---|:---|");
+    for m in &lb.methods {
+        let opt = |v: &Option<String>| v.as_deref().map_or_else(|| DASH.to_string(), escape);
+        let link = match m.link.as_deref() {
+            Some(l) if is_web_link(l) => format!("<{}>", l.replace(['<', '>', '|', ' '], "")),
+            Some(l) => escape(l),
+            None => DASH.to_string(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            method_cell(&m.name, m.builtin),
+            opt(&m.base_model),
+            m.trigger.as_deref().map_or_else(|| DASH.to_string(), code),
+            opt(&m.cost.hardware),
+            link
+        );
+    }
+    md.push('\n');
+}
+
+/// Whether `link` is an http(s) URL, the only kind rendered as a link.
+pub(crate) fn is_web_link(link: &str) -> bool {
+    let l = link.trim().to_ascii_lowercase();
+    (l.starts_with("https://") || l.starts_with("http://"))
+        && !link.chars().any(char::is_whitespace)
+}
+
+fn definitions(md: &mut String, lb: &Leaderboard) {
+    let _ = writeln!(md, "## Metrics\n");
+    for mi in &lb.metrics {
+        let notes = [
+            if mi.higher_is_better {
+                "higher is better"
+            } else {
+                "lower is better"
+            },
+            if mi.per_image {
+                "mean over images"
+            } else {
+                "set-level statistic"
+            },
+        ];
+        let _ = writeln!(
+            md,
+            "- **{}** ({}; {}): {}",
+            escape(&mi.label),
+            code(&mi.key),
+            notes.join(", "),
+            escape(&mi.description)
+        );
+    }
+    for c in &COST_COLUMNS {
+        let _ = writeln!(
+            md,
+            "- **{}**: {}, as the method's authors measured it.",
+            escape(c.title),
+            c.description
+        );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::leaderboard::{
+        BootstrapInfo, Grid, GridCell, LEADERBOARD_SCHEMA_VERSION, MethodEntry, ModelsUsed,
+        ProtocolInfo,
+    };
+
+    fn est(value: f64, half: f64, n: usize) -> Estimate {
+        Estimate {
+            value,
+            lo: value - half,
+            hi: value + half,
+            n,
+        }
+    }
+
+    fn metric(key: &str, label: &str, higher: bool, per_image: bool) -> MetricInfo {
+        MetricInfo {
+            key: key.into(),
+            label: label.into(),
+            higher_is_better: higher,
+            per_image,
+            description: format!("{label} | what it measures"),
+        }
+    }
+
+    /// A small leaderboard shared by this crate's rendering tests: three methods (one a
+    /// baseline, one with a name full of markup), two sets, CLIP-T only on the first.
+    pub(crate) fn sample() -> Leaderboard {
+        let method = |name: &str, builtin: bool, cost: Cost| MethodEntry {
+            name: name.into(),
+            builtin,
+            base_model: (!builtin).then(|| "SDXL 1.0".into()),
+            link: (!builtin).then(|| "https://example.org/paper".into()),
+            trigger: None,
+            settings: BTreeMap::new(),
+            cost,
+        };
+        let names = ["copy-reference", "photo|maker", "<b>&\"x\""];
+        let row = |i: usize, clip: bool| {
+            let mut metrics = BTreeMap::new();
+            metrics.insert(
+                "face_sim".into(),
+                est([0.9123, 0.61234, 0.455][i], 0.0123, 40),
+            );
+            if clip {
+                metrics.insert("clip_t".into(), est([21.456, 30.5, 31.25][i], 0.5, 40));
+            }
+            if i > 0 {
+                metrics.insert("fid".into(), est(55.4321, 3.0, 40));
+                metrics.insert("kid".into(), est(12.3456, 1.0, 40));
+            }
+            metrics.insert("face_failure".into(), est([0.0, 12.5, 5.0][i], 1.0, 40));
+            let mut by_category = BTreeMap::new();
+            for (c, shift) in [("portrait", 0.0), ("action", -0.05)] {
+                let mut m = BTreeMap::new();
+                m.insert(
+                    "face_sim".into(),
+                    est([0.9, 0.6, 0.45][i] + shift, 0.02, 20),
+                );
+                if clip {
+                    m.insert(
+                        "clip_t".into(),
+                        est([21.0, 30.0, 31.0][i] - shift * 10.0, 0.6, 20),
+                    );
+                }
+                by_category.insert(c.to_string(), m);
+            }
+            MethodRow {
+                method: names[i].into(),
+                expected: 40,
+                scored: if i == 2 { 38 } else { 40 },
+                metrics,
+                by_category,
+            }
+        };
+        Leaderboard {
+            schema_version: LEADERBOARD_SCHEMA_VERSION,
+            protocol: ProtocolInfo {
+                name: "idforge-v1".into(),
+                version: 1,
+                sha256: "0123456789abcdef0123456789abcdef".into(),
+                references_sha256: "fedcba9876543210fedcba9876543210".into(),
+                seeds: 2,
+                prompts: 10,
+                categories: vec!["portrait".into(), "action".into()],
+            },
+            generated_at: "2025-01-02T03:04:05Z".into(),
+            idforge_version: "0.1.0".into(),
+            models: ModelsUsed {
+                face_embedder: "face-api".into(),
+                clip: Some("ViT-L-14.safetensors".into()),
+                dino: None,
+                inception: Some("pt_inception.pth".into()),
+            },
+            bootstrap: BootstrapInfo {
+                resamples: 1000,
+                seed: 7,
+                level: 0.95,
+                unit: "(identity, prompt) items".into(),
+            },
+            metrics: vec![
+                metric("face_sim", "Face-Sim", true, true),
+                metric("clip_t", "CLIP-T", true, true),
+                metric("fid", "FID", false, false),
+                metric("kid", "KID×10³", false, false),
+                metric("face_failure", "No face %", false, true),
+            ],
+            methods: vec![
+                method(
+                    "copy-reference",
+                    true,
+                    Cost {
+                        training_minutes: Some(0.0),
+                        ..Cost::default()
+                    },
+                ),
+                method(
+                    "photo|maker",
+                    false,
+                    Cost {
+                        training_minutes: Some(0.0),
+                        peak_memory_gib: Some(23.456),
+                        disk_per_identity_mib: None,
+                        seconds_per_image: Some(4.2),
+                        hardware: Some("1× A100 80GB".into()),
+                    },
+                ),
+                method("<b>&\"x\"", false, Cost::default()),
+            ],
+            sets: vec![
+                SetResult {
+                    name: "in-train".into(),
+                    description: "Identities seen in training.".into(),
+                    identities: 5,
+                    references: 20,
+                    rows: (0..3).map(|i| row(i, true)).collect(),
+                },
+                SetResult {
+                    name: "out-of-train".into(),
+                    description: "Identities never seen.".into(),
+                    identities: 4,
+                    references: 16,
+                    rows: (0..3).map(|i| row(i, false)).collect(),
+                },
+            ],
+            grids: vec![Grid {
+                set: "in-train".into(),
+                identity: "id_001".into(),
+                prompt_id: "p03".into(),
+                prompt: "a photo of a person <surfing>".into(),
+                seed: 1,
+                reference: "thumbs/ref.png".into(),
+                cells: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| GridCell {
+                        method: n.to_string(),
+                        image: (i != 2).then(|| format!("thumbs/m{i}.png")),
+                        face_sim: (i != 2).then_some(0.5),
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    fn line_with<'a>(md: &'a str, needle: &str) -> &'a str {
+        md.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in\n{md}"))
+    }
+
+    #[test]
+    fn pipes_and_markup_in_names_are_escaped() {
+        let md = render(&sample());
+        let row = line_with(&md, "photo\\|maker");
+        // Escaped pipes do not split cells: Method, scored, 5 metrics, 4 costs = 11 cells.
+        let unescaped = row.replace("\\|", "");
+        assert_eq!(unescaped.matches('|').count(), 12, "{row}");
+        assert!(md.contains("\\<b\\>\\&\"x\""), "{md}");
+        assert!(!md.contains("<b>"), "{md}");
+        assert!(line_with(&md, "**Face-Sim**").contains("Face-Sim \\| what it measures"));
+    }
+
+    #[test]
+    fn values_have_per_metric_precision_and_intervals() {
+        let md = render(&sample());
+        let row = line_with(&md, "| photo\\|maker |");
+        assert!(
+            row.contains("| 0.612 [0.600, 0.625] |"),
+            "Face-Sim 3 decimals: {row}"
+        );
+        assert!(
+            row.contains("| 30.50 [30.00, 31.00] |"),
+            "CLIP-T 2 decimals: {row}"
+        );
+        assert!(
+            row.contains("| 55.43 [52.43, 58.43] |"),
+            "FID 2 decimals: {row}"
+        );
+        assert!(row.contains("| 12.35 [11.35, 13.35] |"), "KID ×1000: {row}");
+        assert!(
+            row.contains("| 12.5 [11.5, 13.5] |"),
+            "no-face rate, 1 decimal: {row}"
+        );
+        assert!(
+            row.starts_with("| photo\\|maker | 40/40 | 0.612"),
+            "scored: {row}"
+        );
+        assert!(row.ends_with("| 0.0 | 23.5 | — | 4.20 |"), "cost: {row}");
+        assert!(line_with(&md, "| Method |").contains("KID×10³ ↓"));
+    }
+
+    #[test]
+    fn absent_metrics_and_costs_are_dashes() {
+        let md = render(&sample());
+        let base = line_with(&md, "| copy-reference (baseline) |");
+        // No FID/KID for the baseline, no cost but training time.
+        assert!(base.contains("| 0.912 [0.900, 0.925] | 21.46 [20.96, 21.96] | — | — | 0.0 [-1.0, 1.0] | 0.0 | — | — | — |"), "{base}");
+        // CLIP-T absent on the second set.
+        let second = &md[md.find("\n## out-of-train").unwrap()..];
+        let row = line_with(second, "| photo\\|maker |");
+        assert!(row.contains("| 0.612 [0.600, 0.625] | — | 55.43"), "{row}");
+        let cat = &second[second.find("### out-of-train by prompt category").unwrap()..];
+        let head = line_with(cat, "| Category |");
+        assert!(
+            !head.contains("CLIP-T"),
+            "CLIP-T column only where computed: {head}"
+        );
+    }
+
+    #[test]
+    fn metrics_missing_from_the_list_are_not_shown() {
+        let mut lb = sample();
+        lb.metrics.retain(|m| m.key != "fid");
+        let md = render(&lb);
+        assert!(!md.contains("FID"), "{md}");
+        assert!(!md.contains("55.43"), "{md}");
+    }
+
+    #[test]
+    fn header_names_protocol_models_and_bootstrap() {
+        let md = render(&sample());
+        assert!(md.starts_with("# Leaderboard — idforge-v1 v1\n"));
+        assert!(md.contains("sha256 `0123456789ab`"), "{md}");
+        assert!(
+            md.contains("CLIP `ViT-L-14.safetensors`; DINO not given"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "95 % bootstrap intervals over (identity, prompt) items (1000 resamples, seed 7)"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("2025-01-02T03:04:05Z"));
+    }
+
+    #[test]
+    fn per_category_table_lists_categories_in_protocol_order() {
+        let md = render(&sample());
+        let cat = md.split("### in-train by prompt category").nth(1).unwrap();
+        let portrait = cat.find("| portrait | photo\\|maker |").unwrap();
+        let action = cat.find("| action | photo\\|maker |").unwrap();
+        assert!(portrait < action);
+        assert!(
+            line_with(cat, "| action | photo\\|maker |")
+                .contains("| 0.550 [0.530, 0.570] | 30.50 [29.90, 31.10] |")
+        );
+    }
+
+    #[test]
+    fn formats_by_key() {
+        assert_eq!(metric_format("CLIP-I").value(0.12345), "0.123");
+        assert_eq!(metric_format("is").value(12.345), "12.35");
+        assert_eq!(metric_format("cmmd").value(1.23456), "1.235");
+        assert_eq!(metric_format("face_failure").value(12.345), "12.3");
+        assert_eq!(metric_format("kid").value(1.2345), "1.23");
+        assert_eq!(metric_format("face_sim").value(-0.0001), "0.000");
+        assert_eq!(metric_format("face_sim").value(f64::NAN), "—");
+        assert_eq!(escape("a|b\nc"), "a\\|b c");
+    }
+}
