@@ -197,7 +197,8 @@ pub fn copy_references(from: &Path, bench: &BenchDir) -> Result<usize, BenchErro
 }
 
 /// Writes references from a dataset export (`idforge dataset export`): each identity's first
-/// reference crops (`ref_image`) go to `in-train` for the train split and `out-of-train` for
+/// training crops (`image`: the face with its context, as a method would be given it; the tight
+/// `ref_image` crops are too tight for face detectors to find the face again) go to `in-train` for the train split and `out-of-train` for
 /// the validation split, and its class word to `class_words.toml`. `per_set` keeps the first
 /// identities of each set (by name) when given. Returns identities written per set.
 pub fn references_from_export(
@@ -237,17 +238,17 @@ pub fn references_from_export(
             let identity = strings("identity")?;
             let class_word = strings("class_word")?;
             let refs = batch
-                .column_by_name("ref_image")
+                .column_by_name("image")
                 .and_then(|c| c.as_any().downcast_ref::<StructArray>())
-                .ok_or_else(|| BenchError::invalid(&path, "no `ref_image` column"))?;
+                .ok_or_else(|| BenchError::invalid(&path, "no `image` column"))?;
             let bytes = refs
                 .column_by_name("bytes")
                 .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
-                .ok_or_else(|| BenchError::invalid(&path, "`ref_image` has no `bytes`"))?;
+                .ok_or_else(|| BenchError::invalid(&path, "`image` has no `bytes`"))?;
             let names = refs
                 .column_by_name("path")
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| BenchError::invalid(&path, "`ref_image` has no `path`"))?;
+                .ok_or_else(|| BenchError::invalid(&path, "`image` has no `path`"))?;
             for i in 0..batch.num_rows() {
                 if !identity.is_valid(i) || !bytes.is_valid(i) {
                     continue;

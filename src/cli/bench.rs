@@ -67,7 +67,8 @@ struct InitArgs {
     /// A references folder: <set>/<identity>/<image>.
     #[arg(long, conflicts_with = "from_dataset", required_unless_present = "from_dataset")]
     references: Option<PathBuf>,
-    /// A dataset export (`idforge dataset export`): its reference crops become the references.
+    /// A dataset export (`idforge dataset export`): its training crops (`image`) become the
+    /// references.
     #[arg(long)]
     from_dataset: Option<PathBuf>,
     /// With --from-dataset: keep the first N identities (by name) of each set.
