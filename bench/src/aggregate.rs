@@ -23,7 +23,7 @@ use crate::leaderboard::{
 use crate::protocol::Protocol;
 use crate::references::References;
 use crate::stats::bootstrap::{mean_ci, statistic_ci};
-use crate::stats::cmmd::cmmd;
+use crate::stats::cmmd::{CmmdResampler, cmmd};
 use crate::stats::diversity::face_div;
 use crate::stats::frechet::fid;
 use crate::stats::inception_score::inception_score;
@@ -263,6 +263,13 @@ fn per_image_metrics(rows: &[&ScoreRow], opts: &LeaderboardOptions) -> BTreeMap<
     add("clip_t", pick(&|r| r.clip_t.map(f64::from)));
     add("clip_i", pick(&|r| r.clip_i.map(f64::from)));
     add("dino", pick(&|r| r.dino.map(f64::from)));
+    // torchmetrics' CLIPScore is max(mean(100·cos), 0): the clamp is on the mean (and its
+    // interval), the table keeps each image's unclamped 100·cos.
+    if let Some(e) = out.get_mut("clip_t") {
+        e.value = e.value.max(0.0);
+        e.lo = e.lo.max(0.0);
+        e.hi = e.hi.max(0.0);
+    }
     out
 }
 
@@ -326,8 +333,11 @@ fn set_metrics(
     }
     if let (Some(gen_c), Some(ref_c)) = (matrix(ok, clip), matrix(ref_rows, clip)) {
         if let Ok(v) = cmmd(&gen_c, &ref_c) {
-            let stat = |idx: &[usize]| cmmd(&gen_c.select(idx), &ref_c).ok();
-            out.insert("cmmd".into(), with_ci(gen_c.n, v, &stat));
+            let estimate = match CmmdResampler::new(&gen_c, &ref_c) {
+                Ok(Some(r)) => with_ci(gen_c.n, v, &|idx: &[usize]| Some(r.cmmd(idx))),
+                _ => with_ci(gen_c.n, v, &|idx: &[usize]| cmmd(&gen_c.select(idx), &ref_c).ok()),
+            };
+            out.insert("cmmd".into(), estimate);
         }
     }
     out

@@ -14,7 +14,7 @@ use idforge_core::hash::sha256_hex;
 use idforge_core::image_io::{DEFAULT_MAX_PIXELS, decode};
 use idforge_core::progress::Progress;
 use idforge_core::schema::{ScoreRow, ScoreStatus, ScoresTable};
-use idforge_models::clip::{ClipCheckpoint, clip_t};
+use idforge_models::clip::ClipCheckpoint;
 use idforge_models::dino::DinoEmbedder;
 use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::face_embedder::FaceEmbedder;
@@ -253,7 +253,7 @@ where
             row.face_embedding = Some(e.clone());
         }
         if let Some(c) = &f.clip {
-            row.clip_t = texts.get(&job.prompt_clip).map(|t| clip_t(c, t));
+            row.clip_t = texts.get(&job.prompt_clip).map(|t| 100.0 * cosine(c, t));
             row.clip_i = mean_opt(refs.iter().filter_map(|r| r.clip.as_ref()).map(|r| cosine(c, r)));
             row.clip_embedding = Some(c.clone());
         }

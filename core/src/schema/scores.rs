@@ -87,7 +87,8 @@ pub struct ScoreRow {
     pub face_box: Option<Vec<f32>>,
     /// The generated face's L2-normalised embedding (for Face-Div).
     pub face_embedding: Option<Vec<f32>>,
-    /// 100 · max(cos(CLIP image, CLIP text of the prompt without trigger), 0).
+    /// 100 · cos(CLIP image, CLIP text of the prompt without trigger), not clamped: the
+    /// leaderboard clamps the mean at 0 as torchmetrics' CLIPScore does.
     pub clip_t: Option<f32>,
     /// Cosine of the CLIP image embeddings of generation and reference.
     pub clip_i: Option<f32>,
