@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::face_api::Detector;
+use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::face_embedder::FaceEmbedder;
 use serde_json::Value;
 
@@ -83,13 +83,17 @@ fn make_references(dir: &Path) {
     .iter()
     .enumerate()
     {
-        let img = image::open(face_api.join("demo").join(photo)).unwrap().into_rgb8();
+        let img = image::open(face_api.join("demo").join(photo))
+            .unwrap()
+            .into_rgb8();
         let view = RgbView {
             width: img.width() as usize,
             height: img.height() as usize,
             data: img.as_raw(),
         };
-        let (face, _) = faces.largest_face(view).expect("a face in the sample photo");
+        let (face, _) = faces
+            .largest_face(view)
+            .expect("a face in the sample photo");
         let d = face.detection;
         let side = (d.width.max(d.height) * 1.8) as u32;
         let cx = (d.x + d.width / 2.0) as i64;
@@ -105,8 +109,16 @@ fn make_references(dir: &Path) {
 }
 
 fn metric(lb: &Value, set: &str, method: &str, key: &str) -> Option<f64> {
-    let set = lb["sets"].as_array().unwrap().iter().find(|s| s["name"] == set)?;
-    let row = set["rows"].as_array().unwrap().iter().find(|r| r["method"] == method)?;
+    let set = lb["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == set)?;
+    let row = set["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["method"] == method)?;
     row["metrics"][key]["value"].as_f64()
 }
 
@@ -121,7 +133,11 @@ fn bench_end_to_end() {
     let bench = root.join("bench");
 
     // Not a bench folder yet.
-    let out = idforge().args(["bench", "plan"]).arg(&bench).output().unwrap();
+    let out = idforge()
+        .args(["bench", "plan"])
+        .arg(&bench)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("bench init"), "{}", text(&out));
 
@@ -142,7 +158,11 @@ fn bench_end_to_end() {
         .output()
         .unwrap();
     assert!(!again.status.success());
-    assert!(text(&again).contains("already a bench folder"), "{}", text(&again));
+    assert!(
+        text(&again).contains("already a bench folder"),
+        "{}",
+        text(&again)
+    );
 
     // The plan: 3 identities × 2 prompts × 2 seeds, the trigger after the class word.
     let plan = ok(idforge()
@@ -159,7 +179,10 @@ fn bench_end_to_end() {
     );
     assert!(plan.contains("an oil painting of a person img"), "{plan}");
     let table = ok(idforge().args(["bench", "plan"]).arg(&bench));
-    assert!(String::from_utf8_lossy(&table.stdout).contains("<method>/<identity>/<prompt_id>/<seed>.png"));
+    assert!(
+        String::from_utf8_lossy(&table.stdout)
+            .contains("<method>/<identity>/<prompt_id>/<seed>.png")
+    );
 
     // Baselines with known properties, imported like any method.
     for kind in ["flipped-reference", "other-identity"] {
@@ -169,7 +192,11 @@ fn bench_end_to_end() {
             .arg(&bench)
             .arg("-o")
             .arg(&folder));
-        let out = ok(idforge().args(["bench", "import"]).arg(&folder).arg("--bench").arg(&bench));
+        let out = ok(idforge()
+            .args(["bench", "import"])
+            .arg(&folder)
+            .arg("--bench")
+            .arg(&bench));
         assert!(
             text(&out).contains("12 of 12 expected images found, 0 missing, 0 unreadable, 0 extra"),
             "{}",
@@ -192,7 +219,11 @@ fn bench_end_to_end() {
             if !(prompt == "style-01" && seed == 1) {
                 let d = partial.join("p1").join(prompt);
                 std::fs::create_dir_all(&d).unwrap();
-                std::fs::copy(refs.join("in-train/p1/ref.png"), d.join(format!("{seed}.png"))).unwrap();
+                std::fs::copy(
+                    refs.join("in-train/p1/ref.png"),
+                    d.join(format!("{seed}.png")),
+                )
+                .unwrap();
             }
             // p2: no face at all.
             let d = partial.join("p2").join(prompt);
@@ -204,11 +235,19 @@ fn bench_end_to_end() {
             if prompt == "clothing-01" && seed == 0 {
                 std::fs::write(d.join("0.png"), b"not an image").unwrap();
             } else {
-                std::fs::copy(refs.join("out-of-train/p3/ref.png"), d.join(format!("{seed}.png"))).unwrap();
+                std::fs::copy(
+                    refs.join("out-of-train/p3/ref.png"),
+                    d.join(format!("{seed}.png")),
+                )
+                .unwrap();
             }
         }
     }
-    std::fs::copy(refs.join("in-train/p1/ref.png"), partial.join("p1/clothing-01/7.png")).unwrap();
+    std::fs::copy(
+        refs.join("in-train/p1/ref.png"),
+        partial.join("p1/clothing-01/7.png"),
+    )
+    .unwrap();
     std::fs::write(partial.join("notes.txt"), "seeds from our script").unwrap();
     let strict = idforge()
         .args(["bench", "import", "--strict"])
@@ -223,41 +262,106 @@ fn bench_end_to_end() {
         report.contains("11 of 12 expected images found, 1 missing, 1 unreadable, 2 extra"),
         "{report}"
     );
-    assert!(report.contains("p1/style-01/1.png") && report.contains("p1/clothing-01/7.png") && report.contains("notes.txt"), "{report}");
+    assert!(
+        report.contains("p1/style-01/1.png")
+            && report.contains("p1/clothing-01/7.png")
+            && report.contains("notes.txt"),
+        "{report}"
+    );
     assert!(!bench.join("generations/partial").exists());
-    ok(idforge().args(["bench", "import"]).arg(&partial).arg("--bench").arg(&bench));
+    ok(idforge()
+        .args(["bench", "import"])
+        .arg(&partial)
+        .arg("--bench")
+        .arg(&bench));
 
     // Score with face-api only: the CLIP, DINO and Inception columns are absent.
-    ok(idforge().args(["bench", "score"]).arg(&bench).args(["--resamples", "200", "--set-resamples", "20"]));
+    ok(idforge().args(["bench", "score"]).arg(&bench).args([
+        "--resamples",
+        "200",
+        "--set-resamples",
+        "20",
+    ]));
     let lb_path = bench.join("leaderboard/leaderboard.json");
     let lb: Value = serde_json::from_str(&std::fs::read_to_string(&lb_path).unwrap()).unwrap();
     assert_eq!(lb["schema_version"], 1);
     assert_eq!(lb["protocol"]["name"], "test-v1");
-    let keys: Vec<&str> = lb["metrics"].as_array().unwrap().iter().map(|m| m["key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = lb["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["key"].as_str().unwrap())
+        .collect();
     assert_eq!(keys, ["face_sim", "face_failure", "face_div"]);
-    let methods: Vec<&str> = lb["methods"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(methods, ["copy-reference", "flipped-reference", "other-identity", "partial"]);
+    let methods: Vec<&str> = lb["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "copy-reference",
+            "flipped-reference",
+            "other-identity",
+            "partial"
+        ]
+    );
 
     // Known properties: the reference itself scores 1, the mirrored person stays close, the
     // wrong person falls, a face-less image scores 0 and counts as a face failure.
     let fs = |set: &str, m: &str| metric(&lb, set, m, "face_sim").unwrap();
     assert!((fs("in-train", "copy-reference") - 1.0).abs() < 1e-5);
-    assert!(fs("in-train", "flipped-reference") > 0.9, "{}", fs("in-train", "flipped-reference"));
+    assert!(
+        fs("in-train", "flipped-reference") > 0.9,
+        "{}",
+        fs("in-train", "flipped-reference")
+    );
     assert!(fs("in-train", "other-identity") < fs("in-train", "flipped-reference") - 0.05);
-    assert_eq!(metric(&lb, "in-train", "copy-reference", "face_failure"), Some(0.0));
+    assert_eq!(
+        metric(&lb, "in-train", "copy-reference", "face_failure"),
+        Some(0.0)
+    );
     // in-train partial: p1 has 3 scored images (faces), p2 4 face-less ones.
     let fail = metric(&lb, "in-train", "partial", "face_failure").unwrap();
     assert!((fail - 400.0 / 7.0).abs() < 1e-9, "{fail}");
     let partial_fs = fs("in-train", "partial");
     assert!((partial_fs - 3.0 / 7.0).abs() < 1e-4, "{partial_fs}");
     // Face-Div: identical images across seeds are not diverse.
-    assert!(metric(&lb, "in-train", "copy-reference", "face_div").unwrap().abs() < 1e-6);
-    let set = lb["sets"].as_array().unwrap().iter().find(|s| s["name"] == "out-of-train").unwrap();
-    let row = set["rows"].as_array().unwrap().iter().find(|r| r["method"] == "partial").unwrap();
-    assert_eq!((row["expected"].as_u64(), row["scored"].as_u64()), (Some(4), Some(3)));
+    assert!(
+        metric(&lb, "in-train", "copy-reference", "face_div")
+            .unwrap()
+            .abs()
+            < 1e-6
+    );
+    let set = lb["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "out-of-train")
+        .unwrap();
+    let row = set["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["method"] == "partial")
+        .unwrap();
+    assert_eq!(
+        (row["expected"].as_u64(), row["scored"].as_u64()),
+        (Some(4), Some(3))
+    );
     let e = &row["metrics"]["face_sim"];
-    assert!(e["lo"].as_f64().unwrap() <= e["value"].as_f64().unwrap() && e["value"].as_f64().unwrap() <= e["hi"].as_f64().unwrap());
-    let partial_entry = lb["methods"].as_array().unwrap().iter().find(|m| m["name"] == "partial").unwrap();
+    assert!(
+        e["lo"].as_f64().unwrap() <= e["value"].as_f64().unwrap()
+            && e["value"].as_f64().unwrap() <= e["hi"].as_f64().unwrap()
+    );
+    let partial_entry = lb["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "partial")
+        .unwrap();
     assert_eq!(partial_entry["cost"]["seconds_per_image"], 2.5);
     assert_eq!(partial_entry["trigger"], "img");
     for f in ["LEADERBOARD.md", "index.html"] {
@@ -268,15 +372,28 @@ fn bench_end_to_end() {
     let grids = lb["grids"].as_array().unwrap();
     assert!(!grids.is_empty());
     for g in grids {
-        assert!(bench.join("leaderboard").join(g["reference"].as_str().unwrap()).is_file());
+        assert!(
+            bench
+                .join("leaderboard")
+                .join(g["reference"].as_str().unwrap())
+                .is_file()
+        );
     }
 
     // The scores table keeps every expected row, with its status.
-    let scores = idforge_core::schema::ScoresTable::read(&bench.join("scores/partial.parquet")).unwrap();
+    let scores =
+        idforge_core::schema::ScoresTable::read(&bench.join("scores/partial.parquet")).unwrap();
     assert_eq!(scores.rows.len(), 12);
     let status = |s| scores.rows.iter().filter(|r| r.status == Some(s)).count();
     use idforge_core::schema::ScoreStatus;
-    assert_eq!((status(ScoreStatus::Ok), status(ScoreStatus::Missing), status(ScoreStatus::Unreadable)), (10, 1, 1));
+    assert_eq!(
+        (
+            status(ScoreStatus::Ok),
+            status(ScoreStatus::Missing),
+            status(ScoreStatus::Unreadable)
+        ),
+        (10, 1, 1)
+    );
 
     // The other columns, from the tiny random-weight fixtures of the parity tests (their values
     // mean nothing; the columns must appear and be finite).
@@ -293,7 +410,14 @@ fn bench_end_to_end() {
     ok(idforge()
         .args(["bench", "score"])
         .arg(&bench)
-        .args(["--resamples", "100", "--set-resamples", "10", "--method", "partial"])
+        .args([
+            "--resamples",
+            "100",
+            "--set-resamples",
+            "10",
+            "--method",
+            "partial",
+        ])
         .arg("--clip")
         .arg(&clip)
         .arg("--dino")
@@ -301,11 +425,35 @@ fn bench_end_to_end() {
         .arg("--inception")
         .arg(fixtures.join("inception/fid_inception_w16.pth")));
     let lb: Value = serde_json::from_str(&std::fs::read_to_string(&lb_path).unwrap()).unwrap();
-    let keys: Vec<&str> = lb["metrics"].as_array().unwrap().iter().map(|m| m["key"].as_str().unwrap()).collect();
-    assert_eq!(keys, ["face_sim", "face_failure", "clip_t", "clip_i", "dino", "face_div", "fid", "kid", "is", "cmmd"]);
+    let keys: Vec<&str> = lb["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "face_sim",
+            "face_failure",
+            "clip_t",
+            "clip_i",
+            "dino",
+            "face_div",
+            "fid",
+            "kid",
+            "is",
+            "cmmd"
+        ]
+    );
     assert_eq!(lb["models"]["clip"], "tiny-clip");
     // Methods scored with other networks are left out, never mixed in.
-    let methods: Vec<&str> = lb["methods"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let methods: Vec<&str> = lb["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
     assert_eq!(methods, ["copy-reference", "partial"]);
     for key in ["clip_t", "clip_i", "dino", "fid", "kid", "is", "cmmd"] {
         let v = metric(&lb, "in-train", "partial", key).unwrap_or_else(|| panic!("{key}"));

@@ -27,14 +27,19 @@ fn clip_score_matches_torchmetrics_per_pair() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_idforge"));
     cmd.args(["clip", "score", "--weights"]).arg(&model);
     for image in reference["images"].as_array().unwrap() {
-        cmd.arg("--image").arg(fixtures.join(image.as_str().unwrap()));
+        cmd.arg("--image")
+            .arg(fixtures.join(image.as_str().unwrap()));
     }
     for prompt in reference["prompts"].as_array().unwrap() {
         cmd.arg("--text").arg(prompt.as_str().unwrap());
     }
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let scores: Vec<f64> = stdout
         .lines()
         .map(|l| l.split('\t').next().unwrap().parse().unwrap())

@@ -33,7 +33,9 @@ fn main() {
     let images: Vec<image::RgbImage> = ["sample1.jpg", "sample2.jpg", "sample3.jpg", "sample4.jpg"]
         .iter()
         .map(|f| {
-            let img = image::open(face_api.join("demo").join(f)).unwrap().into_rgb8();
+            let img = image::open(face_api.join("demo").join(f))
+                .unwrap()
+                .into_rgb8();
             let side = img.width().min(img.height());
             let crop = image::imageops::crop_imm(&img, 0, 0, side, side).to_image();
             image::imageops::resize(&crop, 512, 512, image::imageops::FilterType::Triangle)
@@ -63,10 +65,16 @@ fn main() {
         cpu_model().unwrap_or_default(),
         loadavg().unwrap_or(-1.0)
     );
-    let rounds: usize = args.value("--rounds").and_then(|v| v.parse().ok()).unwrap_or(16);
+    let rounds: usize = args
+        .value("--rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
     let time = |name: &str, models: &ScoringModels<Flex>, rounds: usize| {
         for threads in [1, 0] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let n = pool.current_num_threads();
             let t = Instant::now();
             pool.install(|| {
@@ -119,10 +127,18 @@ fn main() {
             t.elapsed().as_secs_f64() * 1e3
         );
     };
-    set("fid", &|| idforge_bench::stats::frechet::fid(&generated, &references).unwrap());
+    set("fid", &|| {
+        idforge_bench::stats::frechet::fid(&generated, &references).unwrap()
+    });
     set("kid", &|| {
         idforge_bench::stats::kid::kid(&generated, &references, &Default::default()).unwrap()
     });
-    set("is", &|| idforge_bench::stats::inception_score::inception_score(&logits, 10).unwrap().0);
-    set("cmmd", &|| idforge_bench::stats::cmmd::cmmd(&clip_gen, &clip_ref).unwrap());
+    set("is", &|| {
+        idforge_bench::stats::inception_score::inception_score(&logits, 10)
+            .unwrap()
+            .0
+    });
+    set("cmmd", &|| {
+        idforge_bench::stats::cmmd::cmmd(&clip_gen, &clip_ref).unwrap()
+    });
 }

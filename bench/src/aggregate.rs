@@ -22,13 +22,13 @@ use crate::leaderboard::{
 };
 use crate::protocol::Protocol;
 use crate::references::References;
+use crate::stats::Features;
 use crate::stats::bootstrap::{mean_ci, statistic_ci};
 use crate::stats::cmmd::{CmmdResampler, cmmd};
 use crate::stats::diversity::face_div;
 use crate::stats::frechet::fid;
 use crate::stats::inception_score::inception_score;
 use crate::stats::kid::{KidOptions, kid};
-use crate::stats::Features;
 
 /// How the leaderboard is computed.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,16 +70,76 @@ pub fn metric_catalogue() -> Vec<MetricInfo> {
         description: description.into(),
     };
     vec![
-        m("face_sim", "Face-Sim", true, true, "cosine similarity of the generated face's and the reference face's identity embeddings (largest face; 0 when no face is detected), mean over images"),
-        m("face_failure", "No face %", false, true, "share of generations in which the detector finds no face, in percent"),
-        m("clip_t", "CLIP-T", true, true, "100 · max(cos(CLIP image, CLIP text), 0) with the prompt's trigger word removed (torchmetrics' CLIPScore), mean over images"),
-        m("clip_i", "CLIP-I", true, true, "cosine similarity of the CLIP image embeddings of generation and reference, mean over images"),
-        m("dino", "DINO", true, true, "cosine similarity of the DINO CLS embeddings of generation and reference, mean over images"),
-        m("face_div", "Face-Div", true, false, "diversity of the generated faces across seeds: mean pairwise 1 − cos of their identity embeddings per (identity, prompt), mean over items"),
-        m("fid", "FID", false, false, "Fréchet Inception distance of the generations to the set's reference images (clean-fid conventions: clean resize, pool3)"),
-        m("kid", "KID×10³", false, false, "kernel Inception distance (clean-fid: cubic polynomial kernel, 100 subsets), times 1000"),
-        m("is", "IS", true, false, "Inception Score of the generations (torchmetrics: unbiased logits, 10 splits)"),
-        m("cmmd", "CMMD", false, false, "CLIP maximum mean discrepancy to the references (Gaussian kernel σ = 10, scale 1000)"),
+        m(
+            "face_sim",
+            "Face-Sim",
+            true,
+            true,
+            "cosine similarity of the generated face's and the reference face's identity embeddings (largest face; 0 when no face is detected), mean over images",
+        ),
+        m(
+            "face_failure",
+            "No face %",
+            false,
+            true,
+            "share of generations in which the detector finds no face, in percent",
+        ),
+        m(
+            "clip_t",
+            "CLIP-T",
+            true,
+            true,
+            "100 · max(cos(CLIP image, CLIP text), 0) with the prompt's trigger word removed (torchmetrics' CLIPScore), mean over images",
+        ),
+        m(
+            "clip_i",
+            "CLIP-I",
+            true,
+            true,
+            "cosine similarity of the CLIP image embeddings of generation and reference, mean over images",
+        ),
+        m(
+            "dino",
+            "DINO",
+            true,
+            true,
+            "cosine similarity of the DINO CLS embeddings of generation and reference, mean over images",
+        ),
+        m(
+            "face_div",
+            "Face-Div",
+            true,
+            false,
+            "diversity of the generated faces across seeds: mean pairwise 1 − cos of their identity embeddings per (identity, prompt), mean over items",
+        ),
+        m(
+            "fid",
+            "FID",
+            false,
+            false,
+            "Fréchet Inception distance of the generations to the set's reference images (clean-fid conventions: clean resize, pool3)",
+        ),
+        m(
+            "kid",
+            "KID×10³",
+            false,
+            false,
+            "kernel Inception distance (clean-fid: cubic polynomial kernel, 100 subsets), times 1000",
+        ),
+        m(
+            "is",
+            "IS",
+            true,
+            false,
+            "Inception Score of the generations (torchmetrics: unbiased logits, 10 splits)",
+        ),
+        m(
+            "cmmd",
+            "CMMD",
+            false,
+            false,
+            "CLIP maximum mean discrepancy to the references (Gaussian kernel σ = 10, scale 1000)",
+        ),
     ]
 }
 
@@ -247,7 +307,15 @@ fn per_image_metrics(rows: &[&ScoreRow], opts: &LeaderboardOptions) -> BTreeMap<
         }
         let (g, v): (Vec<usize>, Vec<f64>) = values.into_iter().unzip();
         let (value, lo, hi) = mean_ci(&v, Some(&g), opts.resamples, opts.seed, opts.level);
-        out.insert(key.to_string(), Estimate { value, lo, hi, n: v.len() });
+        out.insert(
+            key.to_string(),
+            Estimate {
+                value,
+                lo,
+                hi,
+                n: v.len(),
+            },
+        );
     };
     let pick = |f: &dyn Fn(&ScoreRow) -> Option<f64>| -> Vec<(usize, f64)> {
         rows.iter()
@@ -278,7 +346,10 @@ fn face_diversity(rows: &[&ScoreRow], opts: &LeaderboardOptions) -> Option<Estim
     let mut items: BTreeMap<(&str, &str), Vec<Vec<f32>>> = BTreeMap::new();
     for r in rows {
         if let Some(e) = &r.face_embedding {
-            items.entry((&r.identity, &r.prompt_id)).or_default().push(e.clone());
+            items
+                .entry((&r.identity, &r.prompt_id))
+                .or_default()
+                .push(e.clone());
         }
     }
     let values: Vec<f64> = items.values().filter_map(|e| face_div(e)).collect();
@@ -286,7 +357,12 @@ fn face_diversity(rows: &[&ScoreRow], opts: &LeaderboardOptions) -> Option<Estim
         return None;
     }
     let (value, lo, hi) = mean_ci(&values, None, opts.resamples, opts.seed, opts.level);
-    Some(Estimate { value, lo, hi, n: values.len() })
+    Some(Estimate {
+        value,
+        lo,
+        hi,
+        n: values.len(),
+    })
 }
 
 /// FID, KID, IS and CMMD of the generations against the set's references.
@@ -298,7 +374,9 @@ fn set_metrics(
     let mut out = BTreeMap::new();
     fn matrix(rows: &[&ScoreRow], f: fn(&ScoreRow) -> Option<&Vec<f32>>) -> Option<Features> {
         let v: Vec<Vec<f32>> = rows.iter().filter_map(|r| f(r).cloned()).collect();
-        (v.len() >= 2).then(|| Features::from_rows(&v).ok()).flatten()
+        (v.len() >= 2)
+            .then(|| Features::from_rows(&v).ok())
+            .flatten()
     }
     let with_ci = |n: usize, value: f64, stat: &(dyn Fn(&[usize]) -> Option<f64> + Sync)| {
         let (lo, hi) = statistic_ci(n, opts.set_resamples, opts.seed, opts.level, stat)
@@ -319,26 +397,39 @@ fn set_metrics(
             let stat = |idx: &[usize]| fid(&gen_f.select(idx), &ref_f).ok();
             out.insert("fid".into(), with_ci(gen_f.n, v, &stat));
         }
-        let kid_opts = KidOptions { seed: opts.seed, ..KidOptions::default() };
+        let kid_opts = KidOptions {
+            seed: opts.seed,
+            ..KidOptions::default()
+        };
         if let Ok(v) = kid(&gen_f, &ref_f, &kid_opts) {
-            let stat = |idx: &[usize]| kid(&gen_f.select(idx), &ref_f, &kid_opts).ok().map(|k| k * 1000.0);
+            let stat = |idx: &[usize]| {
+                kid(&gen_f.select(idx), &ref_f, &kid_opts)
+                    .ok()
+                    .map(|k| k * 1000.0)
+            };
             out.insert("kid".into(), with_ci(gen_f.n, v * 1000.0, &stat));
         }
     }
-    if let Some(logits) = matrix(ok, logits) {
-        if let Ok((v, _)) = inception_score(&logits, 10) {
-            let stat = |idx: &[usize]| inception_score(&logits.select(idx), 10).ok().map(|(m, _)| m);
-            out.insert("is".into(), with_ci(logits.n, v, &stat));
-        }
+    if let Some(logits) = matrix(ok, logits)
+        && let Ok((v, _)) = inception_score(&logits, 10)
+    {
+        let stat = |idx: &[usize]| {
+            inception_score(&logits.select(idx), 10)
+                .ok()
+                .map(|(m, _)| m)
+        };
+        out.insert("is".into(), with_ci(logits.n, v, &stat));
     }
-    if let (Some(gen_c), Some(ref_c)) = (matrix(ok, clip), matrix(ref_rows, clip)) {
-        if let Ok(v) = cmmd(&gen_c, &ref_c) {
-            let estimate = match CmmdResampler::new(&gen_c, &ref_c) {
-                Ok(Some(r)) => with_ci(gen_c.n, v, &|idx: &[usize]| Some(r.cmmd(idx))),
-                _ => with_ci(gen_c.n, v, &|idx: &[usize]| cmmd(&gen_c.select(idx), &ref_c).ok()),
-            };
-            out.insert("cmmd".into(), estimate);
-        }
+    if let (Some(gen_c), Some(ref_c)) = (matrix(ok, clip), matrix(ref_rows, clip))
+        && let Ok(v) = cmmd(&gen_c, &ref_c)
+    {
+        let estimate = match CmmdResampler::new(&gen_c, &ref_c) {
+            Ok(Some(r)) => with_ci(gen_c.n, v, &|idx: &[usize]| Some(r.cmmd(idx))),
+            _ => with_ci(gen_c.n, v, &|idx: &[usize]| {
+                cmmd(&gen_c.select(idx), &ref_c).ok()
+            }),
+        };
+        out.insert("cmmd".into(), estimate);
     }
     out
 }
@@ -406,9 +497,9 @@ fn grids(
     }
     thumbs.sort();
     thumbs.dedup();
-    thumbs
-        .par_iter()
-        .try_for_each(|(src, dest)| write_thumb(&bench.root.join(src), &out_dir.join(dest), opts.thumb_px))?;
+    thumbs.par_iter().try_for_each(|(src, dest)| {
+        write_thumb(&bench.root.join(src), &out_dir.join(dest), opts.thumb_px)
+    })?;
     Ok(grids)
 }
 
@@ -418,7 +509,9 @@ fn write_thumb(src: &Path, dest: &Path, px: u32) -> Result<(), BenchError> {
         .map_err(|e| BenchError::invalid(src, e.to_string()))?
         .image
         .into_rgb8();
-    let thumb = image::DynamicImage::ImageRgb8(img).thumbnail(px, px).into_rgb8();
+    let thumb = image::DynamicImage::ImageRgb8(img)
+        .thumbnail(px, px)
+        .into_rgb8();
     if let Some(d) = dest.parent() {
         std::fs::create_dir_all(d).map_err(|e| BenchError::io(d, e))?;
     }
@@ -433,7 +526,10 @@ pub fn write_files(bench: &BenchDir, lb: &Leaderboard) -> Result<(), BenchError>
     let dir = bench.leaderboard_dir();
     std::fs::create_dir_all(&dir).map_err(|e| BenchError::io(&dir, e))?;
     let files = [
-        ("leaderboard.json", serde_json::to_string_pretty(lb).expect("serialisable") + "\n"),
+        (
+            "leaderboard.json",
+            serde_json::to_string_pretty(lb).expect("serialisable") + "\n",
+        ),
         ("LEADERBOARD.md", crate::leaderboard::markdown::render(lb)),
         ("index.html", crate::leaderboard::html::render(lb)),
     ];

@@ -71,20 +71,32 @@ pub fn write_baseline(
 ) -> Result<usize, BenchError> {
     let mut identities: Vec<(&str, &str, &str)> = jobs
         .iter()
-        .map(|j| (j.set.as_str(), j.identity.as_str(), j.references[0].as_str()))
+        .map(|j| {
+            (
+                j.set.as_str(),
+                j.identity.as_str(),
+                j.references[0].as_str(),
+            )
+        })
         .collect();
     identities.dedup();
     let source_of = |job: &Job| -> String {
         match baseline {
             Baseline::FlippedReference => job.references[0].clone(),
             Baseline::OtherIdentity => {
-                let same: Vec<_> = identities.iter().filter(|(s, _, _)| *s == job.set).collect();
+                let same: Vec<_> = identities
+                    .iter()
+                    .filter(|(s, _, _)| *s == job.set)
+                    .collect();
                 let pool = if same.len() > 1 {
                     same
                 } else {
                     identities.iter().collect()
                 };
-                let at = pool.iter().position(|(_, i, _)| *i == job.identity).unwrap_or(0);
+                let at = pool
+                    .iter()
+                    .position(|(_, i, _)| *i == job.identity)
+                    .unwrap_or(0);
                 pool[(at + 1) % pool.len()].2.to_string()
             }
         }

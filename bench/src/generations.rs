@@ -76,7 +76,12 @@ impl ImportReport {
 
 /// The generation of `(identity, prompt_id, seed)` in a method folder, whatever its image
 /// extension.
-pub fn find_generation(method_dir: &Path, identity: &str, prompt_id: &str, seed: u64) -> Option<PathBuf> {
+pub fn find_generation(
+    method_dir: &Path,
+    identity: &str,
+    prompt_id: &str,
+    seed: u64,
+) -> Option<PathBuf> {
     let dir = method_dir.join(identity).join(prompt_id);
     IMAGE_EXTENSIONS
         .iter()
@@ -85,8 +90,14 @@ pub fn find_generation(method_dir: &Path, identity: &str, prompt_id: &str, seed:
         .find(|p| p.is_file())
 }
 
+/// The expected files found in a method folder: (`<identity>/<prompt_id>/<seed>`, file).
+pub type FoundFiles = Vec<(String, PathBuf)>;
+
 /// Compares `folder` with the plan; decodes every expected image (on all cores).
-pub fn check_folder(folder: &Path, jobs: &[Job]) -> Result<(MethodFile, ImportReport, Vec<(String, PathBuf)>), BenchError> {
+pub fn check_folder(
+    folder: &Path,
+    jobs: &[Job],
+) -> Result<(MethodFile, ImportReport, FoundFiles), BenchError> {
     let method = MethodFile::load(&folder.join(METHOD_FILE))?;
     let expected: BTreeMap<String, &Job> = jobs
         .iter()
@@ -94,8 +105,12 @@ pub fn check_folder(folder: &Path, jobs: &[Job]) -> Result<(MethodFile, ImportRe
         .collect();
     let mut found: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut extra = Vec::new();
-    for entry in walkdir::WalkDir::new(folder).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(|e| BenchError::invalid(folder, format!("reading the folder: {e}")))?;
+    for entry in walkdir::WalkDir::new(folder)
+        .min_depth(1)
+        .sort_by_file_name()
+    {
+        let entry =
+            entry.map_err(|e| BenchError::invalid(folder, format!("reading the folder: {e}")))?;
         if entry.file_type().is_dir() {
             continue;
         }
@@ -136,7 +151,9 @@ pub fn check_folder(folder: &Path, jobs: &[Job]) -> Result<(MethodFile, ImportRe
         .par_iter()
         .filter_map(|(stem, path)| {
             let err = match std::fs::read(path) {
-                Ok(bytes) => decode(&bytes, DEFAULT_MAX_PIXELS).err().map(|e| e.to_string()),
+                Ok(bytes) => decode(&bytes, DEFAULT_MAX_PIXELS)
+                    .err()
+                    .map(|e| e.to_string()),
                 Err(e) => Some(e.to_string()),
             };
             err.map(|e| (format!("{stem}.{}", ext_of(path)), e))
@@ -155,7 +172,9 @@ pub fn check_folder(folder: &Path, jobs: &[Job]) -> Result<(MethodFile, ImportRe
 }
 
 fn ext_of(p: &Path) -> String {
-    p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
+    p.extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Checks `folder` and copies its expected images and `method.toml` into
@@ -187,7 +206,9 @@ pub fn import(bench: &BenchDir, folder: &Path, jobs: &[Job]) -> Result<ImportRep
     }
     found.par_iter().try_for_each(|(stem, path)| {
         let dest = staging.join(format!("{stem}.{}", ext_of(path)));
-        std::fs::copy(path, &dest).map(|_| ()).map_err(|e| BenchError::io(&dest, e))
+        std::fs::copy(path, &dest)
+            .map(|_| ())
+            .map_err(|e| BenchError::io(&dest, e))
     })?;
     let dest = staging.join(METHOD_FILE);
     std::fs::copy(folder.join(METHOD_FILE), &dest).map_err(|e| BenchError::io(&dest, e))?;

@@ -270,7 +270,9 @@ fn fill(template: &str, class_word: &str, trigger: &str) -> String {
             t = format!("An {{class}}{rest}");
         }
     }
-    let t = t.replace("{class}", class_word).replace("{trigger}", trigger);
+    let t = t
+        .replace("{class}", class_word)
+        .replace("{trigger}", trigger);
     t.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -293,7 +295,11 @@ mod tests {
         assert_eq!(v1.categories.len(), 7);
         assert_eq!(v1.prompts.len(), 42);
         for c in &v1.categories {
-            assert_eq!(v1.prompts.iter().filter(|p| &p.category == c).count(), 6, "{c}");
+            assert_eq!(
+                v1.prompts.iter().filter(|p| &p.category == c).count(),
+                6,
+                "{c}"
+            );
         }
         let names: Vec<_> = v1.sets.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["in-train", "out-of-train", "out-of-domain"]);
@@ -343,7 +349,10 @@ general = "a {class} {trigger}"
         let path = Path::new("t.toml");
         assert!(Protocol::parse(base, path).is_ok());
         let err = |text: String| Protocol::parse(&text, path).unwrap_err().to_string();
-        assert!(err(base.replace("\"style\"\ngeneral", "\"styl\"\ngeneral")).contains("category `styl`"));
+        assert!(
+            err(base.replace("\"style\"\ngeneral", "\"styl\"\ngeneral"))
+                .contains("category `styl`")
+        );
         assert!(err(base.replace("a {class} {trigger}", "a person")).contains("exactly once"));
         assert!(err(base.replace("{trigger}", "{trigger} {name}")).contains("unknown placeholder"));
         assert!(err(base.replace("seeds = [0]", "seeds = []")).contains("seeds"));

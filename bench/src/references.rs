@@ -231,9 +231,7 @@ pub fn references_from_export(
                 batch
                     .column_by_name(col)
                     .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .ok_or_else(|| {
-                        BenchError::invalid(&path, format!("no string column `{col}`"))
-                    })
+                    .ok_or_else(|| BenchError::invalid(&path, format!("no string column `{col}`")))
             };
             let identity = strings("identity")?;
             let class_word = strings("class_word")?;
@@ -273,23 +271,38 @@ pub fn references_from_export(
         }
     }
     if sets.is_empty() {
-        return Err(BenchError::invalid(&data, "no train-*.parquet or validation-*.parquet shard"));
+        return Err(BenchError::invalid(
+            &data,
+            "no train-*.parquet or validation-*.parquet shard",
+        ));
     }
     let root = bench.references_dir();
     let mut class_words = String::new();
     let mut counts = BTreeMap::new();
     for (set, identities) in sets {
         let mut written = 0;
-        for (identity, (class_word, refs)) in identities.into_iter().take(per_set.unwrap_or(usize::MAX)) {
+        for (identity, (class_word, refs)) in
+            identities.into_iter().take(per_set.unwrap_or(usize::MAX))
+        {
             let safe: String = identity
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             let dir = root.join(set).join(&safe);
             std::fs::create_dir_all(&dir).map_err(|e| BenchError::io(&dir, e))?;
             let mut used = BTreeSet::new();
             for (k, (name, bytes)) in refs.into_iter().enumerate() {
-                let name = if used.insert(name.clone()) { name } else { format!("{k}-{name}") };
+                let name = if used.insert(name.clone()) {
+                    name
+                } else {
+                    format!("{k}-{name}")
+                };
                 let p = dir.join(name);
                 std::fs::write(&p, bytes).map_err(|e| BenchError::io(&p, e))?;
             }

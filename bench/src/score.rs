@@ -86,10 +86,7 @@ where
             let bbox = [d.x, d.y, d.x + d.width, d.y + d.height].map(|v| v as f32);
             (bbox, e)
         });
-        let clip = self
-            .clip
-            .as_ref()
-            .map(|c| c.embed_images(&[img]).remove(0));
+        let clip = self.clip.as_ref().map(|c| c.embed_images(&[img]).remove(0));
         let dino = self.dino.as_ref().map(|(d, _)| d.embed(img));
         let (pool3, logits) = match &self.inception {
             Some((net, bias, _)) => {
@@ -130,7 +127,8 @@ where
         let rows: Vec<ScoreRow> = jobs
             .par_iter()
             .map(|job| {
-                let row = self.score_job(bench, method, &method_dir, job, references, &texts, &cached);
+                let row =
+                    self.score_job(bench, method, &method_dir, job, references, &texts, &cached);
                 progress.inc(1);
                 row
             })
@@ -192,11 +190,7 @@ where
             find_generation(method_dir, &job.identity, &job.prompt_id, job.seed)
         };
         let Some(file) = file else {
-            row.path = format!(
-                "{}/{}",
-                bench.relative(method_dir),
-                job.output
-            );
+            row.path = format!("{}/{}", bench.relative(method_dir), job.output);
             row.status = Some(ScoreStatus::Missing);
             row.error = Some("no such file".into());
             return Ok(row);
@@ -230,7 +224,10 @@ where
             data: decoded.as_raw(),
         };
         let f = if method == COPY_REFERENCE {
-            references.get(&job.references[0]).cloned().unwrap_or_else(|| self.features(view))
+            references
+                .get(&job.references[0])
+                .cloned()
+                .unwrap_or_else(|| self.features(view))
         } else {
             self.features(view)
         };
@@ -241,7 +238,10 @@ where
             .collect();
         row.status = Some(ScoreStatus::Ok);
         row.face_detected = f.face.is_some();
-        let ref_faces: Vec<&Vec<f32>> = refs.iter().filter_map(|r| r.face.as_ref().map(|(_, e)| e)).collect();
+        let ref_faces: Vec<&Vec<f32>> = refs
+            .iter()
+            .filter_map(|r| r.face.as_ref().map(|(_, e)| e))
+            .collect();
         if !ref_faces.is_empty() {
             row.face_sim = Some(match &f.face {
                 Some((_, e)) => mean(ref_faces.iter().map(|r| cosine(e, r))),
@@ -254,11 +254,19 @@ where
         }
         if let Some(c) = &f.clip {
             row.clip_t = texts.get(&job.prompt_clip).map(|t| 100.0 * cosine(c, t));
-            row.clip_i = mean_opt(refs.iter().filter_map(|r| r.clip.as_ref()).map(|r| cosine(c, r)));
+            row.clip_i = mean_opt(
+                refs.iter()
+                    .filter_map(|r| r.clip.as_ref())
+                    .map(|r| cosine(c, r)),
+            );
             row.clip_embedding = Some(c.clone());
         }
         if let Some(d) = &f.dino {
-            row.dino = mean_opt(refs.iter().filter_map(|r| r.dino.as_ref()).map(|r| cosine(d, r)));
+            row.dino = mean_opt(
+                refs.iter()
+                    .filter_map(|r| r.dino.as_ref())
+                    .map(|r| cosine(d, r)),
+            );
         }
         row.inception_pool3 = f.pool3;
         row.inception_logits = f.logits;
@@ -324,7 +332,9 @@ impl ReferenceFeatures {
                 let path = bench.root.join(rel);
                 let bytes = std::fs::read(&path).map_err(|e| BenchError::io(&path, e))?;
                 let img = decode(&bytes, DEFAULT_MAX_PIXELS)
-                    .map_err(|e| BenchError::invalid(&path, format!("reference does not decode: {e}")))?
+                    .map_err(|e| {
+                        BenchError::invalid(&path, format!("reference does not decode: {e}"))
+                    })?
                     .image
                     .into_rgb8();
                 let view = RgbView {
@@ -373,8 +383,7 @@ fn sidecar_path(scores: &Path) -> PathBuf {
 
 fn write_models_sidecar(scores: &Path, key: &Sidecar) -> Result<(), BenchError> {
     let p = sidecar_path(scores);
-    let text = serde_json::to_string_pretty(key)
-    .expect("serialisable");
+    let text = serde_json::to_string_pretty(key).expect("serialisable");
     std::fs::write(&p, text).map_err(|e| BenchError::io(&p, e))
 }
 

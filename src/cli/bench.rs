@@ -65,7 +65,11 @@ struct InitArgs {
     #[arg(long)]
     protocol: PathBuf,
     /// A references folder: <set>/<identity>/<image>.
-    #[arg(long, conflicts_with = "from_dataset", required_unless_present = "from_dataset")]
+    #[arg(
+        long,
+        conflicts_with = "from_dataset",
+        required_unless_present = "from_dataset"
+    )]
     references: Option<PathBuf>,
     /// A dataset export (`idforge dataset export`): its training crops (`image`) become the
     /// references.
@@ -321,8 +325,13 @@ fn baseline(a: BaselineArgs) -> anyhow::Result<ExitCode> {
 fn load_models(m: &ModelArgs) -> anyhow::Result<ScoringModels<Backend>> {
     let device = Default::default();
     let face_dir = super::face_api_models(m.face_api_weights.clone())?;
-    let faces = FaceEmbedder::load(&face_dir, Detector::default(), m.arcface.as_deref(), &device)
-        .with_context(|| format!("loading the face networks from {}", face_dir.display()))?;
+    let faces = FaceEmbedder::load(
+        &face_dir,
+        Detector::default(),
+        m.arcface.as_deref(),
+        &device,
+    )
+    .with_context(|| format!("loading the face networks from {}", face_dir.display()))?;
     let clip = match &m.clip {
         Some(path) => Some(
             ClipCheckpoint::load(
@@ -388,7 +397,11 @@ fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
             bail!(
                 "no imported method `{m}` in {} (imported: {})",
                 bench.generations_dir().display(),
-                if imported.is_empty() { "none".into() } else { imported.join(", ") }
+                if imported.is_empty() {
+                    "none".into()
+                } else {
+                    imported.join(", ")
+                }
             );
         }
     }
@@ -399,7 +412,12 @@ fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: no face detected in reference {p}: its identity gets no Face-Sim");
     }
     let mut todo = vec![COPY_REFERENCE.to_string()];
-    todo.extend(imported.iter().filter(|m| a.methods.is_empty() || a.methods.contains(m)).cloned());
+    todo.extend(
+        imported
+            .iter()
+            .filter(|m| a.methods.is_empty() || a.methods.contains(m))
+            .cloned(),
+    );
     for method in &todo {
         let table = models
             .score_method(&bench, method, &jobs, &ref_features)
@@ -411,13 +429,27 @@ fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
             .count();
         eprintln!("{method}: {ok} of {} images scored", table.rows.len());
     }
-    write_leaderboard(&bench, &protocol, &refs, &jobs, &options(&a.aggregate), Some(models.used()))
+    write_leaderboard(
+        &bench,
+        &protocol,
+        &refs,
+        &jobs,
+        &options(&a.aggregate),
+        Some(models.used()),
+    )
 }
 
 fn leaderboard(a: LeaderboardArgs) -> anyhow::Result<ExitCode> {
     let (bench, protocol, refs) = open(&a.bench)?;
     let jobs = plan(&protocol, &refs, None);
-    write_leaderboard(&bench, &protocol, &refs, &jobs, &options(&a.aggregate), None)
+    write_leaderboard(
+        &bench,
+        &protocol,
+        &refs,
+        &jobs,
+        &options(&a.aggregate),
+        None,
+    )
 }
 
 fn write_leaderboard(

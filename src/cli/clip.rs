@@ -87,8 +87,8 @@ pub fn run(args: ClipArgs) -> anyhow::Result<ExitCode> {
         prefix: args.prefix.clone(),
     };
     let device = Default::default();
-    let clip = ClipCheckpoint::<Backend>::load(&source, &device)
-        .context("loading the CLIP checkpoint")?;
+    let clip =
+        ClipCheckpoint::<Backend>::load(&source, &device).context("loading the CLIP checkpoint")?;
     let mut decoded = Vec::new();
     for path in &args.images {
         decoded.push(read_rgb(path)?);

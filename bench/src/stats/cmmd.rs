@@ -70,7 +70,9 @@ impl CmmdResampler {
             .into_par_iter()
             .flat_map_iter(|i| {
                 let x = a.row(i);
-                a.rows().map(move |y| kernel(x, y) as f32).collect::<Vec<_>>()
+                a.rows()
+                    .map(move |y| kernel(x, y) as f32)
+                    .collect::<Vec<_>>()
             })
             .collect();
         let k_xy_rows = (0..a.n)
@@ -171,7 +173,11 @@ mod tests {
         let idx = [3, 3, 7, 0, 29, 12, 12, 12, 5, 1];
         let direct = cmmd(&a.select(&idx), &b).unwrap();
         // K_xx is kept in f32: relative error ~1e-7 of means near 1, times the scale 1000.
-        assert!((r.cmmd(&idx) - direct).abs() < 1e-3, "{} vs {direct}", r.cmmd(&idx));
+        assert!(
+            (r.cmmd(&idx) - direct).abs() < 1e-3,
+            "{} vs {direct}",
+            r.cmmd(&idx)
+        );
     }
 
     #[test]

@@ -46,9 +46,13 @@ impl ScoreStatus {
 
     /// The inverse of [`ScoreStatus::as_str`].
     pub fn parse(s: &str) -> Option<Self> {
-        [ScoreStatus::Ok, ScoreStatus::Missing, ScoreStatus::Unreadable]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        [
+            ScoreStatus::Ok,
+            ScoreStatus::Missing,
+            ScoreStatus::Unreadable,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
     }
 }
 
@@ -141,7 +145,12 @@ fn string_of(r: &ScoreRow, column: &str) -> Option<String> {
         "category" => Some(r.category.clone()),
         "path" => Some(r.path.clone()),
         "reference" => Some(r.reference.clone()),
-        "status" => Some(r.status.unwrap_or(ScoreStatus::Missing).as_str().to_string()),
+        "status" => Some(
+            r.status
+                .unwrap_or(ScoreStatus::Missing)
+                .as_str()
+                .to_string(),
+        ),
         "error" => r.error.clone(),
         "image_sha256" => r.image_sha256.clone(),
         "face_embedder" => Some(r.face_embedder.clone()),
@@ -190,7 +199,11 @@ pub fn scores_schema() -> SchemaRef {
             .iter()
             .map(|&n| Field::new(n, DataType::Float32, true)),
     );
-    fields.extend(LIST_COLUMNS.iter().map(|&n| Field::new(n, list_type(), true)));
+    fields.extend(
+        LIST_COLUMNS
+            .iter()
+            .map(|&n| Field::new(n, list_type(), true)),
+    );
     Arc::new(Schema::new(fields))
 }
 
