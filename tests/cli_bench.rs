@@ -163,6 +163,19 @@ fn bench_end_to_end() {
         "{}",
         text(&again)
     );
+    // A folder with other things in it is never taken (a failed init would remove it).
+    let busy = idforge()
+        .args(["bench", "init"])
+        .arg(root)
+        .arg("--protocol")
+        .arg(&protocol)
+        .arg("--references")
+        .arg(&refs)
+        .output()
+        .unwrap();
+    assert!(!busy.status.success());
+    assert!(text(&busy).contains("not empty"), "{}", text(&busy));
+    assert!(refs.is_dir() && protocol.is_file());
 
     // The plan: 3 identities × 2 prompts × 2 seeds, the trigger after the class word.
     let plan = ok(idforge()

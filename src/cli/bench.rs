@@ -210,6 +210,18 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
             bench.root.display()
         );
     }
+    // A failed init removes the folder again, so it must be one this command creates.
+    if bench.root.exists()
+        && std::fs::read_dir(&bench.root)
+            .with_context(|| format!("reading {}", bench.root.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{} exists and is not empty: give a new folder for the bench",
+            bench.root.display()
+        );
+    }
     std::fs::create_dir_all(&bench.root)
         .with_context(|| format!("creating {}", bench.root.display()))?;
     std::fs::write(bench.protocol_path(), &protocol.text)
