@@ -10,6 +10,8 @@
 //! and one of 5); per chunk `exp(mean_i KL(p_i ‖ mean p))`; the mean and the unbiased standard
 //! deviation over chunks. In f64 (torchmetrics works in the features' dtype, float32).
 
+use rayon::prelude::*;
+
 use super::features::Features;
 use crate::error::BenchError;
 
@@ -25,10 +27,14 @@ pub fn inception_score(logits: &Features, splits: usize) -> Result<(f64, f64), B
             logits.n, logits.dim
         )));
     }
-    let (p, log_p): (Vec<Vec<f64>>, Vec<Vec<f64>>) = logits.rows().map(softmax).unzip();
+    let (p, log_p): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (0..logits.n)
+        .into_par_iter()
+        .map(|i| softmax(logits.row(i)))
+        .unzip();
     let size = logits.n.div_ceil(splits);
-    let scores: Vec<f64> = (0..logits.n)
-        .step_by(size)
+    let starts: Vec<usize> = (0..logits.n).step_by(size).collect();
+    let scores: Vec<f64> = starts
+        .into_par_iter()
         .map(|start| {
             let end = (start + size).min(logits.n);
             chunk_score(&p[start..end], &log_p[start..end])

@@ -59,13 +59,13 @@ pub fn kid(a: &Features, b: &Features, options: &KidOptions) -> Result<f64, Benc
         return Err(BenchError::Metric("KID: num_subsets is 0".into()));
     }
     let dim = a.dim as f64;
-    let x_all = b.to_matrix();
-    let y_all = a.to_matrix();
     if a.n == m && b.n == m {
-        return Ok(mmd2(&x_all, &y_all, dim));
+        return Ok(mmd2(&b.to_matrix(), &a.to_matrix(), dim));
     }
     let total = a.n * a.n + b.n * b.n + a.n * b.n;
     let t: Vec<f64> = if total <= MAX_PRECOMPUTED {
+        let x_all = b.to_matrix();
+        let y_all = a.to_matrix();
         let kxx = kernel(&x_all, &x_all, dim);
         let kyy = kernel(&y_all, &y_all, dim);
         let kxy = kernel(&x_all, &y_all, dim);
@@ -82,8 +82,9 @@ pub fn kid(a: &Features, b: &Features, options: &KidOptions) -> Result<f64, Benc
             })
             .collect()
     } else {
+        // Only the drawn rows are converted to f64 (not the whole sets, per subset).
         subsets(a.n, b.n, m, options)
-            .map(|(ix, iy)| mmd2(&x_all.select_rows(&ix), &y_all.select_rows(&iy), dim))
+            .map(|(ix, iy)| mmd2(&b.select(&ix).to_matrix(), &a.select(&iy).to_matrix(), dim))
             .collect()
     };
     Ok(t.iter().sum::<f64>() / t.len() as f64)
