@@ -108,6 +108,16 @@ fn make_references(dir: &Path) {
     std::fs::write(dir.join("class_words.toml"), "p1 = \"woman\"\n").unwrap();
 }
 
+/// `field` of every entry of the array `array` of the leaderboard document.
+fn field_of<'a>(lb: &'a Value, array: &str, field: &str) -> Vec<&'a str> {
+    lb[array]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[field].as_str().unwrap())
+        .collect()
+}
+
 fn metric(lb: &Value, set: &str, method: &str, key: &str) -> Option<f64> {
     let set = lb["sets"]
         .as_array()
@@ -299,19 +309,9 @@ fn bench_end_to_end() {
     let lb: Value = serde_json::from_str(&std::fs::read_to_string(&lb_path).unwrap()).unwrap();
     assert_eq!(lb["schema_version"], 1);
     assert_eq!(lb["protocol"]["name"], "test-v1");
-    let keys: Vec<&str> = lb["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["key"].as_str().unwrap())
-        .collect();
+    let keys: Vec<&str> = field_of(&lb, "metrics", "key");
     assert_eq!(keys, ["face_sim", "face_failure", "face_div"]);
-    let methods: Vec<&str> = lb["methods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let methods: Vec<&str> = field_of(&lb, "methods", "name");
     assert_eq!(
         methods,
         [
@@ -438,12 +438,7 @@ fn bench_end_to_end() {
         .arg("--inception")
         .arg(fixtures.join("inception/fid_inception_w16.pth")));
     let lb: Value = serde_json::from_str(&std::fs::read_to_string(&lb_path).unwrap()).unwrap();
-    let keys: Vec<&str> = lb["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["key"].as_str().unwrap())
-        .collect();
+    let keys: Vec<&str> = field_of(&lb, "metrics", "key");
     assert_eq!(
         keys,
         [
@@ -461,12 +456,7 @@ fn bench_end_to_end() {
     );
     assert_eq!(lb["models"]["clip"], "tiny-clip");
     // Methods scored with other networks are left out, never mixed in.
-    let methods: Vec<&str> = lb["methods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let methods: Vec<&str> = field_of(&lb, "methods", "name");
     assert_eq!(methods, ["copy-reference", "partial"]);
     for key in ["clip_t", "clip_i", "dino", "fid", "kid", "is", "cmmd"] {
         let v = metric(&lb, "in-train", "partial", key).unwrap_or_else(|| panic!("{key}"));

@@ -210,26 +210,27 @@ where
             return Ok(hit);
         }
         row.image_sha256 = Some(sha);
-        let decoded = match decode(&bytes, DEFAULT_MAX_PIXELS) {
-            Ok(d) => d.image.into_rgb8(),
-            Err(e) => {
-                row.status = Some(ScoreStatus::Unreadable);
-                row.error = Some(e.to_string());
-                return Ok(row);
-            }
-        };
-        let view = RgbView {
-            width: decoded.width() as usize,
-            height: decoded.height() as usize,
-            data: decoded.as_raw(),
-        };
-        let f = if method == COPY_REFERENCE {
-            references
-                .get(&job.references[0])
-                .cloned()
-                .unwrap_or_else(|| self.features(view))
-        } else {
-            self.features(view)
+        // copy-reference's images are the references, whose features are already computed.
+        let known = (method == COPY_REFERENCE)
+            .then(|| references.get(&job.references[0]).cloned())
+            .flatten();
+        let f = match known {
+            Some(f) => f,
+            None => match decode(&bytes, DEFAULT_MAX_PIXELS) {
+                Ok(d) => {
+                    let decoded = d.image.into_rgb8();
+                    self.features(RgbView {
+                        width: decoded.width() as usize,
+                        height: decoded.height() as usize,
+                        data: decoded.as_raw(),
+                    })
+                }
+                Err(e) => {
+                    row.status = Some(ScoreStatus::Unreadable);
+                    row.error = Some(e.to_string());
+                    return Ok(row);
+                }
+            },
         };
         let refs: Vec<&ImageFeatures> = job
             .references

@@ -643,25 +643,13 @@ fn definitions(html: &mut String, lb: &Leaderboard) {
          <h2 id=\"metrics-h\">Metric definitions</h2>\n<dl class=\"defs\">\n",
     );
     for mi in &lb.metrics {
-        let notes = [
-            if mi.higher_is_better {
-                "higher is better"
-            } else {
-                "lower is better"
-            },
-            if mi.per_image {
-                "mean over images"
-            } else {
-                "set-level statistic"
-            },
-        ];
         let _ = writeln!(
             html,
             "<div><dt>{} <code>{}</code></dt><dd>{} <span class=\"hint\">({})</span></dd></div>",
             escape(&mi.label),
             escape(&mi.key),
             escape(&mi.description),
-            notes.join(", ")
+            mi.reading()
         );
     }
     for c in &COST_COLUMNS {

@@ -404,24 +404,12 @@ pub(crate) fn is_web_link(link: &str) -> bool {
 fn definitions(md: &mut String, lb: &Leaderboard) {
     let _ = writeln!(md, "## Metrics\n");
     for mi in &lb.metrics {
-        let notes = [
-            if mi.higher_is_better {
-                "higher is better"
-            } else {
-                "lower is better"
-            },
-            if mi.per_image {
-                "mean over images"
-            } else {
-                "set-level statistic"
-            },
-        ];
         let _ = writeln!(
             md,
             "- **{}** ({}; {}): {}",
             escape(&mi.label),
             code(&mi.key),
-            notes.join(", "),
+            mi.reading(),
             escape(&mi.description)
         );
     }

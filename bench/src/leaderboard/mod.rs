@@ -97,6 +97,24 @@ pub struct MetricInfo {
     pub description: String,
 }
 
+impl MetricInfo {
+    /// "higher is better, mean over images" and the like: how to read the column, in words
+    /// shared by the Markdown and HTML definitions.
+    pub fn reading(&self) -> String {
+        let direction = if self.higher_is_better {
+            "higher is better"
+        } else {
+            "lower is better"
+        };
+        let scope = if self.per_image {
+            "mean over images"
+        } else {
+            "set-level statistic"
+        };
+        format!("{direction}, {scope}")
+    }
+}
+
 /// A method and its cost figures as its authors measured them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MethodEntry {
