@@ -8,6 +8,7 @@
 //! <bench>/generations/<method>/<identity>/<prompt_id>/<seed>.png
 //! <bench>/scores/<method>.parquet                    the `scores` table of each method
 //! <bench>/leaderboard/{leaderboard.json, LEADERBOARD.md, index.html, thumbs/}
+//! <bench>/arena/votes.parquet                        the arena's votes (`arena export`)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub const GENERATIONS_DIR: &str = "generations";
 pub const SCORES_DIR: &str = "scores";
 /// Folder of the leaderboard files.
 pub const LEADERBOARD_DIR: &str = "leaderboard";
+/// Folder of the preference arena's exported votes.
+pub const ARENA_DIR: &str = "arena";
 /// A method's description file.
 pub const METHOD_FILE: &str = "method.toml";
 
@@ -69,6 +72,11 @@ impl BenchDir {
     /// The leaderboard folder.
     pub fn leaderboard_dir(&self) -> PathBuf {
         self.root.join(LEADERBOARD_DIR)
+    }
+
+    /// The arena's exported `votes` table, which the leaderboard joins when it exists.
+    pub fn votes_path(&self) -> PathBuf {
+        self.root.join(ARENA_DIR).join("votes.parquet")
     }
 
     /// The protocol of an initialised bench folder.
