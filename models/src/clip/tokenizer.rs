@@ -109,6 +109,102 @@ impl ClipTokenizer {
         Self::from_parts(tokenizer, convention, path)
     }
 
+    /// Loads the `tokenizer/` folder of a diffusers pipeline (transformers' slow
+    /// `CLIPTokenizer` files: `vocab.json`, `merges.txt`, and `tokenizer_config.json` /
+    /// `special_tokens_map.json` for the pad token and the context length), or its
+    /// `tokenizer.json` when there is one. The Hugging Face convention.
+    pub fn from_folder(dir: &Path) -> Result<Self, ModelError> {
+        let fast = dir.join("tokenizer.json");
+        let tokenizer = if fast.is_file() {
+            Self::from_tokenizer_json(&fast)?
+        } else {
+            Self::from_vocab_merges(&dir.join("vocab.json"), &dir.join("merges.txt"))?
+        };
+        let read = |name: &str| -> Option<Value> {
+            let text = std::fs::read_to_string(dir.join(name)).ok()?;
+            serde_json::from_str(&text).ok()
+        };
+        let config = read("tokenizer_config.json");
+        let specials = read("special_tokens_map.json");
+        let pad = [&config, &specials].into_iter().flatten().find_map(|v| {
+            match v.get("pad_token")? {
+                Value::String(s) => Some(s.clone()),
+                Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+                _ => None,
+            }
+        });
+        let mut tokenizer = match pad {
+            Some(token) => {
+                let id = tokenizer.tokenizer.token_to_id(&token).ok_or_else(|| {
+                    ModelError::Format {
+                        path: dir.to_path_buf(),
+                        message: format!("the pad token {token:?} is not in the vocabulary"),
+                    }
+                })?;
+                tokenizer.with_pad_id(id)
+            }
+            None => tokenizer,
+        };
+        let max = config
+            .as_ref()
+            .and_then(|c| c.get("model_max_length")?.as_u64())
+            .filter(|&n| (2..=4096).contains(&n));
+        if let Some(n) = max {
+            tokenizer = tokenizer.with_context_length(n as usize);
+        }
+        Ok(tokenizer)
+    }
+
+    /// Builds the tokenizer from transformers' `vocab.json` (token → id) and `merges.txt`
+    /// (a `#version` line, then one `a b` merge per line), the Hugging Face convention.
+    pub fn from_vocab_merges(vocab: &Path, merges: &Path) -> Result<Self, ModelError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let vocab_text = read(vocab)?;
+        let merges_text = read(merges)?;
+        let map: serde_json::Map<String, Value> =
+            serde_json::from_str(&vocab_text).map_err(|e| ModelError::Format {
+                path: vocab.to_path_buf(),
+                message: format!("not a token → id JSON object: {e}"),
+            })?;
+        let mut pairs = Vec::new();
+        for (i, line) in merges_text.lines().enumerate() {
+            if line.starts_with("#version") || line.trim().is_empty() {
+                continue;
+            }
+            let mut parts = line.split(' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => pairs.push((a, b)),
+                _ => {
+                    return Err(ModelError::Format {
+                        path: merges.to_path_buf(),
+                        message: format!("line {} is not a merge: {line:?}", i + 1),
+                    });
+                }
+            }
+        }
+        let id = |token: &str| {
+            map.get(token)
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+                .ok_or_else(|| ModelError::Format {
+                    path: vocab.to_path_buf(),
+                    message: format!("no `{token}` in the vocabulary"),
+                })
+        };
+        let (bos, eos) = (id("<|startoftext|>")?, id("<|endoftext|>")?);
+        let json = bpe_json(map, &pairs, bos, eos, Convention::HuggingFace);
+        let tokenizer = Tokenizer::from_str(&json.to_string()).map_err(|e| ModelError::Format {
+            path: vocab.to_path_buf(),
+            message: format!("building the BPE: {e}"),
+        })?;
+        Self::from_parts(tokenizer, Convention::HuggingFace, vocab)
+    }
+
     fn from_parts(
         tokenizer: Tokenizer,
         convention: Convention,
@@ -238,6 +334,17 @@ fn tokenizer_json(merges: &[(&str, &str)], convention: Convention) -> Value {
         .enumerate()
         .map(|(i, t)| (t, json!(i)))
         .collect();
+    bpe_json(vocab, merges, n - 2, n - 1, convention)
+}
+
+/// The `tokenizer.json` of a CLIP BPE with this vocabulary and these merges.
+fn bpe_json(
+    vocab: serde_json::Map<String, Value>,
+    merges: &[(&str, &str)],
+    bos: usize,
+    eos: usize,
+    convention: Convention,
+) -> Value {
     let special = |id: usize, content: &str| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false,
                "rstrip": false, "normalized": true, "special": true})
@@ -253,7 +360,7 @@ fn tokenizer_json(merges: &[(&str, &str)], convention: Convention) -> Value {
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": [special(n - 2, "<|startoftext|>"), special(n - 1, "<|endoftext|>")],
+        "added_tokens": [special(bos, "<|startoftext|>"), special(eos, "<|endoftext|>")],
         "normalizer": normalizer,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split",
@@ -262,7 +369,7 @@ fn tokenizer_json(merges: &[(&str, &str)], convention: Convention) -> Value {
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
              "use_regex": true}]},
         "post_processor": {"type": "RobertaProcessing",
-            "sep": ["<|endoftext|>", n - 1], "cls": ["<|startoftext|>", n - 2],
+            "sep": ["<|endoftext|>", eos], "cls": ["<|startoftext|>", bos],
             "trim_offsets": false, "add_prefix_space": false},
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
                     "use_regex": true},
