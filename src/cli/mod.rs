@@ -7,6 +7,7 @@ mod curate;
 mod dataset;
 mod device;
 mod faces;
+mod generate;
 mod ingest;
 mod show;
 
@@ -51,6 +52,9 @@ enum Command {
     Clip(clip::ClipArgs),
     /// Face models: `faces detect <image>` prints detected faces as JSON.
     Faces(faces::FacesArgs),
+    /// Generate an image from a diffusers Stable Diffusion / SDXL folder (safetensors) with the
+    /// burn port of its UNet, VAE, text encoders and DDIM / Euler samplers.
+    Generate(generate::GenerateArgs),
     /// Summarise a table (`images.parquet`) or a run folder.
     Show(show::ShowArgs),
     /// Show the tensor backend in use (CPU `flex`, or CUDA when built with `--features cuda`)
@@ -68,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench::run(a),
         Command::Clip(a) => clip::run(a),
         Command::Faces(a) => faces::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Show(a) => show::run(a),
         Command::Device(a) => device::run(a),
     }

@@ -332,22 +332,43 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
-    /// Samples latents for a prompt from seeded noise.
+    /// The initial N(0, 1) latent of an image size for a seed (`[1, 4, h/8, w/8]` for SD).
+    pub fn seeded_noise(&self, seed: u64, size: (usize, usize)) -> Tensor<B, 4> {
+        let s = self.vae_scale();
+        seeded_noise::<B>(
+            seed,
+            [1, self.unet.config().in_channels, size.0 / s, size.1 / s],
+            &self.device,
+        )
+    }
+
+    /// Samples latents for a prompt from the given initial N(0, 1) noise (see
+    /// [`Pipeline::seeded_noise`]; another tool's noise reproduces its run).
     pub fn sample(
         &self,
         prompt: &str,
         negative: Option<&str>,
         settings: &SampleSettings,
-        seed: u64,
-        size: (usize, usize),
+        noise: Tensor<B, 4>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor<B, 4>, TrainError> {
-        let (h, w) = size;
+        let s = self.vae_scale();
+        let [_, ch, lh, lw] = noise.dims();
+        let (h, w) = (lh * s, lw * s);
+        if ch != self.unet.config().in_channels {
+            return Err(TrainError::Setting(format!(
+                "the initial noise has {ch} channels, the UNet takes {}",
+                self.unet.config().in_channels
+            )));
+        }
         let f = self.vae_scale() * (1 << (self.unet.config().block_out_channels.len() - 1));
         if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
             return Err(TrainError::Setting(format!(
                 "{w}×{h} pixels: width and height must be positive multiples of {f} for this model"
             )));
+        }
+        if settings.time_ids.iter().any(|v| !v.is_finite()) {
+            return Err(TrainError::Setting("SDXL time ids must be finite".into()));
         }
         let cond = self.encode_prompt(prompt)?;
         let uncond = if settings.guidance > 1.0 {
@@ -356,12 +377,6 @@ impl<B: Backend> Pipeline<B> {
             None
         };
         let sampler = settings.sampler.build::<B>(&self.schedule, settings.steps)?;
-        let s = self.vae_scale();
-        let noise = seeded_noise::<B>(
-            seed,
-            [1, self.unet.config().in_channels, h / s, w / s],
-            &self.device,
-        );
         let time_ids = (self.family == Family::StableDiffusionXl).then_some(settings.time_ids);
         Ok(denoise(
             &self.unet,

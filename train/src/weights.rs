@@ -59,6 +59,16 @@ impl Weights {
         self.inner.contains(name)
     }
 
+    /// The tensor names, in no particular order.
+    pub fn names(&self) -> Vec<String> {
+        self.inner.names().map(str::to_string).collect()
+    }
+
+    /// The stored shape of a tensor (`None` when absent).
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.inner.read_f32(name).ok().map(|(shape, _)| shape)
+    }
+
     /// The CLIP view of the same files, for the text encoders.
     pub fn into_clip(self) -> ClipWeights {
         self.inner
