@@ -1,0 +1,86 @@
+//! Time of one UNet forward (the cost of a sampling step and of a training step's forward) at
+//! Stable Diffusion 1.5 size with random weights (the speed does not depend on the values).
+//!
+//! `cargo bench -p idforge-train --bench unet_forward -- [--latent 32] [--batch 2]
+//! [--rounds 3]` prints one JSON line: ms per forward (best of N timed rounds after a warm-up)
+//! at `batch` × 4 × `latent`² latents, 77 text tokens. Batch 2 is one classifier-free-guided
+//! step. `--features flex-rayon` lets the CPU backend use every core; `--features cuda` runs
+//! on CUDA, `--precision f16` in half precision there.
+//! `tools/diffusers-reference/time_unet.py` times diffusers' UNet on the same shapes.
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it is a smoke test: one forward of
+//! the tiny fixture UNet.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+use idforge_core::bench::{BenchArgs, cpu_model, loadavg};
+use idforge_train::{UNet, UNetConfig, UNetInput};
+
+fn run<B: Backend>(args: &BenchArgs, backend: &str) {
+    let device = B::Device::default();
+    if !args.bench {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd/unet");
+        let unet = UNet::<B>::load(&dir, &device).expect("tiny UNet");
+        let out = unet.forward(&UNetInput {
+            sample: Tensor::random([2, 4, 32, 32], Distribution::Normal(0.0, 1.0), &device),
+            timesteps: Tensor::from_floats([500.0], &device),
+            context: Tensor::random([2, 77, 8], Distribution::Normal(0.0, 1.0), &device),
+            added: None,
+        });
+        assert_eq!(out.dims(), [2, 4, 32, 32]);
+        return;
+    }
+    let get = |flag: &str, default: usize| {
+        args.value(flag)
+            .map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{flag} N")))
+    };
+    let (latent, batch, rounds) = (get("--latent", 32), get("--batch", 2), get("--rounds", 3));
+    let config = UNetConfig::sd15();
+    let cross = config.levels()[0].cross_attention_dim;
+    let t0 = Instant::now();
+    let unet = UNet::<B>::random(&config, &device);
+    let init_s = t0.elapsed().as_secs_f64();
+    let input = UNetInput {
+        sample: Tensor::random([batch, 4, latent, latent], Distribution::Normal(0.0, 1.0), &device),
+        timesteps: Tensor::from_floats([500.0], &device),
+        context: Tensor::random([batch, 77, cross], Distribution::Normal(0.0, 1.0), &device),
+        added: None,
+    };
+    let once = || {
+        // Reading one value back waits for the device (CUDA runs asynchronously).
+        let _ = unet
+            .forward(&input)
+            .slice([0..1, 0..1, 0..1, 0..1])
+            .into_data();
+    };
+    once();
+    let best = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            once();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "{{\"model\":\"unet-sd15\",\"backend\":\"{backend}\",\"latent\":{latent},\"batch\":{batch},\
+         \"rounds\":{rounds},\"ms_per_forward\":{best:.1},\"init_s\":{init_s:.1},\"cpu\":{:?},\"loadavg\":{}}}",
+        cpu_model().unwrap_or_default(),
+        loadavg().map_or("null".into(), |l| format!("{l:.2}")),
+    );
+}
+
+fn main() {
+    let args = BenchArgs::from_env();
+    #[cfg(feature = "cuda")]
+    {
+        if args.value("--precision").as_deref() == Some("f16") {
+            return run::<burn::backend::Cuda<half::f16>>(&args, "cuda-f16");
+        }
+        run::<burn::backend::Cuda>(&args, "cuda-f32")
+    }
+    #[cfg(not(feature = "cuda"))]
+    run::<burn::backend::Flex>(&args, "flex")
+}
