@@ -72,6 +72,30 @@ pub struct ScheduleConfig {
     /// See `clip_sample`.
     #[serde(default = "one_f")]
     pub clip_sample_range: f64,
+    /// Options of other sigma schedules, refused when set (see [`ScheduleConfig::check`]).
+    #[serde(default)]
+    pub use_karras_sigmas: bool,
+    /// Refused when true.
+    #[serde(default)]
+    pub use_exponential_sigmas: bool,
+    /// Refused when true.
+    #[serde(default)]
+    pub use_beta_sigmas: bool,
+    /// Refused when true.
+    #[serde(default)]
+    pub rescale_betas_zero_snr: bool,
+    /// Refused when true.
+    #[serde(default)]
+    pub thresholding: bool,
+    /// Refused unless `linear`.
+    #[serde(default)]
+    pub interpolation_type: Option<String>,
+    /// Refused unless `zero`.
+    #[serde(default)]
+    pub final_sigmas_type: Option<String>,
+    /// Refused when set to anything but null.
+    #[serde(default)]
+    pub trained_betas: Option<serde_json::Value>,
     /// The scheduler class the folder names (informational: any class's betas serve both
     /// samplers).
     #[serde(default, rename = "_class_name")]
@@ -93,6 +117,14 @@ impl Default for ScheduleConfig {
             set_alpha_to_one: false,
             clip_sample: false,
             clip_sample_range: 1.0,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            rescale_betas_zero_snr: false,
+            thresholding: false,
+            interpolation_type: None,
+            final_sigmas_type: None,
+            trained_betas: None,
             class_name: None,
         }
     }
@@ -109,7 +141,26 @@ impl ScheduleConfig {
         Ok(c)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Refuses the options this port does not implement, naming them.
+    pub fn check(&self) -> Result<(), String> {
+        for (set, key) in [
+            (self.use_karras_sigmas, "use_karras_sigmas"),
+            (self.use_exponential_sigmas, "use_exponential_sigmas"),
+            (self.use_beta_sigmas, "use_beta_sigmas"),
+            (self.rescale_betas_zero_snr, "rescale_betas_zero_snr"),
+            (self.thresholding, "thresholding"),
+            (self.trained_betas.as_ref().is_some_and(|v| !v.is_null()), "trained_betas"),
+        ] {
+            if set {
+                return Err(format!("`{key}` is not supported by idforge's samplers; set it to its default"));
+            }
+        }
+        if self.interpolation_type.as_deref().is_some_and(|t| t != "linear") {
+            return Err("only `interpolation_type` \"linear\" is supported".into());
+        }
+        if self.final_sigmas_type.as_deref().is_some_and(|t| t != "zero") {
+            return Err("only `final_sigmas_type` \"zero\" is supported".into());
+        }
         if self.beta_schedule != "scaled_linear" && self.beta_schedule != "linear" {
             return Err(format!(
                 "beta_schedule `{}` is not supported (scaled_linear, linear)",
