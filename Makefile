@@ -13,7 +13,9 @@ assets:
 ## runs/demo/curate/report.html), caption them offline (captions table), export the
 ## dataset (runs/demo/dataset/, loads in Hugging Face `datasets`), print the tables; then
 ## benchmark on the exported identities: copy-reference and two imported baseline method
-## folders, scored, with the leaderboard in runs/demo/bench/leaderboard/index.html.
+## folders, scored; the preference arena served on a free loopback port, 8 scripted raters
+## voting, the votes exported to runs/demo/bench/arena/votes.parquet and the server stopped;
+## the leaderboard in runs/demo/bench/leaderboard/index.html.
 demo: assets
 	$(CARGO) run --quiet -- ingest --recipe datasets/recipes/demo.toml
 	$(CARGO) run --quiet -- curate --recipe datasets/recipes/demo.toml
@@ -27,6 +29,21 @@ demo: assets
 		$(CARGO) run --quiet -- bench import runs/demo/methods/$$m --bench runs/demo/bench || exit 1; \
 	done
 	$(CARGO) run --quiet -- bench score runs/demo/bench
+	rm -f runs/demo/arena/votes.sqlite runs/demo/arena/votes.sqlite-wal runs/demo/arena/votes.sqlite-shm
+	mkdir -p runs/demo/arena
+	$(CARGO) build --quiet
+	log=runs/demo/arena/serve.log; \
+	$(CARGO) run --quiet -- arena serve runs/demo/bench --db runs/demo/arena/votes.sqlite \
+		--addr 127.0.0.1:0 >$$log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq 600); do grep -q '^serving ' $$log && break; \
+		kill -0 $$pid 2>/dev/null || { cat $$log; exit 1; }; sleep 0.1; done; \
+	url=$$(sed -n 's/^serving \(http[^ ]*\).*/\1/p' $$log); \
+	test -n "$$url" || { echo "arena serve did not start within 60 s:"; cat $$log; exit 1; }; \
+	$(CARGO) run --quiet -- arena simulate --url $$url --raters 8 --votes 15 --seed 0 && \
+	$(CARGO) run --quiet -- arena export --db runs/demo/arena/votes.sqlite && \
+	kill $$pid && wait $$pid && trap - EXIT INT TERM && tail -n 1 $$log
+	$(CARGO) run --quiet -- bench leaderboard runs/demo/bench
 
 ## Every unit, integration and doc test of the workspace.
 test: assets

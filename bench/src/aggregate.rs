@@ -5,12 +5,15 @@
 //!
 //! Reference features for the set-level metrics come from the built-in `copy-reference`
 //! method's table (its generations are the references), so no network runs here.
+//!
+//! The preference arena's votes, when there are any, join as their own section: Bradley–Terry
+//! ratings per question ([`crate::ratings`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use idforge_core::image_io::{DEFAULT_MAX_PIXELS, decode};
-use idforge_core::schema::{ScoreRow, ScoreStatus, ScoresTable};
+use idforge_core::schema::{ScoreRow, ScoreStatus, ScoresTable, VotesTable};
 use rayon::prelude::*;
 
 use crate::baselines::COPY_REFERENCE;
@@ -21,6 +24,7 @@ use crate::leaderboard::{
     MethodRow, MetricInfo, ModelsUsed, ProtocolInfo, SetResult,
 };
 use crate::protocol::Protocol;
+use crate::ratings::{ArenaResults, RatingOptions, rate_votes};
 use crate::references::References;
 use crate::stats::Features;
 use crate::stats::bootstrap::{mean_ci, statistic_ci};
@@ -45,6 +49,11 @@ pub struct LeaderboardOptions {
     pub grids_per_set: usize,
     /// Longest side of the grid thumbnails.
     pub thumb_px: u32,
+    /// The arena's votes table; `None` reads `<bench>/arena/votes.parquet` when it exists
+    /// (`idforge arena export` writes it there) and leaves the arena out otherwise.
+    pub votes: Option<PathBuf>,
+    /// How the arena's votes are rated.
+    pub arena: RatingOptions,
 }
 
 impl Default for LeaderboardOptions {
@@ -56,6 +65,8 @@ impl Default for LeaderboardOptions {
             level: 0.95,
             grids_per_set: 3,
             thumb_px: 256,
+            votes: None,
+            arena: RatingOptions::default(),
         }
     }
 }
@@ -186,6 +197,7 @@ pub fn build(
         .filter(|m| present.contains(&m.key))
         .collect();
     let grids = grids(bench, protocol, refs, methods, opts)?;
+    let arena = arena_results(bench, opts)?;
     Ok(Leaderboard {
         schema_version: LEADERBOARD_SCHEMA_VERSION,
         protocol: ProtocolInfo {
@@ -214,7 +226,41 @@ pub fn build(
         methods: methods.iter().map(|(m, _)| m.clone()).collect(),
         sets,
         grids,
+        arena,
     })
+}
+
+/// The arena's ratings from `opts.votes`, or from `<bench>/arena/votes.parquet` when that
+/// exists; `None` when neither is there.
+pub fn arena_results(
+    bench: &BenchDir,
+    opts: &LeaderboardOptions,
+) -> Result<Option<ArenaResults>, BenchError> {
+    let path = match &opts.votes {
+        Some(p) if !p.is_file() => {
+            return Err(BenchError::invalid(
+                p,
+                "no such votes file: give the votes.parquet that `idforge arena export` wrote",
+            ));
+        }
+        Some(p) => p.clone(),
+        None => {
+            let p = bench.votes_path();
+            if !p.is_file() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let table = VotesTable::read(&path)?;
+    let source = if path.starts_with(&bench.root) {
+        bench.relative(&path)
+    } else {
+        path.display().to_string()
+    };
+    rate_votes(&table.rows, &source, &opts.arena)
+        .map(Some)
+        .map_err(|e| BenchError::invalid(&path, e.to_string()))
 }
 
 fn now_rfc3339() -> String {
@@ -542,20 +588,81 @@ pub fn write_files(bench: &BenchDir, lb: &Leaderboard) -> Result<(), BenchError>
     Ok(())
 }
 
-/// Reads a `leaderboard.json`, refusing other schema versions.
+/// Reads a `leaderboard.json` of the current schema version, or of version 1 (which has no
+/// arena results: it reads as the current version without them); refuses other versions.
 pub fn read_leaderboard(path: &Path) -> Result<Leaderboard, BenchError> {
     let text = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| BenchError::invalid(path, format!("not JSON: {e}")))?;
     let version = v.get("schema_version").and_then(|v| v.as_u64());
-    if version != Some(u64::from(LEADERBOARD_SCHEMA_VERSION)) {
+    if !matches!(version, Some(1)) && version != Some(u64::from(LEADERBOARD_SCHEMA_VERSION)) {
         return Err(BenchError::invalid(
             path,
             format!(
-                "schema_version {version:?}, this idforge reads {LEADERBOARD_SCHEMA_VERSION}: \
+                "schema_version {version:?}, this idforge reads 1 and {LEADERBOARD_SCHEMA_VERSION}: \
                  re-run `idforge bench leaderboard`"
             ),
         ));
     }
-    serde_json::from_value(v).map_err(|e| BenchError::invalid(path, e.to_string()))
+    let mut lb: Leaderboard =
+        serde_json::from_value(v).map_err(|e| BenchError::invalid(path, e.to_string()))?;
+    lb.schema_version = LEADERBOARD_SCHEMA_VERSION;
+    Ok(lb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leaderboard::markdown::tests::sample;
+
+    #[test]
+    fn reads_this_version_and_version_1_refuses_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leaderboard.json");
+        let lb = sample();
+        assert!(lb.arena.is_some());
+        std::fs::write(&path, serde_json::to_string(&lb).unwrap()).unwrap();
+        let back = read_leaderboard(&path).unwrap();
+        assert_eq!(back.schema_version, LEADERBOARD_SCHEMA_VERSION);
+        // serde_json's default float parsing may be off by one unit in the last place.
+        fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+            use serde_json::Value::{Array, Number, Object};
+            match (a, b) {
+                (Number(x), Number(y)) => {
+                    let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                    (x - y).abs() <= 1e-12 * x.abs().max(1.0)
+                }
+                (Array(x), Array(y)) => {
+                    x.len() == y.len() && x.iter().zip(y).all(|(x, y)| close(x, y))
+                }
+                (Object(x), Object(y)) => {
+                    x.len() == y.len()
+                        && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w)))
+                }
+                _ => a == b,
+            }
+        }
+        let (a, b) = (
+            serde_json::to_value(&back.arena).unwrap(),
+            serde_json::to_value(&lb.arena).unwrap(),
+        );
+        assert!(a.is_object() && close(&a, &b), "{a}\n{b}");
+        // Version 1: no `arena` key; reads as the current version without arena results.
+        let mut v1 = serde_json::to_value(&lb).unwrap();
+        v1["schema_version"] = 1.into();
+        v1.as_object_mut().unwrap().remove("arena");
+        std::fs::write(&path, v1.to_string()).unwrap();
+        let back = read_leaderboard(&path).unwrap();
+        assert_eq!(back.schema_version, LEADERBOARD_SCHEMA_VERSION);
+        assert!(back.arena.is_none());
+        assert!(close(
+            &serde_json::to_value(&back.sets).unwrap(),
+            &serde_json::to_value(&lb.sets).unwrap()
+        ));
+        v1["schema_version"] = 3.into();
+        std::fs::write(&path, v1.to_string()).unwrap();
+        let err = read_leaderboard(&path).unwrap_err().to_string();
+        assert!(err.contains("schema_version Some(3)"), "{err}");
+        assert!(err.contains("re-run `idforge bench leaderboard`"), "{err}");
+    }
 }

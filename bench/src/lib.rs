@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod arena;
 pub mod baselines;
 pub mod error;
 pub mod generations;
@@ -14,6 +15,7 @@ pub mod leaderboard;
 pub mod method;
 pub mod plan;
 pub mod protocol;
+pub mod ratings;
 pub mod references;
 pub mod score;
 pub mod stats;

@@ -1,7 +1,8 @@
 //! The leaderboard page in a real browser: headless Chromium loads `index.html` and its
 //! thumbnails from a loopback HTTP server, and the test checks what a reader would see and do:
-//! headings, escaped method names, sorting by click and by keyboard, the charts, the images, a
-//! phone-width layout, and a console free of errors.
+//! headings, escaped method names, sorting by click and by keyboard, the charts, the images, the
+//! preference arena's sections (ratings table, chart, win-rate heat table), a phone-width
+//! layout, and a console free of errors.
 //!
 //! Needs `chromium` and `chromedriver` (Debian/Ubuntu: `apt-get install chromium
 //! chromium-driver`); without them the test fails and says so. Set
@@ -19,6 +20,8 @@ use idforge_bench::leaderboard::{
     BootstrapInfo, Cost, Estimate, Grid, GridCell, LEADERBOARD_SCHEMA_VERSION, Leaderboard,
     MethodEntry, MethodRow, MetricInfo, ModelsUsed, ProtocolInfo, SetResult, html,
 };
+use idforge_bench::ratings::{ArenaResults, RatingOptions, rate_votes};
+use idforge_core::schema::{Answer, Question, VoteRow};
 use serde_json::{Value, json};
 
 const COPY: &str = "copy-reference";
@@ -189,7 +192,76 @@ fn leaderboard() -> Leaderboard {
                 },
             ],
         }],
+        arena: Some(arena()),
     }
+}
+
+/// Six methods in the arena (the three of the tables, three more with long names, so the
+/// win-rate matrix is wide), with hidden strengths; about 1500 votes on both questions from 8
+/// raters, drawn by a fixed integer hash so the page is the same on every run.
+const ARENA_METHODS: [&str; 6] = [
+    PHOTO,
+    "instantid-sdxl-with-a-long-name",
+    NASTY,
+    "pulid-flux-v0.9.1",
+    COPY,
+    "ip-adapter-faceid-plusv2-sd15",
+];
+
+fn arena() -> ArenaResults {
+    let strength: [f64; 6] = [1.0, 0.7, 0.4, 0.2, -0.3, -0.8];
+    let hash = |k: u64| {
+        let mut z = k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    };
+    let mut rows = Vec::new();
+    for k in 0..1500u64 {
+        let i = (hash(4 * k) * 6.0) as usize % 6;
+        let j = (i + 1 + (hash(4 * k + 1) * 5.0) as usize % 5) % 6;
+        let p = 1.0 / (1.0 + (strength[j] - strength[i]).exp());
+        let u = hash(4 * k + 2);
+        let answer = if u < 0.1 {
+            Answer::Tie
+        } else if u < 0.15 {
+            Answer::Neither
+        } else if hash(4 * k + 3) < p {
+            Answer::Left
+        } else {
+            Answer::Right
+        };
+        rows.push(VoteRow {
+            vote_id: k as i64,
+            rater: format!("rater-{}", k % 8),
+            question: if k % 3 == 0 {
+                Question::Adherence
+            } else {
+                Question::Fidelity
+            },
+            set: "in-train".into(),
+            identity: format!("id_{:03}", k % 12),
+            prompt_id: "p12".into(),
+            seed: 1,
+            method_left: ARENA_METHODS[i].into(),
+            method_right: ARENA_METHODS[j].into(),
+            answer,
+            practice: k % 100 == 0,
+            shown_at: 0,
+            answered_at: 0,
+            answer_ms: 1200,
+        });
+    }
+    rate_votes(
+        &rows,
+        "arena/votes.parquet",
+        &RatingOptions {
+            resamples: 300,
+            seed: 3,
+            ..RatingOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 /// Writes the page and its thumbnails (small gradients, one colour per image) into `dir`.
@@ -267,6 +339,8 @@ fn leaderboard_page_in_a_real_browser() {
     for want in [
         "in-train",
         "out-of-train",
+        "Arena — identity fidelity",
+        "Arena — prompt adherence",
         "Image grids",
         "Methods",
         "Metric definitions",
@@ -364,8 +438,8 @@ fn leaderboard_page_in_a_real_browser() {
     let charts = charts.as_array().unwrap();
     assert_eq!(
         charts.len(),
-        5,
-        "tradeoff + 2 bar charts, dot plot + 1 bar chart: {charts:?}"
+        7,
+        "tradeoff + 2 bar charts, dot plot + 1 bar chart, one arena chart per question: {charts:?}"
     );
     for c in charts {
         assert!(
@@ -387,6 +461,80 @@ fn leaderboard_page_in_a_real_browser() {
     assert!(
         charts[0]["text"].as_str().unwrap().contains(NASTY),
         "escaped label shows as text"
+    );
+
+    // The arena: per question a sortable ratings table, a chart and a win-rate heat table.
+    let arena = lb.arena.as_ref().unwrap();
+    for (k, q) in arena.questions.iter().enumerate() {
+        let table = format!("#arena-{}-table", q.question.as_str());
+        let by_rating: Vec<&str> = q.methods.iter().map(|m| m.method.as_str()).collect();
+        assert_eq!(row_order(&wd, &table), by_rating, "best first");
+        // Rating sorts best first, then reverses; the interval column sorts by its lower bound.
+        click_header(&wd, &table, 2);
+        assert_eq!(row_order(&wd, &table), by_rating);
+        assert_eq!(aria_sorts(&wd, &table)[2], "descending");
+        click_header(&wd, &table, 2);
+        let reversed: Vec<&str> = by_rating.iter().rev().copied().collect();
+        assert_eq!(row_order(&wd, &table), reversed);
+        click_header(&wd, &table, 3);
+        let mut by_lo = q.methods.clone();
+        by_lo.sort_by(|a, b| b.lo.unwrap().total_cmp(&a.lo.unwrap()));
+        let by_lo: Vec<&str> = by_lo.iter().map(|m| m.method.as_str()).collect();
+        assert_eq!(row_order(&wd, &table), by_lo);
+        // Votes, most first; then back to rank order.
+        click_header(&wd, &table, 4);
+        let votes: Vec<f64> = serde_json::from_value(
+            wd.execute(
+                "return Array.from(document.querySelector(arguments[0]).tBodies[0].rows).map(r => parseFloat(r.cells[4].textContent));",
+                vec![json!(table)],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(votes.windows(2).all(|w| w[0] >= w[1]), "{votes:?}");
+        click_header(&wd, &table, 1);
+        assert_eq!(
+            row_order(&wd, &table),
+            by_rating,
+            "rank order, ties in file order"
+        );
+        // The shown numbers are the document's.
+        let first = wd
+            .text(&wd.find(&format!("{table} tbody tr:first-child")).unwrap())
+            .unwrap();
+        let best = &q.methods[0];
+        assert!(
+            first.contains(&format!("{:.0}", best.rating))
+                && first.contains(&format!(
+                    "[{:.0}, {:.0}]",
+                    best.lo.unwrap(),
+                    best.hi.unwrap()
+                )),
+            "{first}"
+        );
+        let chart = &charts[5 + k];
+        assert_eq!(chart["cls"], "chart chart-arena");
+        assert_eq!(chart["points"], q.methods.len());
+        let cells: Value = wd
+            .execute(
+                "const t = document.querySelector(arguments[0]);
+                 return { cells: t.querySelectorAll('tbody td.num').length,
+                          coloured: Array.from(t.querySelectorAll('tbody td.num')).filter(c =>
+                              getComputedStyle(c).backgroundColor !== 'rgba(0, 0, 0, 0)').length };",
+                vec![json!(format!("#arena-{}-wins", q.question.as_str()))],
+            )
+            .unwrap();
+        let n = q.methods.len();
+        assert_eq!(cells["cells"], n * (n - 1), "{cells}");
+        assert!(
+            cells["coloured"].as_u64().unwrap() >= (n * (n - 1) / 2) as u64,
+            "heat colours not applied: {cells}"
+        );
+    }
+    let header = wd.text(&wd.find("header.page-header").unwrap()).unwrap();
+    assert!(
+        header.contains("ARENA") || header.contains("Arena"),
+        "{header}"
     );
 
     // Grid thumbnails (one with a space, `&` and `#` in its name) loaded; the missing one says so.
@@ -432,6 +580,34 @@ fn leaderboard_page_in_a_real_browser() {
         layout["inner"].as_f64() > layout["box"].as_f64(),
         "table should scroll in its box: {layout}"
     );
+    // Every arena box (tables, heat tables, charts) fits the phone's width; wide tables scroll
+    // inside their box.
+    let boxes: Value = wd
+        .execute(
+            "return Array.from(document.querySelectorAll('section.arena .table-wrap, section.arena .chart-card'))
+                 .map(e => ({ right: e.getBoundingClientRect().right, view: document.documentElement.clientWidth,
+                              inner: e.scrollWidth, box: e.clientWidth, cls: e.className }));",
+            vec![],
+        )
+        .unwrap();
+    let boxes = boxes.as_array().unwrap();
+    assert_eq!(
+        boxes.len(),
+        6,
+        "2 ratings tables, 2 heat tables, 2 charts: {boxes:?}"
+    );
+    for b in boxes {
+        assert!(
+            b["right"].as_f64().unwrap() <= b["view"].as_f64().unwrap() + 0.5,
+            "arena box sticks out of the page: {b}"
+        );
+    }
+    assert!(
+        boxes
+            .iter()
+            .any(|b| b["cls"] == "table-wrap heat-wrap" && b["inner"].as_f64() > b["box"].as_f64()),
+        "the 6 × 6 heat table should scroll in its box on a phone: {boxes:?}"
+    );
 
     // Nothing went wrong on the way: no console errors, every request found.
     let logs = wd.browser_logs().unwrap();
@@ -475,5 +651,28 @@ fn markdown_and_html_show_the_same_numbers() {
             page.contains(&format!(">{interval}</span>")),
             "html lacks {interval}"
         );
+    }
+    // The arena: rating and interval of every method, in both.
+    for q in &lb.arena.as_ref().unwrap().questions {
+        for m in &q.methods {
+            let (rating, interval) = (
+                format!("{:.0}", m.rating),
+                format!("[{:.0}, {:.0}]", m.lo.unwrap(), m.hi.unwrap()),
+            );
+            assert!(
+                md.contains(&format!(
+                    "| {} | {rating} | {interval} | {} |",
+                    m.rank, m.games
+                )),
+                "markdown lacks {} {rating} {interval}",
+                m.method
+            );
+            assert!(
+                page.contains(&format!("<span class=\"v\">{rating}</span>"))
+                    && page.contains(&format!("<span class=\"ci-inline\">{interval}</span>")),
+                "html lacks {} {rating} {interval}",
+                m.method
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@ use idforge_bench::layout::{BenchDir, METHOD_FILE};
 use idforge_bench::method::MethodFile;
 use idforge_bench::plan::{Job, layout_help, plan, to_table, to_tsv};
 use idforge_bench::protocol::Protocol;
+use idforge_bench::ratings::{NeitherPolicy, RatingOptions};
 use idforge_bench::references::{References, copy_references, references_from_export};
 use idforge_bench::score::{ReferenceFeatures, ScoringModels, models_of};
 use idforge_core::schema::ScoresTable;
@@ -153,6 +154,15 @@ struct ModelArgs {
     inception: Option<PathBuf>,
 }
 
+/// What a `neither` answer of the arena counts as.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NeitherArg {
+    /// A tie: neither image is better (LMArena's convention for "both bad").
+    Tie,
+    /// Left out of the ratings.
+    Drop,
+}
+
 #[derive(Debug, Args)]
 struct AggregateArgs {
     /// Bootstrap resamples for the per-image means.
@@ -161,9 +171,19 @@ struct AggregateArgs {
     /// Bootstrap resamples for FID, KID, IS and CMMD.
     #[arg(long, default_value_t = 200)]
     set_resamples: usize,
-    /// Seed of the resampling.
+    /// Seed of the resampling (the arena's too).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The arena's votes table (default: <bench>/arena/votes.parquet when it exists, written by
+    /// `idforge arena export`); its Bradley–Terry ratings join the leaderboard.
+    #[arg(long, value_name = "FILE")]
+    votes: Option<PathBuf>,
+    /// What the arena's `neither` answers count as.
+    #[arg(long, value_enum, default_value_t = NeitherArg::Tie)]
+    neither: NeitherArg,
+    /// Bootstrap resamples for the arena ratings' intervals (each refits the ratings; 0: none).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    arena_bootstrap: usize,
 }
 
 #[derive(Debug, Args)]
@@ -391,6 +411,16 @@ fn options(a: &AggregateArgs) -> LeaderboardOptions {
         resamples: a.resamples,
         set_resamples: a.set_resamples,
         seed: a.seed,
+        votes: a.votes.clone(),
+        arena: RatingOptions {
+            neither: match a.neither {
+                NeitherArg::Tie => NeitherPolicy::Tie,
+                NeitherArg::Drop => NeitherPolicy::Drop,
+            },
+            resamples: a.arena_bootstrap,
+            seed: a.seed,
+            ..RatingOptions::default()
+        },
         ..LeaderboardOptions::default()
     }
 }
@@ -504,6 +534,25 @@ fn write_leaderboard(
     }
     let lb = build(bench, protocol, refs, &methods, &used, opts)?;
     write_files(bench, &lb)?;
+    if let Some(arena) = &lb.arena {
+        let v = &arena.votes;
+        eprintln!(
+            "arena: {} of {} votes rated from {} ({} practice, {} neither dropped, {} same-method \
+             left out); {}",
+            v.rated,
+            v.rows,
+            arena.source,
+            v.practice,
+            v.neither_dropped,
+            v.same_method,
+            arena
+                .questions
+                .iter()
+                .map(|q| format!("{} {} methods", q.question.as_str(), q.methods.len()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     print!("{}", idforge_bench::leaderboard::markdown::render(&lb));
     eprintln!(
         "leaderboard written to {} (index.html, LEADERBOARD.md, leaderboard.json)",

@@ -1,5 +1,6 @@
 //! Command-line arguments and their dispatch to the stage libraries.
 
+mod arena;
 mod bench;
 mod caption;
 mod clip;
@@ -47,6 +48,10 @@ enum Command {
     /// `bench plan` the generations, `bench import` a method's images, `bench score` them and
     /// write the leaderboard (JSON, Markdown, HTML).
     Bench(bench::BenchArgs),
+    /// The human preference test: `arena serve` a page where raters compare two hidden
+    /// methods' images, `arena simulate` scripted raters, `arena export` the votes to Parquet
+    /// for the leaderboard's Bradley–Terry columns.
+    Arena(arena::ArenaArgs),
     /// CLIP: `clip score --image … --text …` prints CLIP-T (torchmetrics' CLIPScore,
     /// 100·max(cos, 0)) of image–text pairs from the user's checkpoint.
     Clip(clip::ClipArgs),
@@ -70,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Caption(a) => caption::run(a),
         Command::Dataset(a) => dataset::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Arena(a) => arena::run(a),
         Command::Clip(a) => clip::run(a),
         Command::Faces(a) => faces::run(a),
         Command::Generate(a) => generate::run(a),

@@ -8,8 +8,12 @@
 
 use std::fmt::Write as _;
 
-use super::markdown::{CLIP_T, FACE_SIM, categories, find_metric, metric_format};
+use super::markdown::{
+    CLIP_T, FACE_SIM, categories, find_metric, metric_format, question_title, rating_format,
+    rating_interval,
+};
 use super::{Estimate, Leaderboard, MethodRow, MetricInfo, SetResult};
+use crate::ratings::{ArenaResults, QuestionRatings};
 
 /// Okabe & Ito's colour-blind-safe palette, strongest contrast on white first.
 const PALETTE: [&str; 8] = [
@@ -775,6 +779,143 @@ pub fn category_bars_svg(lb: &Leaderboard, set: &SetResult, metric_key: &str) ->
     s
 }
 
+/// A question's arena ratings: one row per method, best first, the rating as a marker and its
+/// bootstrap interval as whiskers, with the mean rating (the anchor) as a dashed line. The axis
+/// covers the methods whose rating the votes determine; a separated method (never won or
+/// never lost: its rating is held by the prior, hundreds of points out) sits at the edge with
+/// an arrow, so it does not squeeze everyone else into a corner.
+pub fn arena_ratings_svg(lb: &Leaderboard, arena: &ArenaResults, q: &QuestionRatings) -> String {
+    let title = question_title(q.question).to_string();
+    if q.methods.is_empty() {
+        return empty_chart(&title, "No rated votes for this question.");
+    }
+    let span = |m: &crate::ratings::MethodRating| {
+        (
+            m.lo.unwrap_or(m.rating).min(m.rating),
+            m.hi.unwrap_or(m.rating).max(m.rating),
+        )
+    };
+    let bounded: Vec<_> = q.methods.iter().filter(|m| !m.separated).collect();
+    let basis: Vec<_> = if bounded.is_empty() {
+        q.methods.iter().collect()
+    } else {
+        bounded
+    };
+    let mut lo = basis.iter().map(|m| span(m).0).fold(arena.anchor, f64::min);
+    let mut hi = basis.iter().map(|m| span(m).1).fold(arena.anchor, f64::max);
+    let pad = ((hi - lo) * 0.06).max(5.0);
+    lo -= pad;
+    hi += pad;
+
+    let label_w = q
+        .methods
+        .iter()
+        .map(|m| text_width(&truncate(&m.method, 180.0, 12.0), 12.0))
+        .fold(60.0, f64::max);
+    let (w, row_h) = (640.0, 30.0);
+    let (left, right, top, bottom) = (label_w + 28.0, 28.0, 70.0, 54.0);
+    let h = top + row_h * q.methods.len() as f64 + bottom;
+    let xa = Axis::new(lo, hi, left, w - right, 6.0);
+    let (x_min, x_max) = (xa.map(xa.d0), xa.map(xa.d1));
+    let clamp = |x: f64| x.clamp(x_min, x_max);
+    let f = rating_format();
+    let describe = |m: &crate::ratings::MethodRating| {
+        format!(
+            "rating {} {}, rank {}, {} votes{}",
+            f.value(m.rating),
+            rating_interval(m.lo, m.hi),
+            m.rank,
+            m.games,
+            if m.separated {
+                " (never won or never lost: the rating is only a bound)"
+            } else {
+                ""
+            }
+        )
+    };
+    let desc = format!(
+        "Dot plot of the Bradley–Terry ratings of {} methods for the {} question, with {:.0} % \
+         bootstrap intervals. {}",
+        q.methods.len(),
+        q.question.as_str(),
+        arena.level * 100.0,
+        q.methods
+            .iter()
+            .map(|m| format!("{}: {}.", m.method, describe(m)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut s = open(w, h, &title, &desc, "chart-arena");
+    s.push_str(&heading(
+        &title,
+        Some("Right is better; lines are the bootstrap intervals."),
+    ));
+    s.push_str(&value_axis_x(
+        &xa,
+        top - 8.0,
+        h - bottom,
+        "Rating (LMArena scale) — higher is better",
+    ));
+    let ax = xa.map(arena.anchor);
+    let _ = writeln!(
+        s,
+        "<line class=\"anchor\" x1=\"{ax:.1}\" x2=\"{ax:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{MUTED}\" stroke-dasharray=\"4 3\"/>",
+        top - 8.0,
+        h - bottom
+    );
+    s.push_str("<g class=\"points\">\n");
+    // Methods of the leaderboard keep their colour and shape; methods only in the arena take
+    // the next ones, in rating order.
+    let mut extra = lb.methods.len();
+    for (i, m) in q.methods.iter().enumerate() {
+        let y = top + row_h * (i as f64 + 0.5);
+        let (colour, shape) = if lb.methods.iter().any(|e| e.name == m.method) {
+            style(lb, &m.method)
+        } else {
+            extra += 1;
+            (
+                PALETTE[(extra - 1) % PALETTE.len()],
+                SHAPES[(extra - 1) % SHAPES.len()],
+            )
+        };
+        let hollow = is_builtin(lb, &m.method);
+        let (elo, ehi) = span(m);
+        let px = xa.map(m.rating);
+        let off = px < x_min - 0.5 || px > x_max + 0.5;
+        let mark = if off {
+            // An arrowhead at the edge, pointing off the scale.
+            let x = clamp(px);
+            let dir = if px < x_min { -1.0 } else { 1.0 };
+            format!(
+                "<path class=\"off-scale\" d=\"M{:.1} {y:.1}L{:.1} {:.1}L{:.1} {:.1}Z\" fill=\"{colour}\"/>",
+                x + dir * 8.0,
+                x,
+                y - 6.0,
+                x,
+                y + 6.0
+            )
+        } else {
+            marker(shape, px, y, 6.0, colour, hollow)
+        };
+        let _ = writeln!(
+            s,
+            "<g class=\"point\" data-method=\"{}\"><title>{}{}: {}</title>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"12\">{}</text>{}{}</g>",
+            esc(&m.method),
+            esc(&m.method),
+            if hollow { " (baseline)" } else { "" },
+            esc(&describe(m)),
+            left - 12.0,
+            y + 4.0,
+            esc(&truncate(&m.method, 180.0, 12.0)),
+            whisker(clamp(xa.map(elo)), y, clamp(xa.map(ehi)), y, colour, 5.0),
+            mark
+        );
+    }
+    s.push_str("</g>\n</svg>\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -833,5 +974,24 @@ mod tests {
         assert_eq!((z.d0, z.d1), (0.0, 1.0));
         let b = Axis::new(20.0, 20.0, 0.0, 1.0, 5.0);
         assert!(b.d0 < 20.0 && b.d1 > 20.0);
+    }
+
+    #[test]
+    fn arena_chart_has_a_point_per_method_and_keeps_separated_ones_at_the_edge() {
+        use crate::leaderboard::markdown::tests::sample_arena;
+        let lb = sample();
+        let arena = sample_arena(false);
+        let svg = arena_ratings_svg(&lb, &arena, &arena.questions[0]);
+        assert_eq!(svg.matches("class=\"point\"").count(), 3);
+        assert!(svg.contains("class=\"anchor\""));
+        assert!(!svg.contains("off-scale"));
+        assert!(svg.contains("&lt;b&gt;&amp;&quot;x&quot;"));
+        let arena = sample_arena(true);
+        let q = &arena.questions[0];
+        assert!(q.methods.iter().any(|m| m.separated));
+        let svg = arena_ratings_svg(&lb, &arena, q);
+        assert_eq!(svg.matches("class=\"point\"").count(), 4);
+        assert_eq!(svg.matches("class=\"off-scale\"").count(), 1, "{svg}");
+        assert!(svg.contains("the rating is only a bound"));
     }
 }

@@ -9,10 +9,13 @@
 use std::fmt::Write as _;
 
 use super::markdown::{
-    CLIP_T, COST_COLUMNS, DASH, FACE_SIM, bootstrap_sentence, categories, find_metric, is_web_link,
-    metric_format, short_hash,
+    CLIP_T, COST_COLUMNS, DASH, FACE_SIM, GROUPS_NOTE, SEPARATED_NOTE, agreement_sentence,
+    any_separated, arena_definitions, arena_method_sentence, arena_votes_sentence,
+    bootstrap_sentence, categories, find_metric, is_web_link, metric_format, percent,
+    percent_short, question_text, question_title, rating_format, short_hash,
 };
 use super::{Grid, Leaderboard, MethodEntry, MetricInfo, SetResult, charts};
+use crate::ratings::{ArenaResults, QuestionRatings};
 
 const CSS: &str = include_str!("../../assets/leaderboard.css");
 const JS: &str = include_str!("../../assets/leaderboard.js");
@@ -94,6 +97,9 @@ pub fn render(lb: &Leaderboard) -> String {
     html.push_str("<main id=\"main\">\n");
     for (i, set) in lb.sets.iter().enumerate() {
         set_section(&mut html, lb, i, set);
+    }
+    if let Some(arena) = &lb.arena {
+        arena_sections(&mut html, lb, arena);
     }
     grids(&mut html, lb);
     methods(&mut html, lb);
@@ -212,6 +218,34 @@ fn header(html: &mut String, lb: &Leaderboard) {
     for (k, v) in facts {
         let _ = writeln!(html, "<div><dt>{k}</dt><dd>{v}</dd></div>");
     }
+    if let Some(arena) = &lb.arena {
+        let raters: Vec<String> = arena
+            .questions
+            .iter()
+            .map(|q| {
+                let agree = q
+                    .agreement
+                    .percent
+                    .map_or_else(String::new, |p| format!(", {p:.0} % agree"));
+                format!(
+                    "<li>{}: {} votes, {} raters{agree}</li>",
+                    escape(q.question.as_str()),
+                    q.comparisons,
+                    q.raters
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            html,
+            "<div class=\"fact-arena\"><dt>Arena</dt><dd><ul class=\"plain\">{}<li>{}</li></ul></dd></div>",
+            if raters.is_empty() {
+                "<li>no rated votes yet</li>".to_string()
+            } else {
+                raters.join("")
+            },
+            escape(&arena.source)
+        );
+    }
     html.push_str("</dl>\n<nav class=\"toc\" aria-label=\"Sections\"><ul>\n");
     for (i, set) in lb.sets.iter().enumerate() {
         let _ = writeln!(
@@ -220,6 +254,19 @@ fn header(html: &mut String, lb: &Leaderboard) {
             set_id(i, set),
             escape(&set.name)
         );
+    }
+    if let Some(arena) = &lb.arena {
+        if arena.questions.is_empty() {
+            html.push_str("<li><a href=\"#arena\">Arena</a></li>\n");
+        }
+        for q in &arena.questions {
+            let _ = writeln!(
+                html,
+                "<li><a href=\"#{}\">{}</a></li>",
+                arena_id(q),
+                escape(question_title(q.question))
+            );
+        }
     }
     if !lb.grids.is_empty() {
         html.push_str("<li><a href=\"#grids\">Image grids</a></li>\n");
@@ -660,11 +707,284 @@ fn definitions(html: &mut String, lb: &Leaderboard) {
             c.description
         );
     }
+    if let Some(arena) = &lb.arena {
+        for (term, text) in arena_definitions(arena) {
+            let _ = writeln!(
+                html,
+                "<div><dt>{}</dt><dd>{}</dd></div>",
+                escape(term),
+                escape(&text)
+            );
+        }
+    }
     let _ = writeln!(
         html,
         "<div><dt>Intervals</dt><dd>{}.</dd></div>\n</dl>\n</div>\n</section>",
         escape(&bootstrap_sentence(lb))
     );
+}
+
+/// The id of a question's arena section, e.g. `arena-fidelity`.
+fn arena_id(q: &QuestionRatings) -> String {
+    format!("arena-{}", q.question.as_str())
+}
+
+fn arena_sections(html: &mut String, lb: &Leaderboard, arena: &ArenaResults) {
+    if arena.questions.is_empty() {
+        let _ = writeln!(
+            html,
+            "<section class=\"arena\" id=\"arena\" aria-labelledby=\"arena-h\">\n<div class=\"wrap\">\n\
+             <h2 id=\"arena-h\">Arena</h2>\n<p class=\"set-meta\">No rated votes in <code>{}</code> yet ({}).</p>\n\
+             </div>\n</section>",
+            escape(&arena.source),
+            escape(&arena_votes_sentence(arena))
+        );
+        return;
+    }
+    for q in &arena.questions {
+        arena_section(html, lb, arena, q);
+    }
+}
+
+fn arena_section(html: &mut String, lb: &Leaderboard, arena: &ArenaResults, q: &QuestionRatings) {
+    let id = arena_id(q);
+    let level = format!("{:.0} %", arena.level * 100.0);
+    let _ = write!(
+        html,
+        "<section class=\"arena\" id=\"{id}\" aria-labelledby=\"{id}-h\">\n<div class=\"wrap\">\n\
+         <h2 id=\"{id}-h\">{}</h2>\n<p class=\"set-meta\"><q>{}</q> · {}</p>\n\
+         <p class=\"set-meta arena-method\">{}.</p>\n\
+         <p class=\"table-hint\" aria-hidden=\"true\">Select a column heading to sort; select it again to reverse.</p>\n",
+        escape(question_title(q.question)),
+        escape(question_text(q.question)),
+        escape(&agreement_sentence(q)),
+        escape(&arena_method_sentence(arena))
+    );
+    let groups = q.components > 1;
+    let _ = write!(
+        html,
+        "<div class=\"table-wrap\" role=\"region\" aria-labelledby=\"{id}-cap\" tabindex=\"0\">\n\
+         <table class=\"lb sortable arena-table\" id=\"{id}-table\">\n\
+         <caption id=\"{id}-cap\" class=\"visually-hidden\">{} — Bradley–Terry ratings with {level} intervals; select a column heading to sort.</caption>\n\
+         <thead>\n<tr>",
+        escape(question_title(q.question))
+    );
+    let mut headers = vec![
+        sort_header(
+            0,
+            "Method",
+            "text",
+            "ascending",
+            "Method name",
+            "col-method",
+        ),
+        sort_header(
+            1,
+            "Rank",
+            "number",
+            "ascending",
+            "1 + the methods whose interval lies entirely above this one's",
+            "num",
+        ),
+        sort_header(
+            2,
+            "Rating <span class=\"better\" aria-label=\"higher is better\">↑</span>",
+            "number",
+            "descending",
+            "Bradley–Terry rating, LMArena scale: higher is better",
+            "num",
+        ),
+        sort_header(
+            3,
+            &format!("{level} CI"),
+            "number",
+            "descending",
+            "Bootstrap interval of the rating (sorts by its lower bound)",
+            "num",
+        ),
+        sort_header(
+            4,
+            "Votes",
+            "number",
+            "descending",
+            "Comparisons the method took part in",
+            "num",
+        ),
+        sort_header(
+            5,
+            "Win rate",
+            "number",
+            "descending",
+            "(wins + ½ ties) / votes",
+            "num",
+        ),
+    ];
+    if groups {
+        headers.push(sort_header(
+            6,
+            "Group",
+            "number",
+            "ascending",
+            "Methods compared with each other, directly or through others",
+            "num",
+        ));
+    }
+    html.push_str(&headers.concat());
+    html.push_str("</tr>\n</thead>\n<tbody>\n");
+    let f = rating_format();
+    for (r, m) in q.methods.iter().enumerate() {
+        let entry = lb.methods.iter().find(|e| e.name == m.method);
+        let mark = if m.separated {
+            "<sup class=\"sep-mark\" title=\"Rating only a bound: see the note below the table\">†</sup>"
+        } else {
+            ""
+        };
+        let _ = write!(
+            html,
+            "<tr data-method=\"{}\" data-order=\"{r}\"><th scope=\"row\" data-sort=\"{}\">{}{mark}</th>\
+             <td class=\"num\" data-sort=\"{}\">{}</td>\
+             <td class=\"num\" data-sort=\"{}\"><span class=\"v\">{}</span></td>",
+            escape(&m.method),
+            escape(&m.method),
+            method_name(&m.method, entry, false),
+            m.rank,
+            m.rank,
+            m.rating,
+            f.value(m.rating)
+        );
+        match (m.lo, m.hi) {
+            (Some(lo), Some(hi)) => {
+                let _ = write!(
+                    html,
+                    "<td class=\"num\" data-sort=\"{lo}\"><span class=\"ci-inline\">[{}, {}]</span> \
+                     <span class=\"ci\">+{} / −{}</span></td>",
+                    f.value(lo),
+                    f.value(hi),
+                    f.value((hi - m.rating).max(0.0)),
+                    f.value((m.rating - lo).max(0.0))
+                );
+            }
+            _ => {
+                let _ = write!(html, "<td class=\"num absent\" data-sort=\"\">{DASH}</td>");
+            }
+        }
+        let _ = write!(
+            html,
+            "<td class=\"num\" data-sort=\"{}\" title=\"{} wins, {} losses, {} ties\">{}</td>\
+             <td class=\"num\" data-sort=\"{}\">{}</td>",
+            m.games,
+            m.wins,
+            m.losses,
+            m.ties,
+            m.games,
+            m.win_rate,
+            percent(m.win_rate)
+        );
+        if groups {
+            let _ = write!(
+                html,
+                "<td class=\"num\" data-sort=\"{}\">{}</td>",
+                m.component + 1,
+                m.component + 1
+            );
+        }
+        html.push_str("</tr>\n");
+    }
+    html.push_str(
+        "</tbody>\n</table>\n</div>\n<p class=\"sort-status visually-hidden\" aria-live=\"polite\"></p>\n",
+    );
+    if any_separated(q) {
+        let _ = writeln!(
+            html,
+            "<p class=\"note\"><span aria-hidden=\"true\">† </span>{}</p>",
+            escape(SEPARATED_NOTE)
+        );
+    }
+    if groups {
+        let _ = writeln!(html, "<p class=\"note\">{}</p>", escape(GROUPS_NOTE));
+    }
+    html.push_str("<div class=\"charts arena-charts\">\n");
+    let _ = writeln!(
+        html,
+        "<figure class=\"chart-card\">{}<figcaption>Ratings with their {level} bootstrap intervals, best first; \
+         the dashed line is the mean rating, {}. Hover a point for its values.</figcaption></figure>",
+        inline_svg(charts::arena_ratings_svg(lb, arena, q)),
+        rating_format().value(arena.anchor)
+    );
+    html.push_str("</div>\n");
+    win_matrix(html, q);
+    html.push_str("</div>\n</section>\n");
+}
+
+/// Background of a win-rate cell: blue above one half, orange below (Okabe–Ito, distinguishable
+/// with the common colour-vision deficiencies), stronger further from a half; pale enough for
+/// dark text at every rate.
+fn heat(rate: f64) -> String {
+    let strength = ((rate - 0.5).abs() * 2.0).clamp(0.0, 1.0) * 0.55;
+    let (r, g, b) = if rate >= 0.5 {
+        (0, 114, 178)
+    } else {
+        (230, 159, 0)
+    };
+    format!("background-color: rgba({r}, {g}, {b}, {strength:.3})")
+}
+
+/// The win-rate matrix as a heat table: row against column, numbered as the ratings table.
+fn win_matrix(html: &mut String, q: &QuestionRatings) {
+    if q.methods.len() < 2 {
+        return;
+    }
+    let id = arena_id(q);
+    let _ = write!(
+        html,
+        "<h3 id=\"{id}-wins-h\">Win rates</h3>\n<p class=\"set-meta\">Row against column: (wins + ½ ties) / votes, \
+         votes beneath; blue above 50 %, orange below; {DASH} never compared. Columns are numbered as the rows.</p>\n\
+         <div class=\"table-wrap heat-wrap\" role=\"region\" aria-labelledby=\"{id}-wins-h\" tabindex=\"0\">\n\
+         <table class=\"lb heat\" id=\"{id}-wins\">\n<thead><tr><td></td>"
+    );
+    for (c, m) in q.methods.iter().enumerate() {
+        let _ = write!(
+            html,
+            "<th scope=\"col\" class=\"num\" title=\"{}\"><abbr title=\"{}\">{}</abbr></th>",
+            escape(&m.method),
+            escape(&m.method),
+            c + 1
+        );
+    }
+    html.push_str("</tr></thead>\n<tbody>\n");
+    for (r, row) in q.methods.iter().enumerate() {
+        let _ = write!(
+            html,
+            "<tr><th scope=\"row\"><span class=\"idx\">{}</span> <span class=\"name\">{}</span></th>",
+            r + 1,
+            escape(&row.method)
+        );
+        for (c, col) in q.methods.iter().enumerate() {
+            if r == c {
+                html.push_str("<td class=\"self\" aria-label=\"same method\"></td>");
+                continue;
+            }
+            match q.win_rate(&row.method, &col.method) {
+                Some((rate, games)) => {
+                    let _ = write!(
+                        html,
+                        "<td class=\"num\" style=\"{}\" title=\"{} against {}: {} over {games} votes\">\
+                         <span class=\"v\">{}</span><span class=\"sub\">{games}</span></td>",
+                        heat(rate),
+                        escape(&row.method),
+                        escape(&col.method),
+                        percent(rate),
+                        percent_short(rate)
+                    );
+                }
+                None => {
+                    let _ = write!(html, "<td class=\"num absent\">{DASH}</td>");
+                }
+            }
+        }
+        html.push_str("</tr>\n");
+    }
+    html.push_str("</tbody>\n</table>\n</div>\n");
 }
 
 #[cfg(test)]
@@ -713,5 +1033,39 @@ mod tests {
         );
         assert_eq!(image_src("/etc/passwd"), "etc/passwd");
         assert_eq!(slug("Out of Train!"), "out-of-train");
+    }
+
+    #[test]
+    fn arena_sections_have_a_sortable_table_a_chart_and_a_heat_table() {
+        let lb = sample();
+        let page = render(&lb);
+        for q in ["fidelity", "adherence"] {
+            assert!(page.contains(&format!("<section class=\"arena\" id=\"arena-{q}\"")));
+            assert!(page.contains(&format!(
+                "<table class=\"lb sortable arena-table\" id=\"arena-{q}-table\">"
+            )));
+            assert!(page.contains(&format!("<table class=\"lb heat\" id=\"arena-{q}-wins\">")));
+            assert!(page.contains(&format!("<a href=\"#arena-{q}\">")));
+        }
+        assert_eq!(page.matches("class=\"chart chart-arena\"").count(), 2);
+        // 3 methods: 6 off-diagonal cells per matrix, each with its colour.
+        let matrix = page.split("id=\"arena-fidelity-wins\"").nth(1).unwrap();
+        let matrix = &matrix[..matrix.find("</table>").unwrap()];
+        assert_eq!(matrix.matches("background-color: rgba(").count(), 6);
+        assert_eq!(matrix.matches("class=\"self\"").count(), 3);
+        assert!(page.contains("&lt;b&gt;&amp;&quot;x&quot;") && !page.contains("<b>&"));
+        assert!(page.contains("<dt>Arena rating</dt>"));
+        assert!(page.contains("<dt>Arena</dt>"));
+        // Stays self-contained.
+        let without_links = page.replace("https://example.org/paper", "");
+        assert!(!without_links.contains("http:") && !without_links.contains("https:"));
+    }
+
+    #[test]
+    fn heat_is_blue_above_half_and_orange_below() {
+        assert_eq!(heat(0.5), "background-color: rgba(0, 114, 178, 0.000)");
+        assert_eq!(heat(1.0), "background-color: rgba(0, 114, 178, 0.550)");
+        assert_eq!(heat(0.0), "background-color: rgba(230, 159, 0, 0.550)");
+        assert_eq!(heat(0.25), "background-color: rgba(230, 159, 0, 0.275)");
     }
 }

@@ -1,12 +1,15 @@
 //! `LEADERBOARD.md`: the leaderboard as GitHub-flavoured Markdown, for READMEs, pull requests
 //! and terminals, where the HTML page cannot be shown.
 //!
-//! The number formats live here too ([`metric_format`] and friends) and the HTML page and the
+//! The number formats live here too (`metric_format` and friends) and the HTML page and the
 //! charts use them, so a value reads the same in all three files.
 
 use std::fmt::Write as _;
 
+use idforge_core::schema::Question;
+
 use super::{Cost, Estimate, Leaderboard, MethodRow, MetricInfo, SetResult};
+use crate::ratings::{Agreement, ArenaResults, NeitherPolicy, QuestionRatings};
 
 /// Shown wherever a value is absent (metric not computed, cost not given, image missing).
 pub(crate) const DASH: &str = "—";
@@ -67,13 +70,15 @@ pub(crate) fn normalize_key(key: &str) -> String {
 
 /// The format of the metric with `key`, as `aggregate` stores it: Face-Sim, CLIP-I, DINO,
 /// Face-Div and CMMD with 3 decimals; CLIP-T (torchmetrics' 100·cos), FID, IS and KID (stored
-/// ×1000) with 2; the no-face rate (stored in percent) with 1; anything else with 3.
+/// ×1000) with 2; the no-face rate (stored in percent) with 1; arena ratings (LMArena's scale,
+/// where a point is noise) with none; anything else with 3.
 pub(crate) fn metric_format(key: &str) -> MetricFormat {
     let k = normalize_key(key);
     let decimals = match k.as_str() {
         "facesim" | "clipi" | "dino" | "facediv" | "cmmd" => 3,
         "clipt" | "fid" | "is" | "inceptionscore" | "kid" => 2,
         _ if k.contains("fail") => 1,
+        _ if k.contains("rating") => 0,
         _ => 3,
     };
     MetricFormat { decimals }
@@ -208,6 +213,9 @@ pub fn render(lb: &Leaderboard) -> String {
         set_table(&mut md, lb, set);
         category_table(&mut md, lb, set);
     }
+    if let Some(arena) = &lb.arena {
+        arena_sections(&mut md, arena);
+    }
     methods(&mut md, lb);
     definitions(&mut md, lb);
     md
@@ -247,6 +255,15 @@ fn header(md: &mut String, lb: &Leaderboard) {
         opt(&m.inception)
     );
     let _ = writeln!(md, "- **Intervals:** {}", escape(&bootstrap_sentence(lb)));
+    if let Some(arena) = &lb.arena {
+        let _ = writeln!(
+            md,
+            "- **Arena:** {}: {}. {}.",
+            code(&arena.source),
+            escape(&arena_votes_sentence(arena)),
+            escape(&arena_method_sentence(arena))
+        );
+    }
     let _ = writeln!(
         md,
         "- **Generated:** {} by idforge {}",
@@ -421,6 +438,309 @@ fn definitions(md: &mut String, lb: &Leaderboard) {
             c.description
         );
     }
+    if let Some(arena) = &lb.arena {
+        for (term, text) in arena_definitions(arena) {
+            let _ = writeln!(md, "- **{}**: {}", escape(term), escape(&text));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The arena: words and numbers shared by the Markdown and HTML renderings.
+
+/// The question as raters saw it.
+pub(crate) fn question_text(q: Question) -> &'static str {
+    match q {
+        Question::Fidelity => "Which image looks more like the person in the reference?",
+        Question::Adherence => "Which image matches the prompt better?",
+    }
+}
+
+/// The section title of a question's ratings, e.g. "Arena — identity fidelity".
+pub(crate) fn question_title(q: Question) -> &'static str {
+    match q {
+        Question::Fidelity => "Arena — identity fidelity",
+        Question::Adherence => "Arena — prompt adherence",
+    }
+}
+
+/// Format of the ratings and their intervals: whole points.
+pub(crate) fn rating_format() -> MetricFormat {
+    metric_format("arena_rating")
+}
+
+/// A win rate in [0, 1] as a percentage with one decimal, e.g. "58.2 %".
+pub(crate) fn percent(rate: f64) -> String {
+    if rate.is_finite() {
+        format!("{:.1} %", rate * 100.0)
+    } else {
+        DASH.to_string()
+    }
+}
+
+/// A win rate in [0, 1] as a whole percentage, for the matrix cells.
+pub(crate) fn percent_short(rate: f64) -> String {
+    format!("{:.0} %", rate * 100.0)
+}
+
+/// The interval `[lo, hi]` of a method's rating, or [`DASH`] without resamples.
+pub(crate) fn rating_interval(lo: Option<f64>, hi: Option<f64>) -> String {
+    match (lo, hi) {
+        (Some(lo), Some(hi)) => {
+            let f = rating_format();
+            format!("[{}, {}]", f.value(lo), f.value(hi))
+        }
+        _ => DASH.to_string(),
+    }
+}
+
+/// e.g. "2345 votes rated (fidelity 1234, adherence 1111; left out: 3 practice)".
+pub(crate) fn arena_votes_sentence(arena: &ArenaResults) -> String {
+    let v = &arena.votes;
+    let per_q: Vec<String> = arena
+        .questions
+        .iter()
+        .map(|q| format!("{} {}", q.question.as_str(), q.comparisons))
+        .collect();
+    let mut s = format!("{} votes rated", v.rated);
+    let mut left_out = Vec::new();
+    if v.practice > 0 {
+        left_out.push(format!("{} practice", v.practice));
+    }
+    if v.neither_dropped > 0 {
+        left_out.push(format!("{} neither", v.neither_dropped));
+    }
+    if v.same_method > 0 {
+        left_out.push(format!("{} same-method", v.same_method));
+    }
+    let mut details = per_q.join(", ");
+    if !left_out.is_empty() {
+        if !details.is_empty() {
+            details.push_str("; ");
+        }
+        let _ = write!(details, "left out: {}", left_out.join(", "));
+    }
+    if !details.is_empty() {
+        let _ = write!(s, " ({details})");
+    }
+    s
+}
+
+/// How the ratings were made, in one sentence.
+pub(crate) fn arena_method_sentence(arena: &ArenaResults) -> String {
+    let neither = match arena.neither {
+        NeitherPolicy::Tie => "“neither” counted as a tie",
+        NeitherPolicy::Drop => "“neither” answers left out",
+    };
+    let intervals = if arena.resamples > 0 {
+        format!(
+            "{:.0} % intervals from {} multinomial bootstrap resamples of the votes (seed {})",
+            arena.level * 100.0,
+            arena.resamples,
+            arena.seed
+        )
+    } else {
+        "no intervals (0 resamples)".to_string()
+    };
+    format!(
+        "Bradley–Terry ratings (scale {}, base {}, mean {}), {neither}; {intervals}",
+        arena.scale, arena.base, arena.anchor
+    )
+}
+
+/// e.g. "12 raters; on 40 items several raters judged, 71.2 % of rater pairs agree
+/// (Krippendorff's α = 0.45)".
+pub(crate) fn agreement_sentence(q: &QuestionRatings) -> String {
+    let a: &Agreement = &q.agreement;
+    let raters = format!(
+        "{} vote{} by {} rater{}",
+        q.comparisons,
+        if q.comparisons == 1 { "" } else { "s" },
+        q.raters,
+        if q.raters == 1 { "" } else { "s" }
+    );
+    match a.percent {
+        Some(p) => {
+            let alpha = a.krippendorff_alpha.map_or_else(
+                || "undefined: every answer the same".to_string(),
+                |v| format!("{v:.2}"),
+            );
+            format!(
+                "{raters}; on the {} item{} that several raters judged, {p:.1} % of {} rater pairs agree \
+                 (Krippendorff's α = {alpha})",
+                a.units,
+                if a.units == 1 { "" } else { "s" },
+                a.rater_pairs
+            )
+        }
+        None => format!("{raters}; no item was judged by two raters yet, so no agreement figure"),
+    }
+}
+
+/// Whether any method of `q` is separated (its rating only a bound).
+pub(crate) fn any_separated(q: &QuestionRatings) -> bool {
+    q.methods.iter().any(|m| m.separated)
+}
+
+/// The footnote for separated methods.
+pub(crate) const SEPARATED_NOTE: &str = "never won (or never lost) against the others, directly \
+     or through them: no finite maximum-likelihood rating exists, the rating shown is held by \
+     a weak prior and only says \"far below\" (or above); ranked by its interval as usual.";
+
+/// The note for questions whose methods fall into groups that never met.
+pub(crate) const GROUPS_NOTE: &str = "Some methods were never compared with others, directly \
+     or through a chain of votes: each group averages 1000 on its own, and ratings and ranks \
+     compare only within a group.";
+
+/// The arena's column and figure definitions, as (term, definition).
+pub(crate) fn arena_definitions(arena: &ArenaResults) -> Vec<(&'static str, String)> {
+    let level = format!("{:.0} %", arena.level * 100.0);
+    vec![
+        (
+            "Arena rating",
+            format!(
+                "Bradley–Terry maximum-likelihood rating from the raters' pairwise choices, on \
+                 LMArena's scale: a method rated {} points above another is preferred {}:1 \
+                 (ties count half a win each; {}). The ratings of methods compared with each \
+                 other average {}.",
+                arena.scale,
+                arena.base,
+                match arena.neither {
+                    NeitherPolicy::Tie => "\"neither\" counts as a tie",
+                    NeitherPolicy::Drop => "\"neither\" answers are left out",
+                },
+                arena.anchor
+            ),
+        ),
+        (
+            "Arena interval",
+            format!(
+                "{level} bootstrap interval of the rating: the votes resampled with replacement \
+                 {} times, the ratings refitted on each resample, the {} and {} quantiles.",
+                arena.resamples,
+                format_args!("{:.1} %", (1.0 - arena.level) / 2.0 * 100.0),
+                format_args!("{:.1} %", (1.0 + arena.level) / 2.0 * 100.0)
+            ),
+        ),
+        (
+            "Arena rank",
+            "1 + the number of methods whose interval lies entirely above this method's \
+             (LMArena's rank): methods whose intervals overlap share a rank."
+                .to_string(),
+        ),
+        (
+            "Votes",
+            "comparisons the method took part in, for this question (practice answers excluded)."
+                .to_string(),
+        ),
+        (
+            "Win rate",
+            "(wins + ½ ties) / votes; in the matrix, of the row's method against the column's."
+                .to_string(),
+        ),
+        (
+            "Rater agreement",
+            "on items (same images, same pair of methods) answered by at least two raters, each \
+             rater's last answer: the share of rater pairs that gave the same answer, and \
+             Krippendorff's α for nominal data (1 perfect, 0 chance level)."
+                .to_string(),
+        ),
+    ]
+}
+
+fn arena_sections(md: &mut String, arena: &ArenaResults) {
+    if arena.questions.is_empty() {
+        let _ = writeln!(md, "## Arena\n");
+        let _ = writeln!(
+            md,
+            "No rated votes in {} yet ({}).\n",
+            code(&arena.source),
+            escape(&arena_votes_sentence(arena))
+        );
+        return;
+    }
+    for q in &arena.questions {
+        arena_table(md, arena, q);
+        arena_matrix(md, q);
+    }
+}
+
+fn arena_table(md: &mut String, arena: &ArenaResults, q: &QuestionRatings) {
+    let _ = writeln!(md, "## {}\n", question_title(q.question));
+    let _ = writeln!(
+        md,
+        "{} {}.\n",
+        escape(question_text(q.question)),
+        escape(&agreement_sentence(q))
+    );
+    let groups = q.components > 1;
+    let mut head = vec!["Method", "Rank", "Rating ↑"];
+    let ci = format!("{:.0} % CI", arena.level * 100.0);
+    head.push(&ci);
+    head.extend(["Votes", "Win rate"]);
+    if groups {
+        head.push("Group");
+    }
+    let _ = writeln!(md, "| {} |", head.join(" | "));
+    let _ = writeln!(md, "|:---|{}", "---:|".repeat(head.len() - 1));
+    let f = rating_format();
+    for m in &q.methods {
+        let mut cells = vec![
+            format!(
+                "{}{}",
+                escape(&m.method),
+                if m.separated { " †" } else { "" }
+            ),
+            m.rank.to_string(),
+            f.value(m.rating),
+            rating_interval(m.lo, m.hi),
+            m.games.to_string(),
+            percent(m.win_rate),
+        ];
+        if groups {
+            cells.push((m.component + 1).to_string());
+        }
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+    md.push('\n');
+    if any_separated(q) {
+        let _ = writeln!(md, "† {}\n", escape(SEPARATED_NOTE));
+    }
+    if groups {
+        let _ = writeln!(md, "{}\n", escape(GROUPS_NOTE));
+    }
+}
+
+fn arena_matrix(md: &mut String, q: &QuestionRatings) {
+    if q.methods.len() < 2 {
+        return;
+    }
+    let _ = writeln!(md, "### {}: win rates\n", question_title(q.question));
+    let _ = writeln!(
+        md,
+        "Row against column: (wins + ½ ties) / votes, votes in parentheses; {DASH} never compared. \
+         Columns are numbered as the rows.\n"
+    );
+    let n = q.methods.len();
+    let mut head = vec![String::new()];
+    head.extend((1..=n).map(|k| format!("{k}")));
+    let _ = writeln!(md, "| {} |", head.join(" | "));
+    let _ = writeln!(md, "|:---|{}", "---:|".repeat(n));
+    for (r, row) in q.methods.iter().enumerate() {
+        let mut cells = vec![format!("{} {}", r + 1, escape(&row.method))];
+        for (c, col) in q.methods.iter().enumerate() {
+            cells.push(if r == c {
+                String::new()
+            } else {
+                match q.win_rate(&row.method, &col.method) {
+                    Some((rate, games)) => format!("{} ({games})", percent_short(rate)),
+                    None => DASH.to_string(),
+                }
+            });
+        }
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+    md.push('\n');
 }
 
 #[cfg(test)]
@@ -589,7 +909,69 @@ pub(crate) mod tests {
                     })
                     .collect(),
             }],
+            arena: Some(sample_arena(false)),
         }
+    }
+
+    /// Arena results for the sample's three methods on both questions (the better-named method
+    /// wins 6 of 10, loses 2, ties 1, "neither" 1), rated by the real pipeline; with `loser`, a
+    /// fourth method that loses every fidelity vote.
+    pub(crate) fn sample_arena(loser: bool) -> ArenaResults {
+        use idforge_core::schema::{Answer, VoteRow};
+        let names = ["photo|maker", "<b>&\"x\"", "copy-reference"];
+        let mut rows = Vec::new();
+        let mut push = |q: Question, left: &str, right: &str, answer: Answer, k: usize| {
+            rows.push(VoteRow {
+                vote_id: rows.len() as i64,
+                rater: format!("r{}", (k / 3) % 3),
+                question: q,
+                set: "in-train".into(),
+                identity: format!("id_{}", (k / 3) % 4),
+                prompt_id: "p03".into(),
+                seed: 0,
+                method_left: left.into(),
+                method_right: right.into(),
+                answer,
+                practice: k.is_multiple_of(50),
+                shown_at: 0,
+                answered_at: 0,
+                answer_ms: 900,
+            });
+        };
+        for k in 0..240 {
+            let (i, j) = [(0, 1), (0, 2), (1, 2)][k % 3];
+            let answer = match k % 10 {
+                0..=5 => Answer::Left,
+                6 | 7 => Answer::Right,
+                8 => Answer::Tie,
+                _ => Answer::Neither,
+            };
+            let q = if k % 4 == 3 {
+                Question::Adherence
+            } else {
+                Question::Fidelity
+            };
+            push(q, names[i], names[j], answer, k);
+            if loser && k % 2 == 0 {
+                push(
+                    Question::Fidelity,
+                    "never-wins",
+                    names[k % 3],
+                    Answer::Right,
+                    k,
+                );
+            }
+        }
+        crate::ratings::rate_votes(
+            &rows,
+            "arena/votes.parquet",
+            &crate::ratings::RatingOptions {
+                resamples: 200,
+                seed: 7,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     fn line_with<'a>(md: &'a str, needle: &str) -> &'a str {
@@ -707,5 +1089,91 @@ pub(crate) mod tests {
         assert_eq!(metric_format("face_sim").value(-0.0001), "0.000");
         assert_eq!(metric_format("face_sim").value(f64::NAN), "—");
         assert_eq!(escape("a|b\nc"), "a\\|b c");
+    }
+
+    #[test]
+    fn arena_sections_show_ratings_intervals_ranks_votes_and_win_rates() {
+        let lb = sample();
+        let md = render(&lb);
+        let arena = lb.arena.as_ref().unwrap();
+        let fid = &arena.questions[0];
+        assert_eq!(fid.question, Question::Fidelity);
+        let section = md.split("## Arena — identity fidelity\n").nth(1).unwrap();
+        assert!(
+            section
+                .trim_start()
+                .starts_with("Which image looks more like the person"),
+            "{section}"
+        );
+        let head = line_with(section, "| Method |");
+        assert_eq!(
+            head,
+            "| Method | Rank | Rating ↑ | 95 % CI | Votes | Win rate |"
+        );
+        // Best first; every number as the document has it.
+        let best = &fid.methods[0];
+        assert_eq!(best.method, "photo|maker");
+        let row = line_with(section, "| photo\\|maker |");
+        assert_eq!(
+            row,
+            format!(
+                "| photo\\|maker | {} | {:.0} | [{:.0}, {:.0}] | {} | {:.1} % |",
+                best.rank,
+                best.rating,
+                best.lo.unwrap(),
+                best.hi.unwrap(),
+                best.games,
+                best.win_rate * 100.0
+            )
+        );
+        assert!(section.contains("\\<b\\>\\&\"x\"") && !section.contains("<b>"));
+        // The matrix: 3 methods, row 1 against column 2 as the pair record says.
+        let matrix = section
+            .split("### Arena — identity fidelity: win rates")
+            .nth(1)
+            .unwrap();
+        let (rate, games) = fid
+            .win_rate(&fid.methods[0].method, &fid.methods[1].method)
+            .unwrap();
+        let first = line_with(matrix, "| 1 photo\\|maker |");
+        assert!(
+            first.contains(&format!("| {:.0} % ({games}) |", rate * 100.0)),
+            "{first}"
+        );
+        assert!(md.contains("## Arena — prompt adherence"));
+        // Header and definitions.
+        assert!(
+            line_with(&md, "- **Arena:**").contains("“neither” counted as a tie"),
+            "{md}"
+        );
+        assert!(md.contains("- **Arena rating**: Bradley–Terry"));
+        assert!(md.contains("- **Rater agreement**:"));
+        assert!(section.contains("Krippendorff's α = "), "{section}");
+        assert!(!section.contains("†"), "no separated method here");
+    }
+
+    #[test]
+    fn a_method_that_never_won_is_marked_and_explained() {
+        let mut lb = sample();
+        lb.arena = Some(sample_arena(true));
+        let md = render(&lb);
+        let row = line_with(&md, "| never-wins † |");
+        assert!(row.contains("| 0.0 % |"), "{row}");
+        assert!(md.contains("† never won (or never lost)"), "{md}");
+    }
+
+    #[test]
+    fn an_arena_without_rated_votes_says_so() {
+        let mut lb = sample();
+        let mut arena = sample_arena(false);
+        arena.questions.clear();
+        lb.arena = Some(arena);
+        let md = render(&lb);
+        assert!(
+            md.contains("## Arena\n\nNo rated votes in `arena/votes.parquet` yet"),
+            "{md}"
+        );
+        lb.arena = None;
+        assert!(!render(&lb).contains("Arena"));
     }
 }

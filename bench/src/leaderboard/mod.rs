@@ -1,16 +1,30 @@
 //! The leaderboard: one schema-versioned JSON document (`leaderboard.json`) from which the
 //! Markdown table and the static HTML page are rendered, so the three never disagree.
+//!
+//! # Schema versions
+//!
+//! - **2**: adds `arena` (optional, `null` without votes): the preference arena's
+//!   Bradley–Terry ratings ([`crate::ratings::ArenaResults`]): the votes file, the `neither`
+//!   policy, the bootstrap (resamples, seed, level), the rating scale (`scale` 400, `base` 10,
+//!   `anchor` 1000, `prior_sd`), what happened to the votes' rows, and per question the rated
+//!   methods (rating, interval, rank, games, wins, losses, ties, win rate, `separated`,
+//!   `component`), every pair's counts and win rate, and the raters' agreement. Nothing else
+//!   changed: a version 1 file reads as version 2 without arena results.
+//! - **1**: protocol, models, bootstrap, metrics, methods, per-set results, grids.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ratings::ArenaResults;
+
 pub mod charts;
 pub mod html;
 pub mod markdown;
 
-/// Version of `leaderboard.json`; readers refuse other versions.
-pub const LEADERBOARD_SCHEMA_VERSION: u32 = 1;
+/// Version of `leaderboard.json` (see the module's schema versions); readers take this one and
+/// version 1, and refuse others.
+pub const LEADERBOARD_SCHEMA_VERSION: u32 = 2;
 
 /// Everything the three leaderboard files show.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,6 +49,10 @@ pub struct Leaderboard {
     pub sets: Vec<SetResult>,
     /// Image grids (reference | each method) for a few (identity, prompt) items.
     pub grids: Vec<Grid>,
+    /// The preference arena's ratings, per question; `None` without a votes file. Absent from
+    /// version 1 files.
+    #[serde(default)]
+    pub arena: Option<ArenaResults>,
 }
 
 /// The protocol's identity, so two leaderboards can be told comparable or not.

@@ -1,5 +1,6 @@
 //! A minimal W3C WebDriver client for headless Chromium: enough to load a page, find elements
-//! by CSS, click, type keys, read text and attributes, run script and read the browser console.
+//! by CSS, click, type keys, read text and attributes, run script, read the browser console and
+//! take screenshots.
 //!
 //! It starts its own `chromedriver` on a free loopback port and talks HTTP/1.1 over a plain
 //! `TcpStream` (one request per connection), so it needs no async runtime or HTTP crate. The
@@ -464,6 +465,16 @@ impl WebDriver {
                 message: e["message"].as_str().unwrap_or_default().to_string(),
             })
             .collect())
+    }
+
+    /// A PNG of the viewport as it is rendered now.
+    pub fn screenshot(&self) -> Result<Vec<u8>> {
+        use base64::Engine;
+        let v = self.cmd("GET", "/screenshot", None)?;
+        let b64 = v.as_str().ok_or_else(|| format!("not a string: {v}"))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("screenshot: {e}"))
     }
 
     /// The folder chromedriver's log is in (kept until drop).

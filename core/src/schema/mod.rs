@@ -7,6 +7,7 @@ pub mod captions;
 pub mod faces;
 pub mod images;
 pub mod scores;
+pub mod votes;
 
 pub use captions::{
     CAPTIONS_SCHEMA_VERSION, CAPTIONS_TABLE, CaptionRow, CaptionStatus, CaptionsTable,
@@ -14,3 +15,4 @@ pub use captions::{
 pub use faces::{FACES_SCHEMA_VERSION, FACES_TABLE, FaceRow, FacesTable, Reason, Verdict};
 pub use images::{IMAGES_SCHEMA_VERSION, IMAGES_TABLE, ImageRow, ImageStatus, ImagesTable};
 pub use scores::{SCORES_SCHEMA_VERSION, SCORES_TABLE, ScoreRow, ScoreStatus, ScoresTable};
+pub use votes::{Answer, Question, VOTES_SCHEMA_VERSION, VOTES_TABLE, VoteRow, VotesTable};
