@@ -15,7 +15,9 @@ assets:
 ## benchmark on the exported identities: copy-reference and two imported baseline method
 ## folders, scored; the preference arena served on a free loopback port, 8 scripted raters
 ## voting, the votes exported to runs/demo/bench/arena/votes.parquet and the server stopped;
-## the leaderboard in runs/demo/bench/leaderboard/index.html.
+## the leaderboard in runs/demo/bench/leaderboard/index.html; finally `idforge generate` on the
+## tiny random-weight diffusers pipeline of the tests (no real checkpoint is fetched: its image is
+## noise, the point is the command).
 demo: assets
 	$(CARGO) run --quiet -- ingest --recipe datasets/recipes/demo.toml
 	$(CARGO) run --quiet -- curate --recipe datasets/recipes/demo.toml
@@ -44,6 +46,8 @@ demo: assets
 	$(CARGO) run --quiet -- arena export --db runs/demo/arena/votes.sqlite && \
 	kill $$pid && wait $$pid && trap - EXIT INT TERM && tail -n 1 $$log
 	$(CARGO) run --quiet -- bench leaderboard runs/demo/bench
+	$(CARGO) run --quiet -- generate --model train/tests/fixtures/tiny-sd --prompt "a photo of a man wearing a red hat" \
+		--steps 10 --seed 0 -o runs/demo/generate.png --overwrite
 
 ## Every unit, integration and doc test of the workspace.
 test: assets
