@@ -122,7 +122,7 @@ fn generate_refuses_bad_input_with_a_message() {
     assert!(!out.status.success());
     assert!(text(&out).contains("model_index.json"), "{}", text(&out));
 
-    let out = generate(&["--model", model, "--prompt", "p", "--width", "62", "-o", png.to_str().unwrap()]);
+    let out = generate(&["--model", model, "--prompt", "p", "--width", "61", "-o", png.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("multiples of"), "{}", text(&out));
 

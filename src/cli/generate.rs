@@ -99,15 +99,13 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     if !(guidance.is_finite() && guidance >= 0.0) {
         bail!("--cfg {guidance}: give a guidance scale ≥ 0 (1 turns guidance off)");
     }
-    let (h, w) = match &a.noise {
-        // The noise decides the size; SDXL's size conditions follow it.
-        Some(path) => {
-            let n = read_noise::<Backend>(path, a.noise_tensor.as_deref(), &device)?;
-            let [_, _, lh, lw] = n.dims();
-            (lh * pipe.vae_scale(), lw * pipe.vae_scale())
-        }
-        None => (h, w),
+    let noise = match &a.noise {
+        Some(path) => read_noise::<Backend>(path, a.noise_tensor.as_deref(), &device)?,
+        None => pipe.seeded_noise(a.seed, (h, w))?,
     };
+    // Given noise decides the size; SDXL's size conditions follow it.
+    let [_, _, lh, lw] = noise.dims();
+    let (h, w) = (lh * pipe.vae_scale(), lw * pipe.vae_scale());
     let settings = SampleSettings {
         steps: a.steps,
         guidance,
@@ -116,10 +114,6 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
             SamplerArg::Ddim => SamplerKind::Ddim,
         },
         time_ids: [h as f32, w as f32, 0.0, 0.0, h as f32, w as f32],
-    };
-    let noise = match &a.noise {
-        Some(path) => read_noise::<Backend>(path, a.noise_tensor.as_deref(), &device)?,
-        None => pipe.seeded_noise(a.seed, (h, w)),
     };
     let progress = Progress::new("denoising", a.steps as u64);
     let sampling = Instant::now();

@@ -152,12 +152,7 @@ pub struct Level {
 impl UNetConfig {
     /// Reads `unet/config.json`.
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
-        let config: Self = read_json(path)?;
-        config.check().map_err(|message| TrainError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(config)
+        read_config(path, Self::check)
     }
 
     /// Parses a config from JSON text (tests, presets).
@@ -371,12 +366,7 @@ pub struct VaeConfig {
 impl VaeConfig {
     /// Reads `vae/config.json`.
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
-        let config: Self = read_json(path)?;
-        config.check().map_err(|message| TrainError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(config)
+        read_config(path, Self::check)
     }
 
     /// Refuses what this port does not implement.
@@ -415,6 +405,19 @@ impl VaeConfig {
     pub fn downscale(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
     }
+}
+
+/// Reads a JSON config and refuses what `check` refuses, naming the file in errors.
+pub fn read_config<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    check: impl Fn(&T) -> Result<(), String>,
+) -> Result<T, TrainError> {
+    let config: T = read_json(path)?;
+    check(&config).map_err(|message| TrainError::Config {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(config)
 }
 
 /// Reads a JSON config, naming the file in errors.

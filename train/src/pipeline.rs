@@ -332,14 +332,28 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
-    /// The initial N(0, 1) latent of an image size for a seed (`[1, 4, h/8, w/8]` for SD).
-    pub fn seeded_noise(&self, seed: u64, size: (usize, usize)) -> Tensor<B, 4> {
+    /// The initial N(0, 1) latent of an image size (height, width) for a seed (`[1, 4, h/8,
+    /// w/8]` for SD); the size must suit the model (see [`Pipeline::check_size`]).
+    pub fn seeded_noise(&self, seed: u64, size: (usize, usize)) -> Result<Tensor<B, 4>, TrainError> {
+        self.check_size(size.0, size.1)?;
         let s = self.vae_scale();
-        seeded_noise::<B>(
+        Ok(seeded_noise::<B>(
             seed,
             [1, self.unet.config().in_channels, size.0 / s, size.1 / s],
             &self.device,
-        )
+        ))
+    }
+
+    /// Refuses an image size that is not a positive multiple of the VAE's and the UNet's
+    /// downsampling together.
+    pub fn check_size(&self, h: usize, w: usize) -> Result<(), TrainError> {
+        let f = self.vae_scale() * (1 << (self.unet.config().block_out_channels.len() - 1));
+        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+            return Err(TrainError::Setting(format!(
+                "{w}×{h} pixels: width and height must be positive multiples of {f} for this model"
+            )));
+        }
+        Ok(())
     }
 
     /// Samples latents for a prompt from the given initial N(0, 1) noise (see
@@ -361,12 +375,7 @@ impl<B: Backend> Pipeline<B> {
                 self.unet.config().in_channels
             )));
         }
-        let f = self.vae_scale() * (1 << (self.unet.config().block_out_channels.len() - 1));
-        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
-            return Err(TrainError::Setting(format!(
-                "{w}×{h} pixels: width and height must be positive multiples of {f} for this model"
-            )));
-        }
+        self.check_size(h, w)?;
         if settings.time_ids.iter().any(|v| !v.is_finite()) {
             return Err(TrainError::Setting("SDXL time ids must be finite".into()));
         }

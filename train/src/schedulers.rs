@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
 
-use crate::config::read_json;
+use crate::config::read_config;
 use crate::error::TrainError;
 
 /// What the UNet predicts.
@@ -133,12 +133,7 @@ impl Default for ScheduleConfig {
 impl ScheduleConfig {
     /// Reads `scheduler/scheduler_config.json`.
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
-        let c: Self = read_json(path)?;
-        c.check().map_err(|message| TrainError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(c)
+        read_config(path, Self::check)
     }
 
     /// Refuses the options this port does not implement, naming them.
@@ -277,6 +272,32 @@ fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
     v
 }
 
+/// The sampling timesteps of `set_timesteps(steps)`, highest first, as both diffusers samplers
+/// space them (DDIM rounds linspace's fractional values; Euler keeps them).
+fn spaced_timesteps(config: &ScheduleConfig, steps: usize) -> Vec<f64> {
+    let n = config.num_train_timesteps;
+    match config.timestep_spacing {
+        Spacing::Leading => {
+            let r = n / steps;
+            (0..steps)
+                .rev()
+                .map(|i| (i * r + config.steps_offset) as f64)
+                .collect()
+        }
+        Spacing::Trailing => {
+            let r = n as f64 / steps as f64;
+            let mut v = Vec::with_capacity(steps);
+            let mut x = n as f64;
+            while x > 0.0 {
+                v.push(round_even(x) - 1.0);
+                x -= r;
+            }
+            v
+        }
+        Spacing::Linspace => linspace(0.0, (n - 1) as f64, steps).into_iter().rev().collect(),
+    }
+}
+
 /// A sampler's state after `set_timesteps`.
 pub trait Sampler<B: Backend> {
     /// The timesteps to call the UNet at, in order (float, as diffusers passes them).
@@ -328,27 +349,11 @@ impl Ddim {
     pub fn new(config: &ScheduleConfig, steps: usize) -> Result<Self, TrainError> {
         let n = config.num_train_timesteps;
         check_steps(steps, n)?;
-        let timesteps: Vec<i64> = match config.timestep_spacing {
-            Spacing::Leading => {
-                let r = n / steps;
-                (0..steps).rev().map(|i| (i * r + config.steps_offset) as i64).collect()
-            }
-            Spacing::Trailing => {
-                let r = n as f64 / steps as f64;
-                let mut v = Vec::new();
-                let mut x = n as f64;
-                while x > 0.0 {
-                    v.push(round_even(x) as i64 - 1);
-                    x -= r;
-                }
-                v
-            }
-            Spacing::Linspace => linspace(0.0, (n - 1) as f64, steps)
-                .into_iter()
-                .rev()
-                .map(|x| round_even(x) as i64)
-                .collect(),
-        };
+        // Leading and trailing values are whole numbers; linspace's are rounded as numpy does.
+        let timesteps: Vec<i64> = spaced_timesteps(config, steps)
+            .into_iter()
+            .map(|t| round_even(t) as i64)
+            .collect();
         let alphas_cumprod = config.alphas_cumprod();
         Ok(Self {
             final_alpha: if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] },
@@ -414,30 +419,10 @@ impl EulerDiscrete {
     pub fn new(config: &ScheduleConfig, steps: usize) -> Result<Self, TrainError> {
         let n = config.num_train_timesteps;
         check_steps(steps, n)?;
-        let timesteps: Vec<f32> = match config.timestep_spacing {
-            Spacing::Leading => {
-                let r = n / steps;
-                (0..steps)
-                    .rev()
-                    .map(|i| (i * r) as f32 + config.steps_offset as f32)
-                    .collect()
-            }
-            Spacing::Trailing => {
-                let r = n as f64 / steps as f64;
-                let mut v = Vec::new();
-                let mut x = n as f64;
-                while x > 0.0 {
-                    v.push(round_even(x) as f32 - 1.0);
-                    x -= r;
-                }
-                v
-            }
-            Spacing::Linspace => linspace(0.0, (n - 1) as f64, steps)
-                .into_iter()
-                .rev()
-                .map(|x| x as f32)
-                .collect(),
-        };
+        let timesteps: Vec<f32> = spaced_timesteps(config, steps)
+            .into_iter()
+            .map(|t| t as f32)
+            .collect();
         // σ of every training step, in float32 as torch computes it.
         let full: Vec<f32> = config
             .alphas_cumprod()
