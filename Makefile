@@ -46,7 +46,7 @@ demo: assets
 	$(CARGO) run --quiet -- arena export --db runs/demo/arena/votes.sqlite && \
 	kill $$pid && wait $$pid && trap - EXIT INT TERM && tail -n 1 $$log
 	$(CARGO) run --quiet -- bench leaderboard runs/demo/bench
-	$(CARGO) run --quiet -- generate --model train/tests/fixtures/tiny-sd --prompt "a photo of a man wearing a red hat" \
+	$(CARGO) run --quiet -- generate --model diffusion/tests/fixtures/tiny-sd --prompt "a photo of a man wearing a red hat" \
 		--steps 10 --seed 0 -o runs/demo/generate.png --overwrite
 
 ## Every unit, integration and doc test of the workspace.

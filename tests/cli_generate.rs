@@ -1,4 +1,4 @@
-//! `idforge generate` on the tiny diffusers SD pipeline of train/tests/fixtures (written by
+//! `idforge generate` on the tiny diffusers SD pipeline of diffusion/tests/fixtures (written by
 //! tools/diffusers-reference): from diffusers' own initial noise it ends at diffusers' image;
 //! from a seed it is reproducible; bad input is refused with a message.
 
@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use burn::backend::Flex;
-use idforge_train::Weights;
+use idforge_diffusion::Weights;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("train/tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("diffusion/tests/fixtures")
 }
 
 fn generate(args: &[&str]) -> Output {

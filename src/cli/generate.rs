@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use idforge_core::progress::Progress;
-use idforge_train::pipeline::to_rgb8;
-use idforge_train::{Family, Pipeline, SampleSettings, SamplerKind};
+use idforge_diffusion::pipeline::to_rgb8;
+use idforge_diffusion::{Family, Pipeline, SampleSettings, SamplerKind};
 
 use super::device::Backend;
 
@@ -158,7 +158,7 @@ fn read_noise<B: burn::tensor::backend::Backend>(
     tensor: Option<&str>,
     device: &B::Device,
 ) -> anyhow::Result<burn::tensor::Tensor<B, 4>> {
-    let weights = idforge_train::Weights::open(path)
+    let weights = idforge_diffusion::Weights::open(path)
         .with_context(|| format!("reading the noise file {}", path.display()))?;
     let names = weights.names();
     let name = match tensor {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden parity fixtures for idforge-train's Stable Diffusion port (train/): two tiny
+"""Golden parity fixtures for idforge-diffusion's Stable Diffusion port (diffusion/): two tiny
 random-weight diffusers pipelines saved as folders, and what diffusers computes with them.
 
 Usage (from the repository root):
@@ -13,7 +13,7 @@ or by hand, in a venv with requirements.txt installed:
 (`tools/clip-reference/fetch-vocab` prints the vocabulary's path and fetches it if missing.)
 No model hub is reached: every weight is random (seeded), every tokenizer is built here.
 
-Writes train/tests/fixtures/ (`--out DIR` writes elsewhere):
+Writes diffusion/tests/fixtures/ (`--out DIR` writes elsewhere):
 
   tiny-sd/      a StableDiffusionPipeline folder from `save_pretrained(safe_serialization=True)`:
                 model_index.json, unet/ (weights float16 on disk), vae/ (float32), text_encoder/
@@ -101,7 +101,7 @@ from transformers import (CLIPTextConfig, CLIPTextModel,  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = ROOT / "train/tests/fixtures"
+DEFAULT_OUT = ROOT / "diffusion/tests/fixtures"
 
 VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 VOCAB_SIZE = 1000

@@ -1,5 +1,5 @@
 """Times diffusers' UNet2DConditionModel at Stable Diffusion 1.5 size (random weights, f32,
-CPU) on the shapes of idforge's `train/benches/unet_forward.rs`, for the README's side-by-side
+CPU) on the shapes of idforge's `diffusion/benches/unet_forward.rs`, for the README's side-by-side
 figures.
 
     /tmp/venv-diffusers/bin/python tools/diffusers-reference/time_unet.py --threads 1 --latent 32

@@ -8,9 +8,10 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor, TensorData};
-use idforge_train::schedulers::ScheduleConfig;
-use idforge_train::{
-    AttentionHook, AttentionLayer, CheckpointedAutodiff, DdpmSchedule, Projection, UNet, UNetInput,
+use idforge_diffusion::schedulers::ScheduleConfig;
+use idforge_train::CheckpointedAutodiff;
+use idforge_diffusion::{
+    AttentionHook, AttentionLayer, DdpmSchedule, Projection, UNet, UNetInput,
 };
 
 /// `to_v(x) + x·D` on one layer: the simplest adapter there is.
@@ -96,7 +97,7 @@ fn loss_f64<B: Backend>(unet: &UNet<B>, hook: &ValueDelta<B>, ex: &Example) -> f
 }
 
 fn unet<B: Backend>() -> UNet<B> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd/unet");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffusion/tests/fixtures/tiny-sd/unet");
     UNet::load(&dir, &Default::default()).expect("tiny UNet loads")
 }
 
@@ -178,7 +179,7 @@ fn random_unet_trains_under_autodiff() {
     // One SGD step on every UNet weight of a random tiny config lowers the loss: the whole
     // network is differentiable, not only the hook.
     type A = Autodiff<Flex>;
-    let config = idforge_train::UNetConfig::from_json(
+    let config = idforge_diffusion::UNetConfig::from_json(
         r#"{"block_out_channels": [8, 16], "layers_per_block": 1, "cross_attention_dim": 8,
             "attention_head_dim": 2, "norm_num_groups": 4, "sample_size": 8,
             "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],

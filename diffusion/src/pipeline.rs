@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::attention::{AttentionHook, NoHook};
 use crate::config::read_json;
-use crate::error::TrainError;
+use crate::error::DiffusionError;
 use crate::schedulers::{Ddim, EulerDiscrete, Sampler, ScheduleConfig};
 use crate::unet::{AddedConditions, UNet, UNetInput};
 use crate::vae::Vae;
@@ -45,7 +45,7 @@ impl SamplerKind {
         self,
         schedule: &ScheduleConfig,
         steps: usize,
-    ) -> Result<Box<dyn Sampler<B>>, TrainError> {
+    ) -> Result<Box<dyn Sampler<B>>, DiffusionError> {
         Ok(match self {
             SamplerKind::Ddim => Box::new(Ddim::new(schedule, steps)?),
             SamplerKind::Euler => Box::new(EulerDiscrete::new(schedule, steps)?),
@@ -65,7 +65,7 @@ pub struct TextEncoder<B: Backend> {
 impl<B: Backend> TextEncoder<B> {
     /// Loads `text_encoder*/` (transformers' `CLIPTextModel` or
     /// `CLIPTextModelWithProjection`) and the matching `tokenizer*/`.
-    pub fn load(encoder: &Path, tokenizer: &Path, device: &B::Device) -> Result<Self, TrainError> {
+    pub fn load(encoder: &Path, tokenizer: &Path, device: &B::Device) -> Result<Self, DiffusionError> {
         let config_path = encoder.join("config.json");
         let mut config = ClipConfig::from_hf_config_json(&config_path)?.text;
         let weights = Weights::open(encoder)?.into_clip();
@@ -78,7 +78,7 @@ impl<B: Backend> TextEncoder<B> {
     }
 
     /// The tower's outputs for one prompt.
-    pub fn encode(&self, prompt: &str, device: &B::Device) -> Result<idforge_models::clip::TextOutput<B>, TrainError> {
+    pub fn encode(&self, prompt: &str, device: &B::Device) -> Result<idforge_models::clip::TextOutput<B>, DiffusionError> {
         let ids = self.tokenizer.encode(prompt)?;
         let n = ids.len();
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
@@ -226,10 +226,10 @@ pub struct Pipeline<B: Backend> {
 impl<B: Backend> Pipeline<B> {
     /// Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
     /// `tokenizer/`, `scheduler/`; SDXL also `text_encoder_2/`, `tokenizer_2/`).
-    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, TrainError> {
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, DiffusionError> {
         let index_path = dir.join("model_index.json");
         if !index_path.is_file() {
-            return Err(TrainError::Missing {
+            return Err(DiffusionError::Missing {
                 path: dir.to_path_buf(),
                 what: "no model_index.json: give the folder diffusers' `save_pretrained` wrote \
                        (with unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
@@ -241,7 +241,7 @@ impl<B: Backend> Pipeline<B> {
             "StableDiffusionXLPipeline" => Family::StableDiffusionXl,
             "StableDiffusionPipeline" => Family::StableDiffusion,
             other => {
-                return Err(TrainError::Config {
+                return Err(DiffusionError::Config {
                     path: index_path,
                     message: format!(
                         "pipeline `{other}` is not supported (StableDiffusionPipeline, \
@@ -250,12 +250,12 @@ impl<B: Backend> Pipeline<B> {
                 });
             }
         };
-        let need = |name: &str| -> Result<PathBuf, TrainError> {
+        let need = |name: &str| -> Result<PathBuf, DiffusionError> {
             let p = dir.join(name);
             if p.is_dir() {
                 Ok(p)
             } else {
-                Err(TrainError::Missing {
+                Err(DiffusionError::Missing {
                     path: p,
                     what: format!("the pipeline has no `{name}/` folder"),
                 })
@@ -290,7 +290,7 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// The conditioning of a prompt, as the diffusers pipeline's `encode_prompt` computes it.
-    pub fn encode_prompt(&self, prompt: &str) -> Result<Conditioning<B>, TrainError> {
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Conditioning<B>, DiffusionError> {
         match self.family {
             Family::StableDiffusion => Ok(Conditioning {
                 context: self.encoders[0].encode(prompt, &self.device)?.last_hidden_state,
@@ -307,7 +307,7 @@ impl<B: Backend> Pipeline<B> {
                 Ok(Conditioning {
                     context: Tensor::cat(contexts, 2),
                     pooled: Some(pooled.ok_or_else(|| {
-                        TrainError::Setting(
+                        DiffusionError::Setting(
                             "text_encoder_2 has no text_projection: SDXL needs \
                              CLIPTextModelWithProjection"
                                 .into(),
@@ -319,7 +319,7 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// The unconditional conditioning: the negative prompt's, or for SDXL without one, zeros.
-    pub fn encode_negative(&self, negative: Option<&str>) -> Result<Conditioning<B>, TrainError> {
+    pub fn encode_negative(&self, negative: Option<&str>) -> Result<Conditioning<B>, DiffusionError> {
         match negative {
             None if self.force_zeros_for_empty_prompt => {
                 let c = self.encode_prompt("")?;
@@ -334,7 +334,7 @@ impl<B: Backend> Pipeline<B> {
 
     /// The initial N(0, 1) latent of an image size (height, width) for a seed (`[1, 4, h/8,
     /// w/8]` for SD); the size must suit the model (see [`Pipeline::check_size`]).
-    pub fn seeded_noise(&self, seed: u64, size: (usize, usize)) -> Result<Tensor<B, 4>, TrainError> {
+    pub fn seeded_noise(&self, seed: u64, size: (usize, usize)) -> Result<Tensor<B, 4>, DiffusionError> {
         self.check_size(size.0, size.1)?;
         let s = self.vae_scale();
         Ok(seeded_noise::<B>(
@@ -346,10 +346,10 @@ impl<B: Backend> Pipeline<B> {
 
     /// Refuses an image size that is not a positive multiple of the VAE's and the UNet's
     /// downsampling together.
-    pub fn check_size(&self, h: usize, w: usize) -> Result<(), TrainError> {
+    pub fn check_size(&self, h: usize, w: usize) -> Result<(), DiffusionError> {
         let f = self.vae_scale() * (1 << (self.unet.config().block_out_channels.len() - 1));
         if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
-            return Err(TrainError::Setting(format!(
+            return Err(DiffusionError::Setting(format!(
                 "{w}×{h} pixels: width and height must be positive multiples of {f} for this model"
             )));
         }
@@ -365,19 +365,19 @@ impl<B: Backend> Pipeline<B> {
         settings: &SampleSettings,
         noise: Tensor<B, 4>,
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Tensor<B, 4>, TrainError> {
+    ) -> Result<Tensor<B, 4>, DiffusionError> {
         let s = self.vae_scale();
         let [_, ch, lh, lw] = noise.dims();
         let (h, w) = (lh * s, lw * s);
         if ch != self.unet.config().in_channels {
-            return Err(TrainError::Setting(format!(
+            return Err(DiffusionError::Setting(format!(
                 "the initial noise has {ch} channels, the UNet takes {}",
                 self.unet.config().in_channels
             )));
         }
         self.check_size(h, w)?;
         if settings.time_ids.iter().any(|v| !v.is_finite()) {
-            return Err(TrainError::Setting("SDXL time ids must be finite".into()));
+            return Err(DiffusionError::Setting("SDXL time ids must be finite".into()));
         }
         let cond = self.encode_prompt(prompt)?;
         let uncond = if settings.guidance > 1.0 {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
-use idforge_train::{Pipeline, TrainError, UNet};
+use idforge_diffusion::{Pipeline, DiffusionError, UNet};
 
 fn tiny_unet() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd/unet")
@@ -64,7 +64,7 @@ fn a_folder_without_weights_or_index_says_what_it_expects() {
     let e = load_error(dir.path());
     assert!(e.contains("diffusion_pytorch_model.safetensors"), "{e}");
     match Pipeline::<Flex>::load(dir.path(), &Default::default()) {
-        Err(TrainError::Missing { what, .. }) => assert!(what.contains("model_index.json"), "{what}"),
+        Err(DiffusionError::Missing { what, .. }) => assert!(what.contains("model_index.json"), "{what}"),
         other => panic!("{:?}", other.map(|_| ())),
     }
 }

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use idforge_models::clip::ClipWeights;
 
-use crate::error::TrainError;
+use crate::error::DiffusionError;
 
 /// File names diffusers writes for a component, in the order they are looked for: the full
 /// precision file, then the `fp16` variant (`save_pretrained(variant="fp16")`).
@@ -37,7 +37,7 @@ pub struct Weights {
 impl Weights {
     /// Opens a component folder (one safetensors file or a sharded index) or a single
     /// `.safetensors` file.
-    pub fn open(path: &Path) -> Result<Self, TrainError> {
+    pub fn open(path: &Path) -> Result<Self, DiffusionError> {
         let files = if path.is_dir() {
             component_files(path)?
         } else {
@@ -80,7 +80,7 @@ impl Weights {
         name: &str,
         shape: [usize; D],
         device: &B::Device,
-    ) -> Result<Tensor<B, D>, TrainError> {
+    ) -> Result<Tensor<B, D>, DiffusionError> {
         let (found, values) = self.inner.read_f32(name)?;
         if found.as_slice() != shape.as_slice() {
             return Err(self.shape_error(name, &found, &shape));
@@ -97,7 +97,7 @@ impl Weights {
         inp: usize,
         out: usize,
         device: &B::Device,
-    ) -> Result<Tensor<B, 2>, TrainError> {
+    ) -> Result<Tensor<B, 2>, DiffusionError> {
         let (found, values) = self.inner.read_f32(name)?;
         let ok = found == [out, inp] || found == [out, inp, 1, 1];
         if !ok {
@@ -112,8 +112,8 @@ impl Weights {
         Ok(Tensor::from_data(TensorData::new(t, [inp, out]), device))
     }
 
-    fn shape_error(&self, name: &str, found: &[usize], expected: &[usize]) -> TrainError {
-        TrainError::Shape {
+    fn shape_error(&self, name: &str, found: &[usize], expected: &[usize]) -> DiffusionError {
+        DiffusionError::Shape {
             path: self.origin.clone(),
             name: name.to_string(),
             found: found.to_vec(),
@@ -123,7 +123,7 @@ impl Weights {
 }
 
 /// The safetensors files of a component folder.
-fn component_files(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+fn component_files(dir: &Path) -> Result<Vec<PathBuf>, DiffusionError> {
     for index in INDEX_FILES {
         let path = dir.join(index);
         if path.is_file() {
@@ -136,7 +136,7 @@ fn component_files(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
             return Ok(vec![path]);
         }
     }
-    Err(TrainError::Missing {
+    Err(DiffusionError::Missing {
         path: dir.to_path_buf(),
         what: format!(
             "no weights: expected one of {} (diffusers' `save_pretrained(safe_serialization=True)`; \
@@ -147,20 +147,20 @@ fn component_files(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
 }
 
 /// The shard files an index names, each once, in first-use order.
-fn shard_files(index: &Path) -> Result<Vec<PathBuf>, TrainError> {
-    let text = std::fs::read_to_string(index).map_err(|source| TrainError::Io {
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>, DiffusionError> {
+    let text = std::fs::read_to_string(index).map_err(|source| DiffusionError::Io {
         path: index.to_path_buf(),
         source,
     })?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| TrainError::Config {
+        serde_json::from_str(&text).map_err(|e| DiffusionError::Config {
             path: index.to_path_buf(),
             message: e.to_string(),
         })?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| TrainError::Config {
+        .ok_or_else(|| DiffusionError::Config {
             path: index.to_path_buf(),
             message: "no `weight_map` object".into(),
         })?;

@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use crate::error::TrainError;
+use crate::error::DiffusionError;
 use crate::nn::{Conv2d, Geglu, GroupNorm, Init, LayerNorm, Linear, child};
 
 /// One of an attention layer's four projections.
@@ -129,7 +129,7 @@ impl<B: Backend> Attention<B> {
         cross_attention_dim: Option<usize>,
         heads: usize,
         device: &B::Device,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, DiffusionError> {
         let kv_dim = cross_attention_dim.unwrap_or(query_dim);
         Ok(Self {
             to_q: Linear::new(init, &child(prefix, "to_q"), query_dim, query_dim, false, device)?,
@@ -197,7 +197,7 @@ impl<B: Backend> TransformerBlock<B> {
         heads: usize,
         cross_attention_dim: usize,
         device: &B::Device,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, DiffusionError> {
         let eps = 1e-5;
         Ok(Self {
             norm1: LayerNorm::new(init, &child(prefix, "norm1"), dim, eps, device)?,
@@ -271,9 +271,9 @@ impl<B: Backend> Transformer2D<B> {
         prefix: &str,
         s: TransformerShape,
         device: &B::Device,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, DiffusionError> {
         let c = s.channels;
-        let proj = |name: &str| -> Result<ProjIn<B>, TrainError> {
+        let proj = |name: &str| -> Result<ProjIn<B>, DiffusionError> {
             let p = child(prefix, name);
             Ok(if s.linear_projection {
                 ProjIn::Linear(Linear::new(init, &p, c, c, true, device)?)

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 
 use crate::attention::multi_head_attention;
 use crate::config::VaeConfig;
-use crate::error::TrainError;
+use crate::error::DiffusionError;
 use crate::nn::{Conv2d, GroupNorm, Init, Linear, child, silu, upsample_nearest_2x};
 use crate::unet::{ResnetBlock, ResnetShape};
 use crate::weights::Weights;
@@ -27,7 +27,7 @@ struct SpatialAttention<B: Backend> {
 }
 
 impl<B: Backend> SpatialAttention<B> {
-    fn new(init: &Init<'_>, prefix: &str, c: usize, groups: usize, device: &B::Device) -> Result<Self, TrainError> {
+    fn new(init: &Init<'_>, prefix: &str, c: usize, groups: usize, device: &B::Device) -> Result<Self, DiffusionError> {
         let old = matches!(init, Init::Load(w) if !w.contains(&child(prefix, "to_q.weight"))
             && w.contains(&child(prefix, "query.weight")));
         let names = if old {
@@ -68,7 +68,7 @@ struct VaeMid<B: Backend> {
 }
 
 impl<B: Backend> VaeMid<B> {
-    fn new(init: &Init<'_>, prefix: &str, c: usize, groups: usize, device: &B::Device) -> Result<Self, TrainError> {
+    fn new(init: &Init<'_>, prefix: &str, c: usize, groups: usize, device: &B::Device) -> Result<Self, DiffusionError> {
         let shape = ResnetShape { inp: c, out: c, temb: None, groups, eps: 1e-6 };
         Ok(Self {
             resnet0: ResnetBlock::new(init, &child(prefix, "resnets.0"), shape, device)?,
@@ -140,7 +140,7 @@ pub struct Vae<B: Backend> {
 
 impl<B: Backend> Vae<B> {
     /// Loads `<folder>/config.json` and the weights beside it (diffusers' `vae/`).
-    pub fn load(folder: &Path, device: &B::Device) -> Result<Self, TrainError> {
+    pub fn load(folder: &Path, device: &B::Device) -> Result<Self, DiffusionError> {
         let config = VaeConfig::from_file(&folder.join("config.json"))?;
         let weights = Weights::open(folder)?;
         Self::new(&config, &Init::Load(&weights), device)
@@ -152,8 +152,8 @@ impl<B: Backend> Vae<B> {
     }
 
     /// Builds the VAE, reading each tensor by its diffusers name.
-    pub fn new(config: &VaeConfig, init: &Init<'_>, device: &B::Device) -> Result<Self, TrainError> {
-        config.check().map_err(TrainError::Setting)?;
+    pub fn new(config: &VaeConfig, init: &Init<'_>, device: &B::Device) -> Result<Self, DiffusionError> {
+        config.check().map_err(DiffusionError::Setting)?;
         let c = config;
         let ch = &c.block_out_channels;
         let n = ch.len();

@@ -1,7 +1,7 @@
 //! Time of one UNet forward (the cost of a sampling step and of a training step's forward) at
 //! Stable Diffusion 1.5 size with random weights (the speed does not depend on the values).
 //!
-//! `cargo bench -p idforge-train --bench unet_forward -- [--latent 32] [--batch 2]
+//! `cargo bench -p idforge-diffusion --bench unet_forward -- [--latent 32] [--batch 2]
 //! [--rounds 3]` prints one JSON line: ms per forward (best of N timed rounds after a warm-up)
 //! at `batch` × 4 × `latent`² latents, 77 text tokens. Batch 2 is one classifier-free-guided
 //! step. `--features flex-rayon` lets the CPU backend use every core; `--features cuda` runs
@@ -17,7 +17,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use idforge_core::bench::{BenchArgs, cpu_model, loadavg};
-use idforge_train::{UNet, UNetConfig, UNetInput};
+use idforge_diffusion::{UNet, UNetConfig, UNetInput};
 
 fn run<B: Backend>(args: &BenchArgs, backend: &str) {
     let device = B::Device::default();

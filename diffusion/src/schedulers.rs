@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use serde::Deserialize;
 
 use crate::config::read_config;
-use crate::error::TrainError;
+use crate::error::DiffusionError;
 
 /// What the UNet predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -132,7 +132,7 @@ impl Default for ScheduleConfig {
 
 impl ScheduleConfig {
     /// Reads `scheduler/scheduler_config.json`.
-    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
+    pub fn from_file(path: &Path) -> Result<Self, DiffusionError> {
         read_config(path, Self::check)
     }
 
@@ -346,7 +346,7 @@ pub struct Ddim {
 
 impl Ddim {
     /// The sampler for `steps` inference steps.
-    pub fn new(config: &ScheduleConfig, steps: usize) -> Result<Self, TrainError> {
+    pub fn new(config: &ScheduleConfig, steps: usize) -> Result<Self, DiffusionError> {
         let n = config.num_train_timesteps;
         check_steps(steps, n)?;
         // Leading and trailing values are whole numbers; linspace's are rounded as numpy does.
@@ -416,7 +416,7 @@ pub struct EulerDiscrete {
 
 impl EulerDiscrete {
     /// The sampler for `steps` inference steps.
-    pub fn new(config: &ScheduleConfig, steps: usize) -> Result<Self, TrainError> {
+    pub fn new(config: &ScheduleConfig, steps: usize) -> Result<Self, DiffusionError> {
         let n = config.num_train_timesteps;
         check_steps(steps, n)?;
         let timesteps: Vec<f32> = spaced_timesteps(config, steps)
@@ -492,9 +492,9 @@ impl<B: Backend> Sampler<B> for EulerDiscrete {
     }
 }
 
-fn check_steps(steps: usize, train: usize) -> Result<(), TrainError> {
+fn check_steps(steps: usize, train: usize) -> Result<(), DiffusionError> {
     if steps == 0 || steps > train {
-        return Err(TrainError::Setting(format!(
+        return Err(DiffusionError::Setting(format!(
             "{steps} sampling steps: choose between 1 and {train} (the schedule's training steps)"
         )));
     }

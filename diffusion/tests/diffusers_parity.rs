@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 use idforge_models::clip::{ClipTokenizer, ClipWeights};
-use idforge_train::pipeline::TextEncoder;
-use idforge_train::schedulers::{Ddim, EulerDiscrete, Sampler, ScheduleConfig, Spacing};
-use idforge_train::{
+use idforge_diffusion::pipeline::TextEncoder;
+use idforge_diffusion::schedulers::{Ddim, EulerDiscrete, Sampler, ScheduleConfig, Spacing};
+use idforge_diffusion::{
     AddedConditions, Conditioning, DdpmSchedule, NoHook, Pipeline, Prediction, UNet, UNetInput,
     Vae, denoise,
 };

@@ -11,7 +11,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::attention::{AttentionHook, AttentionLayer, NoHook, Transformer2D, TransformerShape};
 use crate::config::{Level, UNetConfig};
-use crate::error::TrainError;
+use crate::error::DiffusionError;
 use crate::nn::{Conv2d, GroupNorm, Init, Linear, child, silu, upsample_nearest_2x};
 use crate::weights::Weights;
 
@@ -54,7 +54,7 @@ pub struct TimestepMlp<B: Backend> {
 }
 
 impl<B: Backend> TimestepMlp<B> {
-    fn new(init: &Init<'_>, prefix: &str, inp: usize, out: usize, device: &B::Device) -> Result<Self, TrainError> {
+    fn new(init: &Init<'_>, prefix: &str, inp: usize, out: usize, device: &B::Device) -> Result<Self, DiffusionError> {
         Ok(Self {
             linear_1: Linear::new(init, &child(prefix, "linear_1"), inp, out, true, device)?,
             linear_2: Linear::new(init, &child(prefix, "linear_2"), out, out, true, device)?,
@@ -95,7 +95,7 @@ pub struct ResnetShape {
 
 impl<B: Backend> ResnetBlock<B> {
     /// The block `prefix` (`down_blocks.0.resnets.1`).
-    pub fn new(init: &Init<'_>, prefix: &str, s: ResnetShape, device: &B::Device) -> Result<Self, TrainError> {
+    pub fn new(init: &Init<'_>, prefix: &str, s: ResnetShape, device: &B::Device) -> Result<Self, DiffusionError> {
         let p = |n: &str| child(prefix, n);
         Ok(Self {
             norm1: GroupNorm::new(init, &p("norm1"), s.groups, s.inp, s.eps, device)?,
@@ -202,7 +202,7 @@ pub struct UNet<B: Backend> {
 
 impl<B: Backend> UNet<B> {
     /// Loads `<folder>/config.json` and the weights beside it (diffusers' `unet/`).
-    pub fn load(folder: &Path, device: &B::Device) -> Result<Self, TrainError> {
+    pub fn load(folder: &Path, device: &B::Device) -> Result<Self, DiffusionError> {
         let config = UNetConfig::from_file(&folder.join("config.json"))?;
         let weights = Weights::open(folder)?;
         Self::new(&config, &Init::Load(&weights), device)
@@ -214,8 +214,8 @@ impl<B: Backend> UNet<B> {
     }
 
     /// Builds the UNet, reading each tensor by its diffusers name.
-    pub fn new(config: &UNetConfig, init: &Init<'_>, device: &B::Device) -> Result<Self, TrainError> {
-        config.check().map_err(TrainError::Setting)?;
+    pub fn new(config: &UNetConfig, init: &Init<'_>, device: &B::Device) -> Result<Self, DiffusionError> {
+        config.check().map_err(DiffusionError::Setting)?;
         let c = config;
         let levels = c.levels();
         let n = levels.len();

@@ -12,7 +12,7 @@ use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
-use crate::error::TrainError;
+use crate::error::DiffusionError;
 use crate::weights::Weights;
 
 /// Where a module's parameters come from.
@@ -37,7 +37,7 @@ fn param<B: Backend, const D: usize>(
     shape: [usize; D],
     fan_in: Option<usize>,
     device: &B::Device,
-) -> Result<Param<Tensor<B, D>>, TrainError> {
+) -> Result<Param<Tensor<B, D>>, DiffusionError> {
     let tensor = match init {
         Init::Load(w) => w.tensor(name, shape, device)?,
         Init::Random => match fan_in {
@@ -66,7 +66,7 @@ impl<B: Backend> Linear<B> {
         out: usize,
         bias: bool,
         device: &B::Device,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, DiffusionError> {
         let name = join(prefix, "weight");
         let weight = match init {
             Init::Load(w) => Param::from_tensor(w.linear_weight(&name, inp, out, device)?),
@@ -109,7 +109,7 @@ impl<B: Backend> Conv2d<B> {
         stride: usize,
         padding: usize,
         device: &B::Device,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, DiffusionError> {
         Ok(Self {
             weight: param(
                 init,
@@ -163,9 +163,9 @@ impl<B: Backend> GroupNorm<B> {
         channels: usize,
         eps: f64,
         device: &B::Device,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, DiffusionError> {
         if groups == 0 || channels % groups != 0 {
-            return Err(TrainError::Setting(format!(
+            return Err(DiffusionError::Setting(format!(
                 "{prefix}: {channels} channels cannot be split into {groups} groups"
             )));
         }
@@ -220,7 +220,7 @@ impl<B: Backend> LayerNorm<B> {
         width: usize,
         eps: f64,
         device: &B::Device,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, DiffusionError> {
         let weight = match init {
             Init::Random => Param::from_tensor(Tensor::ones([width], device)),
             Init::Load(_) => param(init, &join(prefix, "weight"), [width], None, device)?,
@@ -259,7 +259,7 @@ impl<B: Backend> Geglu<B> {
         dim: usize,
         inner: usize,
         device: &B::Device,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, DiffusionError> {
         Ok(Self {
             proj: Linear::new(init, &join(prefix, "proj"), dim, 2 * inner, true, device)?,
         })

@@ -7,7 +7,7 @@ use idforge_models::ModelError;
 /// What can go wrong loading a diffusers folder or sampling from it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum TrainError {
+pub enum DiffusionError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::TrainError;
+use crate::error::DiffusionError;
 
 /// A config value diffusers accepts as one value for every block or as one per block.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -151,7 +151,7 @@ pub struct Level {
 
 impl UNetConfig {
     /// Reads `unet/config.json`.
-    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
+    pub fn from_file(path: &Path) -> Result<Self, DiffusionError> {
         read_config(path, Self::check)
     }
 
@@ -365,7 +365,7 @@ pub struct VaeConfig {
 
 impl VaeConfig {
     /// Reads `vae/config.json`.
-    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
+    pub fn from_file(path: &Path) -> Result<Self, DiffusionError> {
         read_config(path, Self::check)
     }
 
@@ -411,9 +411,9 @@ impl VaeConfig {
 pub fn read_config<T: for<'de> Deserialize<'de>>(
     path: &Path,
     check: impl Fn(&T) -> Result<(), String>,
-) -> Result<T, TrainError> {
+) -> Result<T, DiffusionError> {
     let config: T = read_json(path)?;
-    check(&config).map_err(|message| TrainError::Config {
+    check(&config).map_err(|message| DiffusionError::Config {
         path: path.to_path_buf(),
         message,
     })?;
@@ -421,12 +421,12 @@ pub fn read_config<T: for<'de> Deserialize<'de>>(
 }
 
 /// Reads a JSON config, naming the file in errors.
-pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, DiffusionError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DiffusionError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Config {
+    serde_json::from_str(&text).map_err(|e| DiffusionError::Config {
         path: path.to_path_buf(),
         message: e.to_string(),
     })

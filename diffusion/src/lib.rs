@@ -1,0 +1,33 @@
+//! Latent diffusion in burn: the frozen Stable Diffusion model that idforge's adapters train on
+//! top of, loaded from the diffusers folders people already have.
+#![warn(missing_docs)]
+//!
+//! - [`unet`], [`attention`], [`vae`]: diffusers' `UNet2DConditionModel` and `AutoencoderKL`,
+//!   config-driven (tiny test models, SD1.5, SDXL), every attention layer reachable by name
+//!   through an [`attention::AttentionHook`] so that adapters add to it without copying it.
+//! - [`schedulers`]: the DDPM training schedule, DDIM and Euler discrete samplers.
+//! - [`pipeline`]: prompt encoding with the folder's CLIP text encoders, the guided denoising
+//!   loop, decoding.
+//!
+//! Every parameter is a burn `Param`: the UNet runs under `burn::backend::Autodiff` with its
+//! base weights frozen (`Module::no_grad`); the trainer (`idforge-train`) adds gradient
+//! checkpointing.
+
+pub mod attention;
+pub mod config;
+pub mod error;
+pub mod nn;
+pub mod pipeline;
+pub mod schedulers;
+pub mod unet;
+pub mod vae;
+pub mod weights;
+
+pub use attention::{AttentionHook, AttentionLayer, NoHook, Projection};
+pub use config::{UNetConfig, VaeConfig};
+pub use error::DiffusionError;
+pub use pipeline::{Conditioning, Family, Pipeline, SampleSettings, SamplerKind, denoise, seeded_noise};
+pub use schedulers::{Ddim, DdpmSchedule, EulerDiscrete, Prediction, Sampler, ScheduleConfig, Spacing};
+pub use unet::{AddedConditions, UNet, UNetInput};
+pub use vae::{Posterior, Vae};
+pub use weights::Weights;
