@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use burn::backend::Flex;
-use idforge_diffusion::Weights;
+use idforge_models::WeightStore as Weights;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("diffusion/tests/fixtures")

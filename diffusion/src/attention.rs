@@ -1,20 +1,25 @@
 //! The UNet's attention: diffusers' `Attention` (self and cross), `BasicTransformerBlock` and
-//! `Transformer2DModel`, and the hook through which adapters reach every attention layer by
-//! name without copying the UNet.
+//! `Transformer2DModel`, and the seam through which adapters reach them without copying the
+//! UNet.
 //!
-//! IP-Adapter's decoupled cross-attention adds `softmax(q·k_ipᵀ)·v_ip` to a cross-attention
-//! layer's output before its `to_out`; LoRA adds a low-rank update to a projection's output.
-//! [`AttentionHook`] is called at exactly those two places, with the layer's diffusers name
-//! (`down_blocks.1.attentions.0.transformer_blocks.0.attn2`).
+//! The seam is [`AttentionHook`], called at two kinds of places:
+//! - every `Linear` of a transformer (`to_q`, `to_k`, `to_v`, `to_out.0`, `proj_in`, `proj_out`,
+//!   `ff.net.0.proj`, `ff.net.2`), with the module's diffusers path and, for the attention
+//!   projections, the layer: LoRA adds `scale · B(A(input))` to the output there;
+//! - before `to_out` of every attention layer: IP-Adapter's decoupled cross-attention adds
+//!   `scale · softmax(q·k_ipᵀ)·v_ip` there, given the layer's query.
+//!
+//! Layers are addressed by diffusers' name (`down_blocks.1.attentions.0.transformer_blocks.0.attn2`)
+//! or by their index in diffusers' `attn_processors` order ([`AttentionLayer::index`], the
+//! numbering of IP-Adapter checkpoints). Hooks compose: [`Hooks`] runs several (IP-Adapter-FaceID
+//! is LoRA *and* decoupled attention), each adding its own terms.
 
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::error::DiffusionError;
-use crate::nn::{Conv2d, Geglu, GroupNorm, Init, LayerNorm, Linear, child};
+use crate::nn::{Conv2d, Geglu, GroupNorm, Init, LayerNorm, Linear, child, multi_head_attention, split_heads};
 
 /// One of an attention layer's four projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,11 +34,27 @@ pub enum Projection {
     Out,
 }
 
+impl Projection {
+    /// The diffusers module name under the layer.
+    pub fn module(self) -> &'static str {
+        match self {
+            Projection::Query => "to_q",
+            Projection::Key => "to_k",
+            Projection::Value => "to_v",
+            Projection::Out => "to_out.0",
+        }
+    }
+}
+
 /// What an adapter needs to know about an attention layer to build its own projections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttentionLayer {
     /// The diffusers module path (the attention processor's name without `.processor`).
     pub name: String,
+    /// Position in diffusers' `attn_processors` order (down blocks, up blocks, mid block; self-
+    /// then cross-attention per transformer block): how IP-Adapter checkpoints number layers
+    /// (`ip_adapter.{index}.to_k_ip.weight` on the cross-attention layers' odd indices).
+    pub index: usize,
     /// Width of the image tokens (the query's input).
     pub query_dim: usize,
     /// Width of the conditioning tokens for cross-attention; `None` for self-attention.
@@ -51,19 +72,46 @@ impl AttentionLayer {
     }
 }
 
-/// Adds to attention layers what an adapter trains, without changing the base UNet.
+/// A `Linear` the hook is called on: where it is and its shape.
+#[derive(Debug, Clone, Copy)]
+pub struct LinearSite<'a> {
+    /// The module path of the block it belongs to (`…transformer_blocks.0.attn2`,
+    /// `…transformer_blocks.0`, `down_blocks.1.attentions.0`).
+    pub parent: &'a str,
+    /// Its name under `parent` (`to_k`, `to_out.0`, `ff.net.2`, `proj_in`).
+    pub module: &'a str,
+    /// The attention layer, for the four attention projections.
+    pub layer: Option<&'a AttentionLayer>,
+    /// Which projection, for the four attention projections.
+    pub projection: Option<Projection>,
+    /// Input width.
+    pub in_features: usize,
+    /// Output width.
+    pub out_features: usize,
+}
+
+impl LinearSite<'_> {
+    /// The full diffusers module path (`parent.module`), as LoRA state dicts name it.
+    pub fn name(&self) -> String {
+        child(self.parent, self.module)
+    }
+
+    /// Whether the full path is `name`, without allocating.
+    pub fn is(&self, name: &str) -> bool {
+        name.len() == self.parent.len() + 1 + self.module.len()
+            && name.starts_with(self.parent)
+            && name.as_bytes()[self.parent.len()] == b'.'
+            && name.ends_with(self.module)
+    }
+}
+
+/// Adds to the UNet what an adapter trains, without changing the base UNet.
 ///
-/// Both methods default to doing nothing; the UNet calls them on every attention layer.
+/// Every method defaults to doing nothing; the UNet calls them on every site.
 pub trait AttentionHook<B: Backend> {
-    /// The output of a projection (`[batch, tokens, width]`), given its input; LoRA returns
+    /// The output of a `Linear` (`[batch, tokens, out]`), given its input; LoRA returns
     /// `output + scale · B(A(input))`.
-    fn projection(
-        &self,
-        _layer: &AttentionLayer,
-        _which: Projection,
-        _input: &Tensor<B, 3>,
-        output: Tensor<B, 3>,
-    ) -> Tensor<B, 3> {
+    fn linear(&self, _site: &LinearSite<'_>, _input: &Tensor<B, 3>, output: Tensor<B, 3>) -> Tensor<B, 3> {
         output
     }
 
@@ -73,36 +121,54 @@ pub trait AttentionHook<B: Backend> {
     fn extra_attention(&self, _layer: &AttentionLayer, _query: &Tensor<B, 4>) -> Option<Tensor<B, 3>> {
         None
     }
+
+    /// Whether [`AttentionHook::linear`] may change anything: `false` lets the UNet skip the
+    /// token reshapes around its 1×1-convolution projections.
+    fn touches_linears(&self) -> bool {
+        true
+    }
 }
 
 /// The hook that adds nothing: the base model.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHook;
 
-impl<B: Backend> AttentionHook<B> for NoHook {}
-
-/// Scaled dot-product attention over `[batch, heads, tokens, head_dim]` tensors, merged back
-/// to `[batch, tokens, heads·head_dim]`; shared with adapters so they compute it the same way.
-pub fn multi_head_attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-) -> Tensor<B, 3> {
-    let [b, h, n, d] = q.dims();
-    let options = AttentionModuleOptions {
-        scale: None,
-        softcap: None,
-        is_causal: false,
-    };
-    attention(q, k, v, None, None, options)
-        .swap_dims(1, 2)
-        .reshape([b, n, h * d])
+impl<B: Backend> AttentionHook<B> for NoHook {
+    fn touches_linears(&self) -> bool {
+        false
+    }
 }
 
-/// `[batch, tokens, heads·head_dim]` → `[batch, heads, tokens, head_dim]`.
-pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
-    let [b, n, w] = x.dims();
-    x.reshape([b, n, heads, w / heads]).swap_dims(1, 2)
+/// Several hooks as one: each `Linear` output goes through every hook in turn (each adds its
+/// term), and the extra attention outputs are summed.
+pub struct Hooks<'a, B: Backend>(pub Vec<&'a dyn AttentionHook<B>>);
+
+impl<B: Backend> AttentionHook<B> for Hooks<'_, B> {
+    fn linear(&self, site: &LinearSite<'_>, input: &Tensor<B, 3>, output: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.0.iter().fold(output, |out, h| h.linear(site, input, out))
+    }
+
+    fn extra_attention(&self, layer: &AttentionLayer, query: &Tensor<B, 4>) -> Option<Tensor<B, 3>> {
+        self.0
+            .iter()
+            .filter_map(|h| h.extra_attention(layer, query))
+            .reduce(|a, b| a + b)
+    }
+
+    fn touches_linears(&self) -> bool {
+        self.0.iter().any(|h| h.touches_linears())
+    }
+}
+
+/// A `Linear` with the hook applied to its output.
+fn hooked<B: Backend>(
+    linear: &Linear<B>,
+    site: LinearSite<'_>,
+    x: Tensor<B, 3>,
+    hook: &dyn AttentionHook<B>,
+) -> Tensor<B, 3> {
+    let out = linear.forward(x.clone());
+    hook.linear(&site, &x, out)
 }
 
 /// diffusers' `Attention` as the UNet uses it: bias-free q/k/v, `to_out.0` with bias.
@@ -138,6 +204,7 @@ impl<B: Backend> Attention<B> {
             to_out: Linear::new(init, &child(prefix, "to_out.0"), query_dim, query_dim, true, device)?,
             layer: AttentionLayer {
                 name: prefix.to_string(),
+                index: 0,
                 query_dim,
                 cross_attention_dim,
                 heads,
@@ -163,15 +230,25 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let l = &self.layer;
         let kv_in = context.cloned().unwrap_or_else(|| x.clone());
-        let q = hook.projection(l, Projection::Query, &x, self.to_q.forward(x.clone()));
-        let k = hook.projection(l, Projection::Key, &kv_in, self.to_k.forward(kv_in.clone()));
-        let v = hook.projection(l, Projection::Value, &kv_in, self.to_v.forward(kv_in.clone()));
-        let q = split_heads(q, l.heads);
-        let mut a = multi_head_attention(q.clone(), split_heads(k, l.heads), split_heads(v, l.heads));
+        let project = |linear: &Linear<B>, which: Projection, input: Tensor<B, 3>| {
+            let site = LinearSite {
+                parent: &l.name,
+                module: which.module(),
+                layer: Some(l),
+                projection: Some(which),
+                in_features: linear.in_features(),
+                out_features: linear.out_features(),
+            };
+            hooked(linear, site, input, hook)
+        };
+        let q = split_heads(project(&self.to_q, Projection::Query, x), l.heads);
+        let k = split_heads(project(&self.to_k, Projection::Key, kv_in.clone()), l.heads);
+        let v = split_heads(project(&self.to_v, Projection::Value, kv_in), l.heads);
+        let mut a = multi_head_attention(q.clone(), k, v, false);
         if let Some(extra) = hook.extra_attention(l, &q) {
             a = a + extra;
         }
-        hook.projection(l, Projection::Out, &a, self.to_out.forward(a.clone()))
+        project(&self.to_out, Projection::Out, a)
     }
 }
 
@@ -187,6 +264,8 @@ pub struct TransformerBlock<B: Backend> {
     norm3: LayerNorm<B>,
     ff_in: Geglu<B>,
     ff_out: Linear<B>,
+    #[module(skip)]
+    name: String,
 }
 
 impl<B: Backend> TransformerBlock<B> {
@@ -214,6 +293,7 @@ impl<B: Backend> TransformerBlock<B> {
             norm3: LayerNorm::new(init, &child(prefix, "norm3"), dim, eps, device)?,
             ff_in: Geglu::new(init, &child(prefix, "ff.net.0"), dim, 4 * dim, device)?,
             ff_out: Linear::new(init, &child(prefix, "ff.net.2"), 4 * dim, dim, true, device)?,
+            name: prefix.to_string(),
         })
     }
 
@@ -225,7 +305,17 @@ impl<B: Backend> TransformerBlock<B> {
     ) -> Tensor<B, 3> {
         let x = self.attn1.forward(self.norm1.forward(x.clone()), None, hook) + x;
         let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context), hook) + x;
-        self.ff_out.forward(self.ff_in.forward(self.norm3.forward(x.clone()))) + x
+        let site = |linear: &Linear<B>, module| LinearSite {
+            parent: &self.name,
+            module,
+            layer: None,
+            projection: None,
+            in_features: linear.in_features(),
+            out_features: linear.out_features(),
+        };
+        let h = hooked(&self.ff_in.proj, site(&self.ff_in.proj, "ff.net.0.proj"), self.norm3.forward(x.clone()), hook);
+        let h = Geglu::gate(h);
+        hooked(&self.ff_out, site(&self.ff_out, "ff.net.2"), h, hook) + x
     }
 }
 
@@ -245,6 +335,8 @@ pub struct Transformer2D<B: Backend> {
     /// The transformer blocks, in order.
     pub blocks: Vec<TransformerBlock<B>>,
     proj_out: ProjIn<B>,
+    #[module(skip)]
+    name: String,
 }
 
 /// The shape of one `Transformer2DModel`.
@@ -297,6 +389,7 @@ impl<B: Backend> Transformer2D<B> {
                 })
                 .collect::<Result<_, _>>()?,
             proj_out: proj("proj_out")?,
+            name: prefix.to_string(),
         })
     }
 
@@ -312,17 +405,34 @@ impl<B: Backend> Transformer2D<B> {
         let [b, c, h, w] = x.dims();
         let to_tokens = |t: Tensor<B, 4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
         let to_map = |t: Tensor<B, 3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
+        let site = |module| LinearSite {
+            parent: &self.name,
+            module,
+            layer: None,
+            projection: None,
+            in_features: c,
+            out_features: c,
+        };
         let n = self.norm.forward(x.clone());
         let mut t = match &self.proj_in {
+            ProjIn::Conv(conv) if hook.touches_linears() => {
+                // A 1×1 convolution is a Linear on the tokens: the hook sees it as one.
+                let out = to_tokens(conv.forward(n.clone()));
+                hook.linear(&site("proj_in"), &to_tokens(n), out)
+            }
             ProjIn::Conv(conv) => to_tokens(conv.forward(n)),
-            ProjIn::Linear(lin) => lin.forward(to_tokens(n)),
+            ProjIn::Linear(lin) => hooked(lin, site("proj_in"), to_tokens(n), hook),
         };
         for block in &self.blocks {
             t = block.forward(t, context, hook);
         }
         let out = match &self.proj_out {
+            ProjIn::Conv(conv) if hook.touches_linears() => {
+                let out = to_tokens(conv.forward(to_map(t.clone())));
+                to_map(hook.linear(&site("proj_out"), &t, out))
+            }
             ProjIn::Conv(conv) => conv.forward(to_map(t)),
-            ProjIn::Linear(lin) => to_map(lin.forward(t)),
+            ProjIn::Linear(lin) => to_map(hooked(lin, site("proj_out"), t, hook)),
         };
         out + x
     }
@@ -332,5 +442,12 @@ impl<B: Backend> Transformer2D<B> {
         self.blocks
             .iter()
             .flat_map(|b| [b.attn1.layer(), b.attn2.layer()])
+    }
+
+    /// The same, to number them.
+    pub(crate) fn attention_layers_mut(&mut self) -> impl Iterator<Item = &mut AttentionLayer> {
+        self.blocks
+            .iter_mut()
+            .flat_map(|b| [&mut b.attn1.layer, &mut b.attn2.layer])
     }
 }

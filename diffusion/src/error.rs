@@ -19,21 +19,6 @@ pub enum DiffusionError {
     /// A weight file is unreadable, or lacks a tensor the network needs.
     #[error(transparent)]
     Weights(#[from] ModelError),
-    /// A tensor has another shape than the config implies.
-    #[error(
-        "{path}: tensor `{name}` has shape {found:?}, the config implies {expected:?} \
-         (does config.json belong to these weights?)"
-    )]
-    Shape {
-        /// The component folder or file.
-        path: PathBuf,
-        /// The tensor.
-        name: String,
-        /// Its shape in the file.
-        found: Vec<usize>,
-        /// The shape the config implies.
-        expected: Vec<usize>,
-    },
     /// A config file is malformed or asks for something this port does not implement.
     #[error("{path}: {message}")]
     Config {

@@ -21,13 +21,17 @@ pub mod pipeline;
 pub mod schedulers;
 pub mod unet;
 pub mod vae;
-pub mod weights;
 
-pub use attention::{AttentionHook, AttentionLayer, NoHook, Projection};
+pub use attention::{AttentionHook, AttentionLayer, Hooks, LinearSite, NoHook, Projection};
 pub use config::{UNetConfig, VaeConfig};
 pub use error::DiffusionError;
-pub use pipeline::{Conditioning, Family, Pipeline, SampleSettings, SamplerKind, denoise, seeded_noise};
+pub use pipeline::{
+    Conditioning, Family, Pipeline, SampleSettings, SamplerKind, StepConditioning, StepInputs,
+    SwitchAt, denoise, denoise_with, seeded_noise,
+};
 pub use schedulers::{Ddim, DdpmSchedule, EulerDiscrete, Prediction, Sampler, ScheduleConfig, Spacing};
-pub use unet::{AddedConditions, UNet, UNetInput};
+pub use unet::{AddedConditions, LayerKey, UNet, UNetInput};
 pub use vae::{Posterior, Vae};
-pub use weights::Weights;
+
+#[cfg(test)]
+mod seam_tests;

@@ -18,7 +18,8 @@ use crate::error::DiffusionError;
 use crate::schedulers::{Ddim, EulerDiscrete, Sampler, ScheduleConfig};
 use crate::unet::{AddedConditions, UNet, UNetInput};
 use crate::vae::Vae;
-use crate::weights::Weights;
+use idforge_models::WeightStore;
+use idforge_models::readback::ReadBack;
 
 /// Which pipeline a folder holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +69,7 @@ impl<B: Backend> TextEncoder<B> {
     pub fn load(encoder: &Path, tokenizer: &Path, device: &B::Device) -> Result<Self, DiffusionError> {
         let config_path = encoder.join("config.json");
         let mut config = ClipConfig::from_hf_config_json(&config_path)?.text;
-        let weights = Weights::open(encoder)?.into_clip();
+        let weights = WeightStore::open(encoder)?;
         if !weights.contains("text_projection.weight") {
             config.projection_dim = None;
         }
@@ -109,6 +110,60 @@ pub struct SampleSettings {
     pub time_ids: [f32; 6],
 }
 
+/// What the UNet sees at one denoising step: the prompt's conditioning, the unconditional one
+/// for classifier-free guidance, and the adapter's hook.
+pub struct StepInputs<'a, B: Backend> {
+    /// The prompt's conditioning.
+    pub cond: &'a Conditioning<B>,
+    /// The unconditional (negative) conditioning; guidance needs it.
+    pub uncond: Option<&'a Conditioning<B>>,
+    /// The adapter's hook ([`NoHook`] for the base model).
+    pub hook: &'a dyn AttentionHook<B>,
+}
+
+impl<B: Backend> Clone for StepInputs<'_, B> {
+    fn clone(&self) -> Self {
+        Self {
+            cond: self.cond,
+            uncond: self.uncond,
+            hook: self.hook,
+        }
+    }
+}
+
+/// Chooses the UNet's inputs step by step, so that an adapter can start later than the first
+/// step (PhotoMaker's `start_merge_step`: the text-only prompt first, the identity from step k).
+pub trait StepConditioning<B: Backend> {
+    /// The inputs of step `step` (0-based) at `timestep`.
+    fn at(&self, step: usize, timestep: f32) -> StepInputs<'_, B>;
+}
+
+impl<B: Backend> StepConditioning<B> for StepInputs<'_, B> {
+    fn at(&self, _step: usize, _timestep: f32) -> StepInputs<'_, B> {
+        self.clone()
+    }
+}
+
+/// One set of inputs before step `start`, another from it on.
+pub struct SwitchAt<'a, B: Backend> {
+    /// Steps `0..start`.
+    pub before: StepInputs<'a, B>,
+    /// Steps `start..`.
+    pub after: StepInputs<'a, B>,
+    /// The first step of `after`.
+    pub start: usize,
+}
+
+impl<B: Backend> StepConditioning<B> for SwitchAt<'_, B> {
+    fn at(&self, step: usize, _timestep: f32) -> StepInputs<'_, B> {
+        if step < self.start {
+            self.before.clone()
+        } else {
+            self.after.clone()
+        }
+    }
+}
+
 /// The denoising loop: from initial N(0, 1) `noise` (`[batch, 4, h, w]`) to the final latent,
 /// with classifier-free guidance when an unconditional conditioning is given and
 /// `guidance > 1`. `progress` is called after each step with (done, total).
@@ -124,33 +179,56 @@ pub fn denoise<B: Backend>(
     hook: &dyn AttentionHook<B>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Tensor<B, 4> {
+    let inputs = StepInputs { cond, uncond, hook };
+    denoise_with(unet, sampler, noise, guidance, time_ids, &inputs, progress)
+}
+
+/// [`denoise`] with the UNet's inputs chosen per step.
+///
+/// # Panics
+/// If a step's conditioning has another batch than the noise.
+pub fn denoise_with<B: Backend>(
+    unet: &UNet<B>,
+    sampler: &dyn Sampler<B>,
+    noise: Tensor<B, 4>,
+    guidance: f32,
+    time_ids: Option<[f32; 6]>,
+    plan: &dyn StepConditioning<B>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Tensor<B, 4> {
     let device = noise.device();
     let batch = noise.dims()[0];
-    let guided = uncond.filter(|_| guidance > 1.0);
-    let (context, pooled) = match guided {
-        Some(u) => (
-            Tensor::cat(vec![u.context.clone(), cond.context.clone()], 0),
-            match (&u.pooled, &cond.pooled) {
-                (Some(a), Some(b)) => Some(Tensor::cat(vec![a.clone(), b.clone()], 0)),
-                _ => None,
-            },
-        ),
-        None => (cond.context.clone(), cond.pooled.clone()),
-    };
-    let rows = context.dims()[0];
-    let added = match (pooled, time_ids) {
-        (Some(text_embeds), Some(ids)) => Some(AddedConditions {
-            text_embeds,
-            time_ids: Tensor::<B, 1>::from_floats(ids.as_slice(), &device)
-                .reshape([1, 6])
-                .repeat_dim(0, rows),
-        }),
-        _ => None,
-    };
-    assert_eq!(rows, if guided.is_some() { 2 * batch } else { batch }, "one conditioning row per latent");
     let timesteps = sampler.timesteps().to_vec();
     let mut latents = noise * sampler.init_noise_sigma();
     for (i, &t) in timesteps.iter().enumerate() {
+        let step = plan.at(i, t);
+        let guided = step.uncond.filter(|_| guidance > 1.0);
+        let cond = step.cond;
+        let (context, pooled) = match guided {
+            Some(u) => (
+                Tensor::cat(vec![u.context.clone(), cond.context.clone()], 0),
+                match (&u.pooled, &cond.pooled) {
+                    (Some(a), Some(b)) => Some(Tensor::cat(vec![a.clone(), b.clone()], 0)),
+                    _ => None,
+                },
+            ),
+            None => (cond.context.clone(), cond.pooled.clone()),
+        };
+        let rows = context.dims()[0];
+        assert_eq!(
+            rows,
+            if guided.is_some() { 2 * batch } else { batch },
+            "one conditioning row per latent"
+        );
+        let added = match (pooled, time_ids) {
+            (Some(text_embeds), Some(ids)) => Some(AddedConditions {
+                text_embeds,
+                time_ids: Tensor::<B, 1>::from_floats(ids.as_slice(), &device)
+                    .reshape([1, 6])
+                    .repeat_dim(0, rows),
+            }),
+            _ => None,
+        };
         let scaled = sampler.scale_model_input(latents.clone(), i);
         let input = match guided {
             Some(_) => Tensor::cat(vec![scaled.clone(), scaled], 0),
@@ -160,10 +238,10 @@ pub fn denoise<B: Backend>(
             &UNetInput {
                 sample: input,
                 timesteps: Tensor::from_floats([t], &device),
-                context: context.clone(),
-                added: added.clone(),
+                context,
+                added,
             },
-            hook,
+            step.hook,
         );
         let prediction = match guided {
             Some(_) => {
@@ -357,11 +435,34 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// Samples latents for a prompt from the given initial N(0, 1) noise (see
-    /// [`Pipeline::seeded_noise`]; another tool's noise reproduces its run).
+    /// [`Pipeline::seeded_noise`]; another tool's noise reproduces its run), with the base
+    /// model.
     pub fn sample(
         &self,
         prompt: &str,
         negative: Option<&str>,
+        settings: &SampleSettings,
+        noise: Tensor<B, 4>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor<B, 4>, DiffusionError> {
+        let cond = self.encode_prompt(prompt)?;
+        let uncond = if settings.guidance > 1.0 {
+            Some(self.encode_negative(negative)?)
+        } else {
+            None
+        };
+        let inputs = StepInputs {
+            cond: &cond,
+            uncond: uncond.as_ref(),
+            hook: &NoHook,
+        };
+        self.sample_with(&inputs, settings, noise, progress)
+    }
+
+    /// Samples latents with the UNet's inputs (conditioning and adapter hook) chosen per step.
+    pub fn sample_with(
+        &self,
+        plan: &dyn StepConditioning<B>,
         settings: &SampleSettings,
         noise: Tensor<B, 4>,
         progress: &mut dyn FnMut(usize, usize),
@@ -379,23 +480,15 @@ impl<B: Backend> Pipeline<B> {
         if settings.time_ids.iter().any(|v| !v.is_finite()) {
             return Err(DiffusionError::Setting("SDXL time ids must be finite".into()));
         }
-        let cond = self.encode_prompt(prompt)?;
-        let uncond = if settings.guidance > 1.0 {
-            Some(self.encode_negative(negative)?)
-        } else {
-            None
-        };
         let sampler = settings.sampler.build::<B>(&self.schedule, settings.steps)?;
         let time_ids = (self.family == Family::StableDiffusionXl).then_some(settings.time_ids);
-        Ok(denoise(
+        Ok(denoise_with(
             &self.unet,
             sampler.as_ref(),
             noise,
-            &cond,
-            uncond.as_ref(),
             settings.guidance,
             time_ids,
-            &NoHook,
+            plan,
             progress,
         ))
     }
@@ -413,10 +506,7 @@ pub fn to_rgb8<B: Backend>(image: Tensor<B, 3>) -> (usize, usize, Vec<u8>) {
     let data = image
         .swap_dims(0, 1)
         .swap_dims(1, 2)
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 image");
+        .to_f32_vec();
     let bytes = data.iter().map(|v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8).collect();
     (w, h, bytes)
 }

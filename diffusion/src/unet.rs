@@ -13,7 +13,7 @@ use crate::attention::{AttentionHook, AttentionLayer, NoHook, Transformer2D, Tra
 use crate::config::{Level, UNetConfig};
 use crate::error::DiffusionError;
 use crate::nn::{Conv2d, GroupNorm, Init, Linear, child, silu, upsample_nearest_2x};
-use crate::weights::Weights;
+use idforge_models::WeightStore;
 
 /// diffusers' `get_timestep_embedding`: sinusoids of `t` at `dim / 2` geometric frequencies.
 ///
@@ -204,7 +204,7 @@ impl<B: Backend> UNet<B> {
     /// Loads `<folder>/config.json` and the weights beside it (diffusers' `unet/`).
     pub fn load(folder: &Path, device: &B::Device) -> Result<Self, DiffusionError> {
         let config = UNetConfig::from_file(&folder.join("config.json"))?;
-        let weights = Weights::open(folder)?;
+        let weights = WeightStore::open(folder)?;
         Self::new(&config, &Init::Load(&weights), device)
     }
 
@@ -340,7 +340,7 @@ impl<B: Backend> UNet<B> {
             prev_out = out;
         }
 
-        Ok(Self {
+        let mut unet = Self {
             conv_in,
             time_embedding,
             add_embedding,
@@ -350,7 +350,9 @@ impl<B: Backend> UNet<B> {
             conv_norm_out: GroupNorm::new(init, "conv_norm_out", groups, c0, c.norm_eps, device)?,
             conv_out: Conv2d::new(init, "conv_out", c0, c.out_channels, 3, 1, 1, device)?,
             config: c.clone(),
-        })
+        };
+        unet.number_attention_layers();
+        Ok(unet)
     }
 
     /// The config the UNet was built from.
@@ -369,6 +371,26 @@ impl<B: Backend> UNet<B> {
         transformers
             .flat_map(|t| t.attention_layers().cloned().collect::<Vec<_>>())
             .collect()
+    }
+
+    /// The attention layer with this diffusers name (`…transformer_blocks.0.attn2`, with or
+    /// without `.processor`) or `attn_processors` index.
+    pub fn attention_layer(&self, key: LayerKey<'_>) -> Option<AttentionLayer> {
+        self.attention_layers().into_iter().find(|l| match key {
+            LayerKey::Index(i) => l.index == i,
+            LayerKey::Name(n) => l.name == n.strip_suffix(".processor").unwrap_or(n),
+        })
+    }
+
+    /// Numbers the attention layers in `attn_processors` order.
+    fn number_attention_layers(&mut self) {
+        let blocks = self.down_blocks.iter_mut().chain(self.up_blocks.iter_mut());
+        let transformers = blocks
+            .flat_map(|b| b.attentions.iter_mut())
+            .chain(self.mid_block.iter_mut().flat_map(|m| m.attentions.iter_mut()));
+        for (i, layer) in transformers.flat_map(|t| t.attention_layers_mut()).enumerate() {
+            layer.index = i;
+        }
     }
 
     /// The prediction (noise or velocity) of the base model.
@@ -440,6 +462,15 @@ impl<B: Backend> UNet<B> {
         }
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
+}
+
+/// How to name an attention layer: by its diffusers module path or its `attn_processors` index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKey<'a> {
+    /// `down_blocks.1.attentions.0.transformer_blocks.0.attn2` (`.processor` may follow).
+    Name(&'a str),
+    /// Position in `attn_processors` order.
+    Index(usize),
 }
 
 /// A `[1]` timestep repeated for the batch, or `[batch]` as is.

@@ -7,12 +7,11 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::attention::multi_head_attention;
 use crate::config::VaeConfig;
 use crate::error::DiffusionError;
-use crate::nn::{Conv2d, GroupNorm, Init, Linear, child, silu, upsample_nearest_2x};
+use crate::nn::{Conv2d, GroupNorm, Init, Linear, child, multi_head_attention, silu, upsample_nearest_2x};
 use crate::unet::{ResnetBlock, ResnetShape};
-use crate::weights::Weights;
+use idforge_models::WeightStore;
 
 /// The VAE's single-head spatial self-attention (mid block), with its own GroupNorm and
 /// residual. Reads diffusers' `to_q/to_k/to_v/to_out.0` names or the older
@@ -53,6 +52,7 @@ impl<B: Backend> SpatialAttention<B> {
             head(self.to_q.forward(t.clone())),
             head(self.to_k.forward(t.clone())),
             head(self.to_v.forward(t)),
+            false,
         );
         let out = self.to_out.forward(a).swap_dims(1, 2).reshape([b, c, h, w]);
         out + x
@@ -142,7 +142,7 @@ impl<B: Backend> Vae<B> {
     /// Loads `<folder>/config.json` and the weights beside it (diffusers' `vae/`).
     pub fn load(folder: &Path, device: &B::Device) -> Result<Self, DiffusionError> {
         let config = VaeConfig::from_file(&folder.join("config.json"))?;
-        let weights = Weights::open(folder)?;
+        let weights = WeightStore::open(folder)?;
         Self::new(&config, &Init::Load(&weights), device)
     }
 

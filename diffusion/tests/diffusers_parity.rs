@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
-use idforge_models::clip::{ClipTokenizer, ClipWeights};
+use idforge_models::WeightStore;
+use idforge_models::clip::ClipTokenizer;
 use idforge_diffusion::pipeline::TextEncoder;
 use idforge_diffusion::schedulers::{Ddim, EulerDiscrete, Sampler, ScheduleConfig, Spacing};
 use idforge_diffusion::{
@@ -32,14 +33,14 @@ fn fixtures() -> PathBuf {
 }
 
 struct Fixture {
-    tensors: ClipWeights,
+    tensors: WeightStore,
     json: Value,
 }
 
 impl Fixture {
     fn open(name: &str) -> Self {
         let dir = fixtures();
-        let tensors = ClipWeights::open(&dir.join(format!("{name}.safetensors")))
+        let tensors = WeightStore::open(&dir.join(format!("{name}.safetensors")))
             .unwrap_or_else(|e| panic!("{name}.safetensors: {e} (run tools/diffusers-reference/run)"));
         let json = serde_json::from_str(
             &std::fs::read_to_string(dir.join(format!("{name}.json"))).expect("fixture json"),

@@ -22,9 +22,9 @@ use std::path::Path;
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{conv2d, linear};
+use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use idforge_core::resample::{Filter, Plane8, resize};
@@ -33,7 +33,9 @@ use serde_json::Value;
 
 use crate::error::ModelError;
 use crate::face_api::preprocess::RgbView;
-use crate::tensor_file::TensorFile;
+use crate::nn::{LayerNorm, Linear, multi_head_attention, split_heads};
+use crate::weights::WeightStore;
+use crate::readback::ReadBack;
 
 /// Hands out a tensor's values by upstream name and expected shape (from a file, or random).
 type Getter<'a> = dyn Fn(&str, &[usize]) -> Result<Vec<f32>, ModelError> + 'a;
@@ -230,9 +232,7 @@ impl DinoConfig {
         let normal = |shape: Vec<usize>, std: f64| {
             let n: usize = shape.iter().product();
             Tensor::<B, 1>::random([n], Distribution::Normal(0.0, std), device)
-                .into_data()
-                .to_vec::<f32>()
-                .expect("f32")
+                .to_f32_vec()
         };
         let tensors = self
             .parameter_shapes()
@@ -306,76 +306,34 @@ impl LayerNames {
     }
 }
 
-/// A LayerNorm's affine parameters.
-#[derive(Module, Debug)]
-struct Norm<B: Backend> {
-    /// `[d]`
-    weight: Param<Tensor<B, 1>>,
-    /// `[d]`
-    bias: Param<Tensor<B, 1>>,
-}
-
-impl<B: Backend> Norm<B> {
-    fn forward(&self, x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
-        let (var, mean) = x.clone().var_mean_bias(2);
-        let x = (x - mean) / (var + eps).sqrt();
-        x * self.weight.val().unsqueeze::<3>() + self.bias.val().unsqueeze::<3>()
-    }
-}
-
-/// A linear layer in burn's `[in, out]` layout.
-#[derive(Module, Debug)]
-struct Dense<B: Backend> {
-    /// `[in, out]`
-    weight: Param<Tensor<B, 2>>,
-    /// `[out]`
-    bias: Param<Tensor<B, 1>>,
-}
-
-impl<B: Backend> Dense<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear(x, self.weight.val(), Some(self.bias.val()))
-    }
-}
-
 /// One pre-norm transformer block.
 #[derive(Module, Debug)]
 struct Block<B: Backend> {
-    norm1: Norm<B>,
+    norm1: LayerNorm<B>,
     /// query, key and value side by side: `[d, 3d]`.
-    qkv: Dense<B>,
-    attn_out: Dense<B>,
+    qkv: Linear<B>,
+    attn_out: Linear<B>,
     /// DINOv2's `layer_scale1.lambda1`, `[d]`.
     scale1: Option<Param<Tensor<B, 1>>>,
-    norm2: Norm<B>,
-    fc1: Dense<B>,
-    fc2: Dense<B>,
+    norm2: LayerNorm<B>,
+    fc1: Linear<B>,
+    fc2: Linear<B>,
     /// DINOv2's `layer_scale2.lambda1`, `[d]`.
     scale2: Option<Param<Tensor<B, 1>>>,
 }
 
 impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, heads: usize, eps: f64) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let dh = d / heads;
-        let qkv = self
-            .qkv
-            .forward(self.norm1.forward(x.clone(), eps))
-            .reshape([b, t, 3, heads, dh])
-            .permute([2, 0, 3, 1, 4]);
-        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, heads, t, dh]);
-        let (q, k, v) = (part(0), part(1), part(2));
-        let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
-        let ctx = softmax(scores, 3)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b, t, d]);
+    fn forward(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+        let d = x.dims()[2];
+        let qkv = self.qkv.forward(self.norm1.forward(x.clone()));
+        let part = |i: usize| split_heads(qkv.clone().narrow(2, i * d, d), heads);
+        let ctx = multi_head_attention(part(0), part(1), part(2), false);
         let mut a = self.attn_out.forward(ctx);
         if let Some(s) = &self.scale1 {
             a = a * s.val().unsqueeze::<3>();
         }
         let x = x + a;
-        let h = self.norm2.forward(x.clone(), eps);
+        let h = self.norm2.forward(x.clone());
         let mut m = self.fc2.forward(gelu(self.fc1.forward(h)));
         if let Some(s) = &self.scale2 {
             m = m * s.val().unsqueeze::<3>();
@@ -396,7 +354,7 @@ pub struct DinoModel<B: Backend> {
     /// `[d]`
     patch_bias: Param<Tensor<B, 1>>,
     blocks: Vec<Block<B>>,
-    final_norm: Norm<B>,
+    final_norm: LayerNorm<B>,
     #[module(skip)]
     config: DinoConfig,
 }
@@ -413,18 +371,13 @@ impl<B: Backend> DinoModel<B> {
         device: &B::Device,
     ) -> Result<Self, ModelError> {
         let weights = weights.as_ref();
-        let file = if weights.extension().is_some_and(|e| e == "safetensors") {
-            TensorFile::safetensors(weights)?
-        } else {
-            TensorFile::pytorch(weights)?
-        };
+        let file = WeightStore::open(weights)?;
         let prefix = ["", "vit.", "dinov2."]
             .into_iter()
             .find(|p| file.contains(&format!("{p}embeddings.cls_token")))
             .unwrap_or("");
         let get = |name: &str, shape: &[usize]| {
             file.values(&format!("{prefix}{name}"), shape)
-                .map(<[f32]>::to_vec)
         };
         Self::build(config, &get, device)
     }
@@ -442,28 +395,25 @@ impl<B: Backend> DinoModel<B> {
             config.patch_size,
         );
         let n = config.grid() * config.grid();
-        let t1 =
-            |v: Vec<f32>| Param::from_tensor(Tensor::<B, 1>::from_floats(v.as_slice(), device));
-        let vec1 = |name: &str| get(name, &[d]).map(t1);
-        let norm = |prefix: &str| -> Result<Norm<B>, ModelError> {
-            Ok(Norm {
-                weight: vec1(&format!("{prefix}.weight"))?,
-                bias: vec1(&format!("{prefix}.bias"))?,
-            })
+        let t1 = |v: Vec<f32>| Tensor::<B, 1>::from_floats(v.as_slice(), device);
+        let vec1 = |name: &str| get(name, &[d]).map(|v| Param::from_tensor(t1(v)));
+        let eps = config.layer_norm_eps;
+        let norm = |prefix: &str| -> Result<LayerNorm<B>, ModelError> {
+            Ok(LayerNorm::from_tensors(
+                t1(get(&format!("{prefix}.weight"), &[d])?),
+                t1(get(&format!("{prefix}.bias"), &[d])?),
+                eps,
+            ))
         };
         // torch `[out, in]` → burn `[in, out]`.
         let transposed = |w: Vec<f32>, out: usize, inp: usize| {
             Tensor::<B, 2>::from_data(TensorData::new(w, [out, inp]), device).transpose()
         };
-        let dense = |prefix: &str, out: usize, inp: usize| -> Result<Dense<B>, ModelError> {
-            Ok(Dense {
-                weight: Param::from_tensor(transposed(
-                    get(&format!("{prefix}.weight"), &[out, inp])?,
-                    out,
-                    inp,
-                )),
-                bias: t1(get(&format!("{prefix}.bias"), &[out])?),
-            })
+        let dense = |prefix: &str, out: usize, inp: usize| -> Result<Linear<B>, ModelError> {
+            Ok(Linear::from_tensors(
+                transposed(get(&format!("{prefix}.weight"), &[out, inp])?, out, inp),
+                Some(t1(get(&format!("{prefix}.bias"), &[out])?)),
+            ))
         };
         let mut blocks = Vec::with_capacity(config.num_layers);
         for l in 0..config.num_layers {
@@ -480,10 +430,7 @@ impl<B: Backend> DinoModel<B> {
             };
             blocks.push(Block {
                 norm1: norm(&names.norm1)?,
-                qkv: Dense {
-                    weight: Param::from_tensor(Tensor::cat(ws, 1)),
-                    bias: t1(bs),
-                },
+                qkv: Linear::from_tensors(Tensor::cat(ws, 1), Some(t1(bs))),
                 attn_out: dense(&names.attn_out, d, d)?,
                 scale1: scale(&names.scale1)?,
                 norm2: norm(&names.norm2)?,
@@ -511,7 +458,10 @@ impl<B: Backend> DinoModel<B> {
                 )?,
                 device,
             )),
-            patch_bias: t1(get("embeddings.patch_embeddings.projection.bias", &[d])?),
+            patch_bias: Param::from_tensor(t1(get(
+                "embeddings.patch_embeddings.projection.bias",
+                &[d],
+            )?)),
             blocks,
             final_norm: norm("layernorm")?,
             config: config.clone(),
@@ -543,13 +493,12 @@ impl<B: Backend> DinoModel<B> {
         let tokens = patches.flatten::<3>(2, 3).swap_dims(1, 2);
         let cls = self.cls_token.val().expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, tokens], 1) + self.positions(gh, gw);
-        let eps = self.config.layer_norm_eps;
         let x = self
             .blocks
             .iter()
-            .fold(x, |x, blk| blk.forward(x, self.config.num_heads, eps));
+            .fold(x, |x, blk| blk.forward(x, self.config.num_heads));
         self.final_norm
-            .forward(x, eps)
+            .forward(x)
             .narrow(1, 0, 1)
             .reshape([b, d])
     }
@@ -571,9 +520,7 @@ impl<B: Backend> DinoModel<B> {
             .narrow(1, 1, g * g)
             .reshape([g * g, d])
             .transpose()
-            .into_data()
-            .to_vec()
-            .expect("f32");
+            .to_f32_vec();
         let resized = bicubic_torch(&grid, d, g, g, gh, gw);
         let patch = Tensor::<B, 2>::from_data(TensorData::new(resized, [d, gh * gw]), &device)
             .transpose()
@@ -586,7 +533,7 @@ impl<B: Backend> DinoModel<B> {
         let device = self.patch_bias.val().device();
         let (values, h, w) = processor.pixel_values(image);
         let x = Tensor::<B, 4>::from_data(TensorData::new(values, [1, 3, h, w]), &device);
-        self.forward(x).into_data().to_vec().expect("f32 output")
+        self.forward(x).to_f32_vec()
     }
 }
 

@@ -46,6 +46,17 @@ pub enum ModelError {
         /// What was expected, in words.
         expected: String,
     },
+    /// A file or folder a network needs is absent.
+    #[error("{path}: {what}")]
+    Missing {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// What is missing, and how to get it.
+        what: String,
+    },
+    /// A network setting is out of range or inconsistent with the weights.
+    #[error("{0}")]
+    Setting(String),
     /// A network graph (ONNX) has a node the loader does not expect there.
     #[error("{path}: node `{node}` ({op_type}): {message}")]
     Graph {

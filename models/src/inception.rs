@@ -35,7 +35,8 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 
 use crate::error::ModelError;
 use crate::face_api::preprocess::RgbView;
-use crate::tensor_file::TensorFile;
+use crate::weights::WeightStore;
+use crate::readback::ReadBack;
 
 /// Hands out a tensor's values by state-dict name and expected shape (from a file, or random).
 type Getter<'a> = dyn Fn(&str, &[usize]) -> Result<Vec<f32>, ModelError> + 'a;
@@ -77,15 +78,12 @@ impl InceptionConfig {
 
     /// The config a state dict implies: the width from `Conv2d_1a_3x3` (32 output channels at
     /// full width), the classes from `fc`.
-    fn from_file(file: &TensorFile) -> Result<Self, ModelError> {
-        let shapes = file.shapes();
+    fn from_file(file: &WeightStore) -> Result<Self, ModelError> {
         let shape = |name: &str| {
-            shapes
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, s)| s.clone())
+            file.shape(name)
+                .map(<[usize]>::to_vec)
                 .ok_or_else(|| ModelError::MissingTensor {
-                    path: file.path().to_path_buf(),
+                    path: file.origin().to_path_buf(),
                     name: name.to_string(),
                     available: file.len(),
                 })
@@ -94,7 +92,7 @@ impl InceptionConfig {
         let fc = shape("fc.weight")?;
         if stem.len() != 4 || stem[0] == 0 || 32 % stem[0] != 0 || fc.len() != 2 {
             return Err(ModelError::Shape {
-                path: file.path().to_path_buf(),
+                path: file.origin().to_path_buf(),
                 name: "Conv2d_1a_3x3.conv.weight".into(),
                 found: stem,
                 expected: "[32 / d, 3, 3, 3] for a divisor d of 32".into(),
@@ -214,9 +212,7 @@ impl InceptionConfig {
         let random = |shape: &[usize], std: f64| {
             let n: usize = shape.iter().product();
             Tensor::<B, 1>::random([n], Distribution::Normal(0.0, std), device)
-                .into_data()
-                .to_vec::<f32>()
-                .expect("f32")
+                .to_f32_vec()
         };
         let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, ModelError> {
             let n: usize = shape.iter().product();
@@ -425,9 +421,9 @@ impl<B: Backend> FidInception<B> {
     /// `fc.bias`), legacy or zip format. The width and class count come from the file; every
     /// tensor is checked against them, a missing or misshaped one is an error naming it.
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self, ModelError> {
-        let file = TensorFile::pytorch(path)?;
+        let file = WeightStore::pytorch(path)?;
         let config = InceptionConfig::from_file(&file)?;
-        let get = |name: &str, shape: &[usize]| file.values(name, shape).map(<[f32]>::to_vec);
+        let get = |name: &str, shape: &[usize]| file.values(name, shape);
         Self::build(&config, &get, device)
     }
 
@@ -439,7 +435,7 @@ impl<B: Backend> FidInception<B> {
     /// The `fc` bias: torchmetrics' Inception Score uses the logits without it
     /// (torch-fidelity's `logits_unbiased`), i.e. `logits − bias`.
     pub fn fc_bias(&self) -> Vec<f32> {
-        self.fc_bias.val().into_data().to_vec().expect("f32")
+        self.fc_bias.val().to_f32_vec()
     }
 
     fn build(
@@ -592,8 +588,8 @@ impl<B: Backend> FidInception<B> {
             Tensor::<B, 4>::from_data(TensorData::new(mode.input(image), [1, 3, n, n]), &device);
         let out = self.forward(x);
         (
-            out.pool3.into_data().to_vec().expect("f32"),
-            out.logits.into_data().to_vec().expect("f32"),
+            out.pool3.to_f32_vec(),
+            out.logits.to_f32_vec(),
         )
     }
 }

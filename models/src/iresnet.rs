@@ -43,6 +43,7 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 use crate::error::ModelError;
 use crate::face_api::preprocess::RgbView;
 use crate::onnx::{Dim, Node, OnnxModel};
+use crate::readback::ReadBack;
 
 /// The shape of an IResNet.
 #[derive(Config, Debug)]
@@ -428,9 +429,7 @@ impl<B: Backend> IResNet<B> {
     pub fn embed(&self, crop: RgbView<'_>) -> Vec<f32> {
         let device = self.fc_bias.val().device();
         self.forward(self.input(&[crop], &device))
-            .into_data()
-            .to_vec()
-            .expect("f32 output")
+            .to_f32_vec()
     }
 }
 

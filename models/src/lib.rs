@@ -15,8 +15,11 @@ pub mod face_api;
 pub mod face_embedder;
 pub mod inception;
 pub mod iresnet;
+pub mod nn;
 pub mod onnx;
-pub mod tensor_file;
+pub mod readback;
 pub mod tfjs;
+pub mod weights;
 
 pub use error::ModelError;
+pub use weights::WeightStore;

@@ -24,7 +24,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use idforge_models::ModelError;
 use idforge_models::clip::{
     Activation, ClipConfig, ClipPreprocess, ClipTextConfig, ClipTextTransformer, ClipTokenizer,
-    ClipVisionConfig, ClipVisionTransformer, ClipWeights, Convention, TextPooling, WeightLayout,
+    ClipVisionConfig, ClipVisionTransformer, Convention, TextPooling, WeightLayout,
     cached_bpe_vocab, clip_tensors, text_tensors, vision_tensors,
 };
 use idforge_models::face_api::preprocess::RgbView;
@@ -149,7 +149,7 @@ fn convention(library: &str) -> Convention {
 #[test]
 fn preprocessing_is_bit_exact_with_both_libraries() {
     let reference = json("preprocess.json");
-    let weights = ClipWeights::open(&fixtures().join("inputs.safetensors")).unwrap();
+    let weights = idforge_models::WeightStore::open(&fixtures().join("inputs.safetensors")).unwrap();
     let images: Vec<String> = json("inputs.json")["images"]
         .as_array()
         .unwrap()
@@ -279,7 +279,7 @@ fn compare<const D: usize>(got: Tensor<B, D>, want: (Vec<usize>, Vec<f32>), what
 #[test]
 fn tiny_models_match_transformers_and_open_clip() {
     let inputs = json("inputs.json");
-    let pixels = ClipWeights::open(&fixtures().join("inputs.safetensors")).unwrap();
+    let pixels = idforge_models::WeightStore::open(&fixtures().join("inputs.safetensors")).unwrap();
     let device = Default::default();
     let models = [
         ("hf_quickgelu", WeightLayout::HuggingFace),
@@ -289,7 +289,7 @@ fn tiny_models_match_transformers_and_open_clip() {
     ];
     for (name, layout) in models {
         let weights =
-            ClipWeights::open(&fixtures().join(format!("tiny_{name}.safetensors"))).unwrap();
+            idforge_models::WeightStore::open(&fixtures().join(format!("tiny_{name}.safetensors"))).unwrap();
         assert_eq!(WeightLayout::detect(&weights), Some(layout), "{name}");
         let config = match layout {
             WeightLayout::HuggingFace => ClipConfig::from_hf_config_json(
@@ -328,7 +328,7 @@ fn tiny_models_match_transformers_and_open_clip() {
         let t = text.forward(ids);
         let v = vision.forward(px);
         let reference =
-            ClipWeights::open(&fixtures().join(format!("outputs_{name}.safetensors"))).unwrap();
+            idforge_models::WeightStore::open(&fixtures().join(format!("outputs_{name}.safetensors"))).unwrap();
         let want = |key: &str| reference.read_f32(key).unwrap();
         let gaps = [
             (
@@ -473,7 +473,7 @@ fn vit_b_32_at_full_size_runs_with_as_many_parameters_as_the_reference() {
 #[test]
 fn a_missing_or_misshaped_tensor_is_an_error_naming_it() {
     let path = fixtures().join("tiny_hf_quickgelu.safetensors");
-    let weights = ClipWeights::open(&path).unwrap();
+    let weights = idforge_models::WeightStore::open(&path).unwrap();
     let device = Default::default();
     let base =
         ClipConfig::from_hf_config_json(&fixtures().join("tiny_hf_quickgelu.config.json")).unwrap();

@@ -158,9 +158,9 @@ fn read_noise<B: burn::tensor::backend::Backend>(
     tensor: Option<&str>,
     device: &B::Device,
 ) -> anyhow::Result<burn::tensor::Tensor<B, 4>> {
-    let weights = idforge_diffusion::Weights::open(path)
+    let weights = idforge_models::WeightStore::open(path)
         .with_context(|| format!("reading the noise file {}", path.display()))?;
-    let names = weights.names();
+    let names: Vec<String> = weights.names().map(str::to_string).collect();
     let name = match tensor {
         Some(t) => t.to_string(),
         None if names.len() == 1 => names[0].clone(),
@@ -173,6 +173,7 @@ fn read_noise<B: burn::tensor::backend::Backend>(
     };
     let shape = weights
         .shape(&name)
+        .map(<[usize]>::to_vec)
         .with_context(|| format!("{}: no tensor `{name}`", path.display()))?;
     let [n, c, h, w]: [usize; 4] = shape.clone().try_into().map_err(|_| {
         anyhow::anyhow!("{}: `{name}` has shape {shape:?}, expected [1, channels, h, w]", path.display())

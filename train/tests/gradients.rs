@@ -11,7 +11,7 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 use idforge_diffusion::schedulers::ScheduleConfig;
 use idforge_train::CheckpointedAutodiff;
 use idforge_diffusion::{
-    AttentionHook, AttentionLayer, DdpmSchedule, Projection, UNet, UNetInput,
+    AttentionHook, DdpmSchedule, LinearSite, Projection, UNet, UNetInput,
 };
 
 /// `to_v(x) + x·D` on one layer: the simplest adapter there is.
@@ -23,14 +23,8 @@ struct ValueDelta<B: Backend> {
 }
 
 impl<B: Backend> AttentionHook<B> for ValueDelta<B> {
-    fn projection(
-        &self,
-        layer: &AttentionLayer,
-        which: Projection,
-        input: &Tensor<B, 3>,
-        output: Tensor<B, 3>,
-    ) -> Tensor<B, 3> {
-        if which == Projection::Value && layer.name == self.layer {
+    fn linear(&self, site: &LinearSite<'_>, input: &Tensor<B, 3>, output: Tensor<B, 3>) -> Tensor<B, 3> {
+        if site.projection == Some(Projection::Value) && site.parent == self.layer {
             let [b, n, k] = input.dims();
             let [_, o] = self.delta.dims();
             output + (input.clone().reshape([b * n, k]).matmul(self.delta.val())).reshape([b, n, o])

@@ -9,10 +9,12 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::{
-    Clip, ClipConfig, ClipPreprocess, ClipTokenizer, ClipWeights, WeightLayout, cached_bpe_vocab,
+    Clip, ClipConfig, ClipPreprocess, ClipTokenizer, WeightLayout, cached_bpe_vocab,
 };
 use crate::error::ModelError;
+use crate::weights::WeightStore;
 use crate::face_api::preprocess::RgbView;
+use crate::readback::ReadBack;
 
 /// Where the checkpoint is and how to read it.
 #[derive(Debug, Clone, Default)]
@@ -50,7 +52,7 @@ impl<B: Backend> ClipCheckpoint<B> {
     /// Opens the checkpoint `source` describes.
     pub fn load(source: &ClipSource, device: &B::Device) -> Result<Self, ModelError> {
         let (files, folder) = checkpoint_files(&source.weights)?;
-        let weights = ClipWeights::open_many(&files)?.with_prefix(&source.prefix);
+        let weights = WeightStore::safetensors(&files)?.with_prefix(&source.prefix);
         let format = |message: String| ModelError::Format {
             path: files[0].clone(),
             message,
@@ -83,6 +85,7 @@ impl<B: Backend> ClipCheckpoint<B> {
                 .map(|f| f.join("tokenizer.json"))
                 .filter(|p| p.is_file())
         });
+        let tokenizer_path = tokenizer_json.clone().unwrap_or_else(cached_bpe_vocab);
         let tokenizer = match tokenizer_json {
             Some(path) => ClipTokenizer::from_tokenizer_json(&path)?,
             None => {
@@ -99,6 +102,16 @@ impl<B: Backend> ClipCheckpoint<B> {
             }
         }
         .with_context_length(config.text.context_length);
+        let vocab = tokenizer.vocab_size();
+        if vocab > config.text.vocab_size {
+            return Err(ModelError::Setting(format!(
+                "{}: the tokenizer has {vocab} tokens but the model's embedding table has {} \
+                 (they belong to different models; give the tokenizer.json saved with the \
+                 weights)",
+                tokenizer_path.display(),
+                config.text.vocab_size
+            )));
+        }
         let model = Clip::load(&weights, &config, layout, device)?;
         let preprocess = ClipPreprocess::new(config.vision.image_size, layout.convention());
         let name = match &folder {
@@ -169,7 +182,7 @@ impl<B: Backend> ClipCheckpoint<B> {
 
 fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
     let [n, d] = t.dims();
-    let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().expect("f32");
+    let v: Vec<f32> = t.to_f32_vec();
     (0..n).map(|i| v[i * d..(i + 1) * d].to_vec()).collect()
 }
 

@@ -13,23 +13,16 @@
 //!   q, k, v).
 //!
 //! Both become the same burn module: one packed qkv projection per block, linear weights in
-//! burn's `[in, out]` order. The loader reads each tensor on demand (the file is not held in
-//! memory), accepts f32, f16, bf16 and f64 (widened or narrowed to f32), ignores tensors it
-//! does not need (`logit_scale` of a text-only load, `position_ids` of older exports), and
+//! burn's `[in, out]` order. The tensors come from the one [`WeightStore`] (read on demand,
+//! f32, f16, bf16 and f64 read as f32); the loader ignores tensors it does not need (`logit_scale` of a text-only load, `position_ids` of older exports), and
 //! fails on a missing tensor or another shape with an error naming it.
-
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use serde_json::Value;
 
 use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 use crate::error::ModelError;
+use crate::weights::{WeightStore, transpose};
 
 /// The naming scheme of a CLIP checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +36,7 @@ pub enum WeightLayout {
 impl WeightLayout {
     /// Guesses the layout from the names in the files (after the prefix), so that users need
     /// not know which library saved a checkpoint.
-    pub fn detect(weights: &ClipWeights) -> Option<Self> {
+    pub fn detect(weights: &WeightStore) -> Option<Self> {
         let has = |p: &str| weights.names().any(|n| n.starts_with(p));
         if has("text_model.") || has("vision_model.") {
             Some(Self::HuggingFace)
@@ -55,276 +48,25 @@ impl WeightLayout {
     }
 }
 
-/// Element types of safetensors that hold weights here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dtype {
-    F32,
-    F16,
-    Bf16,
-    F64,
-    /// Any other (integer buffers such as `position_ids`): listed, never read as a weight.
-    Other,
-}
-
-impl Dtype {
-    fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::Bf16 => 2,
-            Dtype::F64 => 8,
-            Dtype::Other => 1,
-        }
+/// Builds one burn tensor from its spec: the parts concatenated along the first axis,
+/// transposed if asked.
+pub(super) fn tensor<B: Backend, const D: usize>(
+    weights: &WeightStore,
+    spec: &Spec,
+    device: &B::Device,
+) -> Result<Tensor<B, D>, ModelError> {
+    let mut values = Vec::new();
+    for (name, shape) in &spec.parts {
+        values.extend(weights.values(name, shape)?);
     }
-}
-
-#[derive(Debug)]
-struct Entry {
-    file: usize,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    /// Absolute byte range in the file.
-    start: u64,
-    len: u64,
-}
-
-#[derive(Debug)]
-struct Source {
-    path: PathBuf,
-    file: Mutex<File>,
-}
-
-/// The tensors of one or more `.safetensors` files (a sharded checkpoint is several), read on
-/// demand.
-#[derive(Debug)]
-pub struct ClipWeights {
-    sources: Vec<Source>,
-    entries: HashMap<String, Entry>,
-    prefix: String,
-}
-
-impl ClipWeights {
-    /// Opens one `.safetensors` file and reads its header.
-    pub fn open(path: &Path) -> Result<Self, ModelError> {
-        Self::open_many(&[path.to_path_buf()])
-    }
-
-    /// Opens the shards of one checkpoint; a name in two files is an error.
-    pub fn open_many(paths: &[PathBuf]) -> Result<Self, ModelError> {
-        let mut sources = Vec::new();
-        let mut entries = HashMap::new();
-        for (i, path) in paths.iter().enumerate() {
-            let io = |source| ModelError::Io {
-                path: path.clone(),
-                source,
-            };
-            let format = |message: String| ModelError::Format {
-                path: path.clone(),
-                message,
-            };
-            let mut file = File::open(path).map_err(io)?;
-            let file_len = file.metadata().map_err(io)?.len();
-            let mut len = [0u8; 8];
-            file.read_exact(&mut len)
-                .map_err(|_| format("too short for a safetensors header".into()))?;
-            let header_len = u64::from_le_bytes(len);
-            if header_len > 100 << 20 || 8 + header_len > file_len {
-                return Err(format(format!(
-                    "header length {header_len} does not fit the file ({file_len} bytes); \
-                     not a safetensors file?"
-                )));
-            }
-            let mut header = vec![0u8; header_len as usize];
-            file.read_exact(&mut header).map_err(io)?;
-            let header: serde_json::Map<String, Value> = serde_json::from_slice(&header)
-                .map_err(|e| format(format!("header is not a JSON object: {e}")))?;
-            let data_start = 8 + header_len;
-            for (name, info) in header {
-                if name == "__metadata__" {
-                    continue;
-                }
-                let dtype = match info.get("dtype").and_then(Value::as_str) {
-                    Some("F32") => Dtype::F32,
-                    Some("F16") => Dtype::F16,
-                    Some("BF16") => Dtype::Bf16,
-                    Some("F64") => Dtype::F64,
-                    Some(_) => Dtype::Other,
-                    None => return Err(format(format!("tensor `{name}` has no dtype"))),
-                };
-                let shape: Option<Vec<usize>> = info
-                    .get("shape")
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
-                let offsets: Option<Vec<u64>> = info
-                    .get("data_offsets")
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.iter().map(Value::as_u64).collect());
-                let (Some(shape), Some(offsets)) = (shape, offsets) else {
-                    return Err(format(format!("tensor `{name}` has no shape or offsets")));
-                };
-                let [begin, end] = offsets[..] else {
-                    return Err(format(format!("tensor `{name}`: bad data_offsets")));
-                };
-                let count: usize = shape.iter().product();
-                if end < begin
-                    || data_start + end > file_len
-                    || (dtype != Dtype::Other && (end - begin) as usize != count * dtype.size())
-                {
-                    return Err(format(format!(
-                        "tensor `{name}`: bytes {begin}..{end} do not hold {shape:?} or lie \
-                         outside the file"
-                    )));
-                }
-                let entry = Entry {
-                    file: i,
-                    dtype,
-                    shape,
-                    start: data_start + begin,
-                    len: end - begin,
-                };
-                if entries.insert(name.clone(), entry).is_some() {
-                    return Err(format(format!("tensor `{name}` is in two files")));
-                }
-            }
-            sources.push(Source {
-                path: path.clone(),
-                file: Mutex::new(file),
-            });
-        }
-        Ok(Self {
-            sources,
-            entries,
-            prefix: String::new(),
-        })
-    }
-
-    /// Looks every name up under this prefix, for CLIPs inside a larger checkpoint (Stable
-    /// Diffusion single files: `cond_stage_model.transformer.`,
-    /// `conditioner.embedders.1.model.`).
-    pub fn with_prefix(mut self, prefix: &str) -> Self {
-        self.prefix = prefix.to_string();
-        self
-    }
-
-    /// The names under the prefix, without it.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.entries
-            .keys()
-            .filter_map(|k| k.strip_prefix(self.prefix.as_str()))
-    }
-
-    /// Whether a tensor of this name (under the prefix) exists.
-    pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(&format!("{}{name}", self.prefix))
-    }
-
-    fn path_of(&self, entry: Option<&Entry>) -> PathBuf {
-        let i = entry.map_or(0, |e| e.file);
-        self.sources
-            .get(i)
-            .map_or_else(PathBuf::new, |s| s.path.clone())
-    }
-
-    /// The shape as stored and the values as f32 of any floating-point tensor, for tools and
-    /// tests that look at a file's tensors directly.
-    pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-        let shape = self
-            .entries
-            .get(&format!("{}{name}", self.prefix))
-            .map(|e| e.shape.clone())
-            .unwrap_or_default();
-        Ok((shape.clone(), self.read(name, &shape)?))
-    }
-
-    /// The values of `name`, checked against `shape`, as f32.
-    fn read(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let full = format!("{}{name}", self.prefix);
-        let Some(entry) = self.entries.get(&full) else {
-            return Err(ModelError::MissingTensor {
-                path: self.path_of(None),
-                name: full,
-                available: self.entries.len(),
-            });
-        };
-        let path = self.path_of(Some(entry));
-        if entry.shape != shape {
-            return Err(ModelError::Shape {
-                path,
-                name: full,
-                found: entry.shape.clone(),
-                expected: format!("{shape:?}"),
-            });
-        }
-        if entry.dtype == Dtype::Other {
-            return Err(ModelError::Format {
-                path,
-                message: format!("tensor `{full}` is not floating point"),
-            });
-        }
-        let mut bytes = vec![0u8; entry.len as usize];
-        {
-            let mut file = self.sources[entry.file]
-                .file
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            file.seek(SeekFrom::Start(entry.start))
-                .and_then(|_| file.read_exact(&mut bytes))
-                .map_err(|source| ModelError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
-        Ok(match entry.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::Bf16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F64 => bytes
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-                .collect(),
-            Dtype::Other => unreachable!("checked above"),
-        })
-    }
-
-    /// Builds one burn tensor from its spec: the parts concatenated along the first axis,
-    /// transposed if asked.
-    pub(super) fn tensor<B: Backend, const D: usize>(
-        &self,
-        spec: &Spec,
-        device: &B::Device,
-    ) -> Result<Tensor<B, D>, ModelError> {
-        let mut values = Vec::new();
-        for (name, shape) in &spec.parts {
-            values.extend(self.read(name, shape)?);
-        }
-        let shape = spec.shape();
-        assert_eq!(shape.len(), D, "spec {:?} is not {D}-d", spec.parts);
-        let values = if spec.transpose {
-            transpose(&values, shape[1], shape[0])
-        } else {
-            values
-        };
-        Ok(Tensor::from_data(TensorData::new(values, shape), device))
-    }
-}
-
-/// `[rows, cols]` row-major → `[cols, rows]`.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
+    let shape = spec.shape();
+    assert_eq!(shape.len(), D, "spec {:?} is not {D}-d", spec.parts);
+    let values = if spec.transpose {
+        transpose(&values, shape[1], shape[0])
+    } else {
+        values
+    };
+    Ok(Tensor::from_data(TensorData::new(values, shape), device))
 }
 
 /// Where one burn parameter comes from: file tensors (name, shape) stacked along their first
@@ -610,24 +352,16 @@ pub fn clip_tensors(config: &ClipConfig, layout: WeightLayout) -> Vec<(String, V
 }
 
 /// Reads `logit_scale` if present (a text- or vision-only checkpoint has none).
-pub(super) fn logit_scale(weights: &ClipWeights) -> Result<Option<f32>, ModelError> {
+pub(super) fn logit_scale(weights: &WeightStore) -> Result<Option<f32>, ModelError> {
     if !weights.contains(logit_scale_name()) {
         return Ok(None);
     }
-    Ok(weights.read(logit_scale_name(), &[])?.first().copied())
+    Ok(weights.values(logit_scale_name(), &[])?.first().copied())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transpose_swaps_axes() {
-        assert_eq!(
-            transpose(&[1., 2., 3., 4., 5., 6.], 2, 3),
-            vec![1., 4., 2., 5., 3., 6.]
-        );
-    }
 
     #[test]
     fn packed_qkv_spec_is_in_by_three_out() {

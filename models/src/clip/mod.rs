@@ -30,13 +30,15 @@ pub use checkpoint::{ClipCheckpoint, ClipSource, clip_t};
 pub use config::{
     Activation, ClipConfig, ClipTextConfig, ClipVisionConfig, Convention, TextPooling,
 };
-pub use load::{ClipWeights, WeightLayout, clip_tensors, text_tensors, vision_tensors};
+pub use load::{WeightLayout, clip_tensors, text_tensors, vision_tensors};
 pub use preprocess::{ClipPreprocess, OPENAI_MEAN, OPENAI_STD};
 pub use text::{ClipTextTransformer, TextOutput};
 pub use tokenizer::{ClipTokenizer, cached_bpe_vocab};
 pub use vision::{ClipVisionTransformer, VisionOutput};
 
 use crate::error::ModelError;
+use crate::weights::WeightStore;
+use crate::readback::ReadBack;
 
 impl WeightLayout {
     /// The library whose tokenizer and preprocessing conventions go with checkpoints of this
@@ -78,7 +80,7 @@ impl<B: Backend> Clip<B> {
     /// # Errors
     /// A bad config, or a missing or misshaped tensor, named.
     pub fn load(
-        weights: &ClipWeights,
+        weights: &WeightStore,
         config: &ClipConfig,
         layout: WeightLayout,
         device: &B::Device,
@@ -100,10 +102,7 @@ impl<B: Backend> Clip<B> {
         let v: Vec<f32> = self
             .logit_scale
             .val()
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("f32 scalar");
+            .to_f32_vec();
         v[0]
     }
 
@@ -148,10 +147,7 @@ pub fn clip_score<B: Backend>(image_embeds: Tensor<B, 2>, text_embeds: Tensor<B,
     );
     let cos = (l2_normalize(image_embeds) * l2_normalize(text_embeds)).sum_dim(1);
     let cos: Vec<f32> = cos
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 scores");
+        .to_f32_vec();
     cos.into_iter().map(|c| 100.0 * c.max(0.0)).collect()
 }
 

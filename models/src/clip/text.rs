@@ -11,8 +11,10 @@ use burn::tensor::module::embedding;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
 use super::config::{ClipTextConfig, TextPooling};
-use super::load::{ClipWeights, WeightLayout, text_spec};
-use super::transformer::{BlockShape, LayerNorm, Linear, ResidualBlock, run_blocks};
+use super::load::{WeightLayout, tensor, text_spec};
+use super::transformer::{BlockShape, ResidualBlock, load_norm, run_blocks};
+use crate::nn::{Init, LayerNorm, Linear};
+use crate::weights::WeightStore;
 use crate::error::ModelError;
 
 /// The text tower.
@@ -63,10 +65,10 @@ impl ClipTextConfig {
             blocks: (0..self.layers)
                 .map(|_| ResidualBlock::init(self.block_shape(), device))
                 .collect(),
-            final_ln: LayerNorm::init(self.width, self.layer_norm_eps, device),
+            final_ln: LayerNorm::new(&Init::Random, "", self.width, self.layer_norm_eps, device).expect("random layers always build"),
             projection: self
                 .projection_dim
-                .map(|e| Linear::init(self.width, e, false, device)),
+                .map(|e| Linear::new(&Init::Random, "", self.width, e, false, device).expect("random layers always build")),
             config: self.clone(),
         }
     }
@@ -86,15 +88,15 @@ impl<B: Backend> ClipTextTransformer<B> {
     /// Reads the tower from a checkpoint in `layout`. A `projection_dim` of `None` skips
     /// `text_projection` (text encoders saved without it).
     pub fn load(
-        weights: &ClipWeights,
+        weights: &WeightStore,
         config: &ClipTextConfig,
         layout: WeightLayout,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
         let spec = text_spec(config, layout);
         // In the order of the network, so that a wrong layout names its first tensor.
-        let token_embedding = weights.tensor(&spec.token_embedding, device)?;
-        let position_embedding = weights.tensor(&spec.position_embedding, device)?;
+        let token_embedding = tensor(weights, &spec.token_embedding, device)?;
+        let position_embedding = tensor(weights, &spec.position_embedding, device)?;
         let blocks = spec
             .blocks
             .iter()
@@ -104,11 +106,11 @@ impl<B: Backend> ClipTextTransformer<B> {
             token_embedding: Param::from_tensor(token_embedding),
             position_embedding: Param::from_tensor(position_embedding),
             blocks,
-            final_ln: LayerNorm::load(weights, &spec.final_ln, config.layer_norm_eps, device)?,
+            final_ln: load_norm(weights, &spec.final_ln, config.layer_norm_eps, device)?,
             projection: spec
                 .projection
                 .as_ref()
-                .map(|p| weights.tensor(p, device).map(Linear::from_weight))
+                .map(|p| tensor(weights, p, device).map(|w| Linear::from_tensors(w, None)))
                 .transpose()?,
             config: config.clone(),
         })
@@ -127,26 +129,45 @@ impl<B: Backend> ClipTextTransformer<B> {
     /// # Panics
     /// If an id is outside the vocabulary or the sequence is longer than the context.
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> TextOutput<B> {
-        let [batch, n] = ids.dims();
+        let embeds = self.embed_tokens(ids.clone());
+        self.forward_embeddings(embeds, ids)
+    }
+
+    /// The token embeddings of `ids` (`[batch, tokens, width]`), before positions are added:
+    /// what PhotoMaker edits (the class word's embedding replaced by the fused identity) before
+    /// [`ClipTextTransformer::forward_embeddings`].
+    ///
+    /// # Panics
+    /// If an id is outside the vocabulary.
+    pub fn embed_tokens(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let vocab = self.config.vocab_size;
+        let host = ids_on_host(&ids);
+        if let Some(bad) = host.iter().find(|&&id| id < 0 || id as usize >= vocab) {
+            panic!("token id {bad} outside the vocabulary of {vocab}");
+        }
+        embedding(self.token_embedding.val(), ids)
+    }
+
+    /// Runs the tower on token embeddings (transformers' `inputs_embeds`); `ids` are the
+    /// tokens they stand for, which choose the pooled position.
+    ///
+    /// # Shapes
+    /// - `embeds`: `[batch, tokens, width]`, `tokens ≤ context_length`
+    /// - `ids`: `[batch, tokens]`
+    ///
+    /// # Panics
+    /// If the sequence is longer than the context or the shapes disagree.
+    pub fn forward_embeddings(&self, embeds: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> TextOutput<B> {
+        let [batch, n, _] = embeds.dims();
         let c = &self.config;
         assert!(
             n <= c.context_length,
             "{n} tokens, the text tower has {} positions",
             c.context_length
         );
-        let host: Vec<i64> = ids
-            .clone()
-            .into_data()
-            .convert::<i64>()
-            .to_vec()
-            .expect("i64 ids");
-        if let Some(bad) = host
-            .iter()
-            .find(|&&id| id < 0 || id as usize >= c.vocab_size)
-        {
-            panic!("token id {bad} outside the vocabulary of {}", c.vocab_size);
-        }
-        let x = embedding(self.token_embedding.val(), ids)
+        assert_eq!(ids.dims(), [batch, n], "ids and embeddings of different shapes");
+        let host = ids_on_host(&ids);
+        let x = embeds
             + self
                 .position_embedding
                 .val()
@@ -189,6 +210,14 @@ impl<B: Backend> ClipTextTransformer<B> {
             .embeds
             .expect("the text tower has no projection")
     }
+}
+
+fn ids_on_host<B: Backend>(ids: &Tensor<B, 2, Int>) -> Vec<i64> {
+    ids.clone()
+        .into_data()
+        .convert::<i64>()
+        .to_vec()
+        .expect("i64 ids")
 }
 
 /// The position whose hidden state is pooled, as the reference libraries choose it (first
@@ -245,6 +274,46 @@ mod tests {
         assert_eq!(out.penultimate_hidden_state.dims(), [2, 5, 16]);
         assert_eq!(out.pooled.dims(), [2, 16]);
         assert_eq!(out.embeds.unwrap().dims(), [2, 8]);
+    }
+
+    #[test]
+    fn embeddings_input_equals_ids_input() {
+        let config = ClipTextConfig::new()
+            .with_vocab_size(50)
+            .with_context_length(7)
+            .with_width(16)
+            .with_heads(2)
+            .with_layers(2)
+            .with_mlp_width(32)
+            .with_projection_dim(Some(8));
+        let device = Default::default();
+        let tower = config.init::<Flex>(&device);
+        let ids = Tensor::<Flex, 2, Int>::from_data(
+            TensorData::new(vec![1i64, 5, 49, 3, 0, 2, 9, 9, 9, 9], [2, 5]),
+            &device,
+        );
+        let a = tower.forward(ids.clone());
+        let embeds = tower.embed_tokens(ids.clone());
+        let b = tower.forward_embeddings(embeds.clone(), ids.clone());
+        let diff = (a.last_hidden_state - b.last_hidden_state).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
+        // An edited embedding changes the output from that position on (causal mask).
+        let edited = embeds.slice_assign([0..1, 2..3, 0..16], Tensor::zeros([1, 1, 16], &device));
+        let c = tower.forward_embeddings(edited, ids).last_hidden_state;
+        let a = tower.forward(Tensor::from_data(
+            TensorData::new(vec![1i64, 5, 49, 3, 0, 2, 9, 9, 9, 9], [2, 5]),
+            &device,
+        ));
+        let before = (a.last_hidden_state.clone().narrow(1, 0, 2) - c.clone().narrow(1, 0, 2))
+            .abs()
+            .max()
+            .into_scalar();
+        let after = (a.last_hidden_state.narrow(1, 2, 1) - c.narrow(1, 2, 1))
+            .abs()
+            .max()
+            .into_scalar();
+        assert_eq!(before, 0.0);
+        assert!(after > 1e-3, "{after}");
     }
 
     #[test]

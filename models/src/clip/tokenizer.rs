@@ -252,7 +252,13 @@ impl ClipTokenizer {
         self
     }
 
-    /// The convention in use.
+    /// How many token ids the tokenizer can produce (added tokens included): at most the text
+    /// tower's vocabulary for the two to belong together.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// The padding and truncation convention.
     pub fn convention(&self) -> Convention {
         self.convention
     }

@@ -13,8 +13,10 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
 use super::config::ClipVisionConfig;
-use super::load::{ClipWeights, WeightLayout, vision_spec};
-use super::transformer::{BlockShape, LayerNorm, Linear, ResidualBlock, run_blocks};
+use super::load::{WeightLayout, tensor, vision_spec};
+use super::transformer::{BlockShape, ResidualBlock, load_norm, run_blocks};
+use crate::nn::{Init, LayerNorm, Linear};
+use crate::weights::WeightStore;
 use crate::error::ModelError;
 
 /// The vision tower.
@@ -71,14 +73,14 @@ impl ClipVisionConfig {
                 Distribution::Normal(0.0, 0.02),
                 device,
             )),
-            pre_ln: LayerNorm::init(self.width, self.layer_norm_eps, device),
+            pre_ln: LayerNorm::new(&Init::Random, "", self.width, self.layer_norm_eps, device).expect("random layers always build"),
             blocks: (0..self.layers)
                 .map(|_| ResidualBlock::init(self.block_shape(), device))
                 .collect(),
-            post_ln: LayerNorm::init(self.width, self.layer_norm_eps, device),
+            post_ln: LayerNorm::new(&Init::Random, "", self.width, self.layer_norm_eps, device).expect("random layers always build"),
             projection: self
                 .projection_dim
-                .map(|e| Linear::init(self.width, e, false, device)),
+                .map(|e| Linear::new(&Init::Random, "", self.width, e, false, device).expect("random layers always build")),
             config: self.clone(),
         }
     }
@@ -98,7 +100,7 @@ impl<B: Backend> ClipVisionTransformer<B> {
     /// Reads the tower from a checkpoint in `layout`. A `projection_dim` of `None` skips
     /// `visual_projection`.
     pub fn load(
-        weights: &ClipWeights,
+        weights: &WeightStore,
         config: &ClipVisionConfig,
         layout: WeightLayout,
         device: &B::Device,
@@ -106,10 +108,10 @@ impl<B: Backend> ClipVisionTransformer<B> {
         let spec = vision_spec(config, layout);
         let eps = config.layer_norm_eps;
         // In the order of the network, so that a wrong layout names its first tensor.
-        let class_embedding = weights.tensor(&spec.class_embedding, device)?;
-        let patch_embedding = weights.tensor(&spec.patch_embedding, device)?;
-        let position_embedding = weights.tensor(&spec.position_embedding, device)?;
-        let pre_ln = LayerNorm::load(weights, &spec.pre_ln, eps, device)?;
+        let class_embedding = tensor(weights, &spec.class_embedding, device)?;
+        let patch_embedding = tensor(weights, &spec.patch_embedding, device)?;
+        let position_embedding = tensor(weights, &spec.position_embedding, device)?;
+        let pre_ln = load_norm(weights, &spec.pre_ln, eps, device)?;
         let blocks = spec
             .blocks
             .iter()
@@ -121,11 +123,11 @@ impl<B: Backend> ClipVisionTransformer<B> {
             position_embedding: Param::from_tensor(position_embedding),
             pre_ln,
             blocks,
-            post_ln: LayerNorm::load(weights, &spec.post_ln, eps, device)?,
+            post_ln: load_norm(weights, &spec.post_ln, eps, device)?,
             projection: spec
                 .projection
                 .as_ref()
-                .map(|p| weights.tensor(p, device).map(Linear::from_weight))
+                .map(|p| tensor(weights, p, device).map(|w| Linear::from_tensors(w, None)))
                 .transpose()?,
             config: config.clone(),
         })

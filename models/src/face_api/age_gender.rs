@@ -20,6 +20,7 @@ use super::layers::{FullyConnected, SeparableConv, pad_same, same_pad};
 use super::preprocess::{PixelRect, RgbView};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
+use crate::readback::ReadBack;
 
 /// `TinyXception(2)`: the number of middle-flow blocks `AgeGenderNet` builds it with.
 const MAIN_BLOCKS: usize = 2;
@@ -275,8 +276,8 @@ impl<B: Backend> AgeGenderNet<B> {
     pub fn age_and_gender(&self, img: RgbView<'_>, crop_rect: PixelRect) -> AgeAndGender {
         let device = self.fc_age.device();
         let (age, gender) = self.forward(Self::input_at(img, crop_rect, &device));
-        let age: Vec<f32> = age.into_data().to_vec().expect("f32 output");
-        let gender: Vec<f32> = gender.into_data().to_vec().expect("f32 output");
+        let age: Vec<f32> = age.to_f32_vec();
+        let gender: Vec<f32> = gender.to_f32_vec();
         AgeAndGender::from_outputs(age[0], gender[0])
     }
 }

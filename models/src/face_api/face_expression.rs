@@ -14,6 +14,7 @@ use super::layers::FullyConnected;
 use super::preprocess::{PixelRect, RgbView};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
+use crate::readback::ReadBack;
 
 /// `FACE_EXPRESSION_LABELS`: the meaning of each output, in the network's output order.
 pub const EXPRESSION_LABELS: [&str; 7] = [
@@ -90,9 +91,7 @@ impl<B: Backend> FaceExpressionNet<B> {
         let device = self.fc.device();
         let out: Vec<f32> = self
             .forward(Self::input_at(img, crop_rect, &device))
-            .into_data()
-            .to_vec()
-            .expect("f32 output");
+            .to_f32_vec();
         out.try_into().expect("7 probabilities")
     }
 }

@@ -13,6 +13,7 @@ use super::layers::FullyConnected;
 use super::preprocess::{PixelRect, RgbView};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
+use crate::readback::ReadBack;
 
 /// The 68-point landmark network with its weights.
 #[derive(Module, Debug)]
@@ -61,9 +62,7 @@ impl<B: Backend> FaceLandmark68<B> {
         let device = self.fc.device();
         let out: Vec<f32> = self
             .forward(Self::input_at(img, crop_rect, &device))
-            .into_data()
-            .to_vec()
-            .expect("f32 output");
+            .to_f32_vec();
         Self::points(&out, crop_rect, box_xy)
     }
 

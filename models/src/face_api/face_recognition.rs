@@ -14,6 +14,7 @@ use burn::tensor::ops::{ConvOptions, PadMode};
 use super::preprocess::{PixelRect, RgbView, face_input, face_input_at};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
+use crate::readback::ReadBack;
 
 const MEAN_RGB: [f32; 3] = [122.782, 117.001, 104.298];
 const INPUT: usize = 150;
@@ -166,8 +167,6 @@ impl<B: Backend> FaceRecognition<B> {
     pub fn descriptor(&self, img: RgbView<'_>, crop_rect: PixelRect) -> Vec<f32> {
         let device = self.fc.val().device();
         self.forward(Self::input_at(img, crop_rect, &device))
-            .into_data()
-            .to_vec()
-            .expect("f32 output")
+            .to_f32_vec()
     }
 }

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
+use crate::readback::ReadBack;
 
 /// Which face-api detector finds the faces.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -255,9 +256,7 @@ fn forward_batch<B: Backend>(
     }
     Some(
         forward(Tensor::cat(inputs, 0))
-            .into_data()
-            .to_vec()
-            .expect("f32 output"),
+            .to_f32_vec(),
     )
 }
 
@@ -491,12 +490,10 @@ impl<B: Backend> FaceAttributeNets<B> {
         let expressions: Vec<f32> = self
             .expression
             .forward(input.clone())
-            .into_data()
-            .to_vec()
-            .expect("f32 output");
+            .to_f32_vec();
         let (age, gender) = self.age_gender.forward(input);
-        let age: Vec<f32> = age.into_data().to_vec().expect("f32 output");
-        let gender: Vec<f32> = gender.into_data().to_vec().expect("f32 output");
+        let age: Vec<f32> = age.to_f32_vec();
+        let gender: Vec<f32> = gender.to_f32_vec();
         for (k, &(i, crop)) in crops.iter().enumerate() {
             let AgeAndGender {
                 age,

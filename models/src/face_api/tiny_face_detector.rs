@@ -18,6 +18,7 @@ use super::preprocess::{RgbView, normalize_in_place, reshaped_dims, to_square_in
 use super::{Detection, non_max_suppression};
 use crate::error::ModelError;
 use crate::tfjs::TfjsWeights;
+use crate::readback::ReadBack;
 
 /// `BOX_ANCHORS` of `tinyFaceDetector/const.ts`, in cells.
 const ANCHORS: [(f64, f64); 5] = [
@@ -131,9 +132,7 @@ impl<B: Backend> TinyFaceDetector<B> {
         let [_, _, cells, _] = out.dims();
         let values: Vec<f32> = out
             .permute([0, 2, 3, 1])
-            .into_data()
-            .to_vec()
-            .expect("f32 output");
+            .to_f32_vec();
         let (rw, rh) = reshaped_dims(img.width, img.height, input_size);
         let size = rw.max(rh) as f64;
         let (fx, fy) = (size / rw as f64, size / rh as f64);
