@@ -65,3 +65,31 @@ fn clip_score_matches_torchmetrics_per_pair() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+#[test]
+fn clip_score_refuses_a_tokenizer_larger_than_the_model() {
+    // The tiny model's embedding table has 1 024 rows; without its own tokenizer.json the
+    // cached 49 408-token BPE vocabulary would produce ids past the table. That is a clear
+    // error naming both sizes, not a panic in the embedding lookup.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = root.join("models/tests/fixtures/clip");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny-clip");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(fixtures.join("tiny_hf_gelu.safetensors"), model.join("model.safetensors")).unwrap();
+    std::fs::copy(fixtures.join("tiny_hf_gelu.config.json"), model.join("config.json")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_idforge"))
+        .args(["clip", "score", "--weights"])
+        .arg(&model)
+        .arg("--image")
+        .arg(fixtures.join("images/crop_96x130.png"))
+        .args(["--text", "a photo of a cat"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("49408") && stderr.contains("1024") && stderr.contains("tokenizer"),
+        "{stderr}"
+    );
+}

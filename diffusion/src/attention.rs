@@ -19,7 +19,9 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use crate::error::DiffusionError;
-use crate::nn::{Conv2d, Geglu, GroupNorm, Init, LayerNorm, Linear, child, multi_head_attention, split_heads};
+use crate::nn::{
+    Conv2d, Geglu, GroupNorm, Init, LayerNorm, Linear, child, multi_head_attention, split_heads,
+};
 
 /// One of an attention layer's four projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,14 +113,23 @@ impl LinearSite<'_> {
 pub trait AttentionHook<B: Backend> {
     /// The output of a `Linear` (`[batch, tokens, out]`), given its input; LoRA returns
     /// `output + scale · B(A(input))`.
-    fn linear(&self, _site: &LinearSite<'_>, _input: &Tensor<B, 3>, output: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn linear(
+        &self,
+        _site: &LinearSite<'_>,
+        _input: &Tensor<B, 3>,
+        output: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         output
     }
 
     /// Extra attention output to add before `to_out` (`[batch, tokens, heads·head_dim]`), given
     /// the layer's query (`[batch, heads, tokens, head_dim]`); IP-Adapter attends to its image
     /// tokens here with its own key and value projections.
-    fn extra_attention(&self, _layer: &AttentionLayer, _query: &Tensor<B, 4>) -> Option<Tensor<B, 3>> {
+    fn extra_attention(
+        &self,
+        _layer: &AttentionLayer,
+        _query: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 3>> {
         None
     }
 
@@ -144,11 +155,22 @@ impl<B: Backend> AttentionHook<B> for NoHook {
 pub struct Hooks<'a, B: Backend>(pub Vec<&'a dyn AttentionHook<B>>);
 
 impl<B: Backend> AttentionHook<B> for Hooks<'_, B> {
-    fn linear(&self, site: &LinearSite<'_>, input: &Tensor<B, 3>, output: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.0.iter().fold(output, |out, h| h.linear(site, input, out))
+    fn linear(
+        &self,
+        site: &LinearSite<'_>,
+        input: &Tensor<B, 3>,
+        output: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        self.0
+            .iter()
+            .fold(output, |out, h| h.linear(site, input, out))
     }
 
-    fn extra_attention(&self, layer: &AttentionLayer, query: &Tensor<B, 4>) -> Option<Tensor<B, 3>> {
+    fn extra_attention(
+        &self,
+        layer: &AttentionLayer,
+        query: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 3>> {
         self.0
             .iter()
             .filter_map(|h| h.extra_attention(layer, query))
@@ -198,10 +220,38 @@ impl<B: Backend> Attention<B> {
     ) -> Result<Self, DiffusionError> {
         let kv_dim = cross_attention_dim.unwrap_or(query_dim);
         Ok(Self {
-            to_q: Linear::new(init, &child(prefix, "to_q"), query_dim, query_dim, false, device)?,
-            to_k: Linear::new(init, &child(prefix, "to_k"), kv_dim, query_dim, false, device)?,
-            to_v: Linear::new(init, &child(prefix, "to_v"), kv_dim, query_dim, false, device)?,
-            to_out: Linear::new(init, &child(prefix, "to_out.0"), query_dim, query_dim, true, device)?,
+            to_q: Linear::new(
+                init,
+                &child(prefix, "to_q"),
+                query_dim,
+                query_dim,
+                false,
+                device,
+            )?,
+            to_k: Linear::new(
+                init,
+                &child(prefix, "to_k"),
+                kv_dim,
+                query_dim,
+                false,
+                device,
+            )?,
+            to_v: Linear::new(
+                init,
+                &child(prefix, "to_v"),
+                kv_dim,
+                query_dim,
+                false,
+                device,
+            )?,
+            to_out: Linear::new(
+                init,
+                &child(prefix, "to_out.0"),
+                query_dim,
+                query_dim,
+                true,
+                device,
+            )?,
             layer: AttentionLayer {
                 name: prefix.to_string(),
                 index: 0,
@@ -303,8 +353,14 @@ impl<B: Backend> TransformerBlock<B> {
         context: &Tensor<B, 3>,
         hook: &dyn AttentionHook<B>,
     ) -> Tensor<B, 3> {
-        let x = self.attn1.forward(self.norm1.forward(x.clone()), None, hook) + x;
-        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context), hook) + x;
+        let x = self
+            .attn1
+            .forward(self.norm1.forward(x.clone()), None, hook)
+            + x;
+        let x = self
+            .attn2
+            .forward(self.norm2.forward(x.clone()), Some(context), hook)
+            + x;
         let site = |linear: &Linear<B>, module| LinearSite {
             parent: &self.name,
             module,
@@ -313,7 +369,12 @@ impl<B: Backend> TransformerBlock<B> {
             in_features: linear.in_features(),
             out_features: linear.out_features(),
         };
-        let h = hooked(&self.ff_in.proj, site(&self.ff_in.proj, "ff.net.0.proj"), self.norm3.forward(x.clone()), hook);
+        let h = hooked(
+            &self.ff_in.proj,
+            site(&self.ff_in.proj, "ff.net.0.proj"),
+            self.norm3.forward(x.clone()),
+            hook,
+        );
         let h = Geglu::gate(h);
         hooked(&self.ff_out, site(&self.ff_out, "ff.net.2"), h, hook) + x
     }

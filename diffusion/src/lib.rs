@@ -29,7 +29,9 @@ pub use pipeline::{
     Conditioning, Family, Pipeline, SampleSettings, SamplerKind, StepConditioning, StepInputs,
     SwitchAt, denoise, denoise_with, seeded_noise,
 };
-pub use schedulers::{Ddim, DdpmSchedule, EulerDiscrete, Prediction, Sampler, ScheduleConfig, Spacing};
+pub use schedulers::{
+    Ddim, DdpmSchedule, EulerDiscrete, Prediction, Sampler, ScheduleConfig, Spacing,
+};
 pub use unet::{AddedConditions, LayerKey, UNet, UNetInput};
 pub use vae::{Posterior, Vae};
 

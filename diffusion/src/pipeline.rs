@@ -66,20 +66,29 @@ pub struct TextEncoder<B: Backend> {
 impl<B: Backend> TextEncoder<B> {
     /// Loads `text_encoder*/` (transformers' `CLIPTextModel` or
     /// `CLIPTextModelWithProjection`) and the matching `tokenizer*/`.
-    pub fn load(encoder: &Path, tokenizer: &Path, device: &B::Device) -> Result<Self, DiffusionError> {
+    pub fn load(
+        encoder: &Path,
+        tokenizer: &Path,
+        device: &B::Device,
+    ) -> Result<Self, DiffusionError> {
         let config_path = encoder.join("config.json");
         let mut config = ClipConfig::from_hf_config_json(&config_path)?.text;
         let weights = WeightStore::open(encoder)?;
         if !weights.contains("text_projection.weight") {
             config.projection_dim = None;
         }
-        let tower = ClipTextTransformer::load(&weights, &config, WeightLayout::HuggingFace, device)?;
+        let tower =
+            ClipTextTransformer::load(&weights, &config, WeightLayout::HuggingFace, device)?;
         let tokenizer = ClipTokenizer::from_folder(tokenizer)?;
         Ok(Self { tower, tokenizer })
     }
 
     /// The tower's outputs for one prompt.
-    pub fn encode(&self, prompt: &str, device: &B::Device) -> Result<idforge_models::clip::TextOutput<B>, DiffusionError> {
+    pub fn encode(
+        &self,
+        prompt: &str,
+        device: &B::Device,
+    ) -> Result<idforge_models::clip::TextOutput<B>, DiffusionError> {
         let ids = self.tokenizer.encode(prompt)?;
         let n = ids.len();
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
@@ -339,11 +348,20 @@ impl<B: Backend> Pipeline<B> {
                 })
             }
         };
-        let mut encoders = vec![TextEncoder::load(&need("text_encoder")?, &need("tokenizer")?, device)?];
+        let mut encoders = vec![TextEncoder::load(
+            &need("text_encoder")?,
+            &need("tokenizer")?,
+            device,
+        )?];
         if family == Family::StableDiffusionXl {
-            encoders.push(TextEncoder::load(&need("text_encoder_2")?, &need("tokenizer_2")?, device)?);
+            encoders.push(TextEncoder::load(
+                &need("text_encoder_2")?,
+                &need("tokenizer_2")?,
+                device,
+            )?);
         }
-        let schedule = ScheduleConfig::from_file(&need("scheduler")?.join("scheduler_config.json"))?;
+        let schedule =
+            ScheduleConfig::from_file(&need("scheduler")?.join("scheduler_config.json"))?;
         Ok(Self {
             family,
             unet: UNet::load(&need("unet")?, device)?,
@@ -371,7 +389,9 @@ impl<B: Backend> Pipeline<B> {
     pub fn encode_prompt(&self, prompt: &str) -> Result<Conditioning<B>, DiffusionError> {
         match self.family {
             Family::StableDiffusion => Ok(Conditioning {
-                context: self.encoders[0].encode(prompt, &self.device)?.last_hidden_state,
+                context: self.encoders[0]
+                    .encode(prompt, &self.device)?
+                    .last_hidden_state,
                 pooled: None,
             }),
             Family::StableDiffusionXl => {
@@ -397,7 +417,10 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// The unconditional conditioning: the negative prompt's, or for SDXL without one, zeros.
-    pub fn encode_negative(&self, negative: Option<&str>) -> Result<Conditioning<B>, DiffusionError> {
+    pub fn encode_negative(
+        &self,
+        negative: Option<&str>,
+    ) -> Result<Conditioning<B>, DiffusionError> {
         match negative {
             None if self.force_zeros_for_empty_prompt => {
                 let c = self.encode_prompt("")?;
@@ -412,7 +435,11 @@ impl<B: Backend> Pipeline<B> {
 
     /// The initial N(0, 1) latent of an image size (height, width) for a seed (`[1, 4, h/8,
     /// w/8]` for SD); the size must suit the model (see [`Pipeline::check_size`]).
-    pub fn seeded_noise(&self, seed: u64, size: (usize, usize)) -> Result<Tensor<B, 4>, DiffusionError> {
+    pub fn seeded_noise(
+        &self,
+        seed: u64,
+        size: (usize, usize),
+    ) -> Result<Tensor<B, 4>, DiffusionError> {
         self.check_size(size.0, size.1)?;
         let s = self.vae_scale();
         Ok(seeded_noise::<B>(
@@ -426,7 +453,7 @@ impl<B: Backend> Pipeline<B> {
     /// downsampling together.
     pub fn check_size(&self, h: usize, w: usize) -> Result<(), DiffusionError> {
         let f = self.vae_scale() * (1 << (self.unet.config().block_out_channels.len() - 1));
-        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+        if h == 0 || w == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) {
             return Err(DiffusionError::Setting(format!(
                 "{w}×{h} pixels: width and height must be positive multiples of {f} for this model"
             )));
@@ -478,9 +505,13 @@ impl<B: Backend> Pipeline<B> {
         }
         self.check_size(h, w)?;
         if settings.time_ids.iter().any(|v| !v.is_finite()) {
-            return Err(DiffusionError::Setting("SDXL time ids must be finite".into()));
+            return Err(DiffusionError::Setting(
+                "SDXL time ids must be finite".into(),
+            ));
         }
-        let sampler = settings.sampler.build::<B>(&self.schedule, settings.steps)?;
+        let sampler = settings
+            .sampler
+            .build::<B>(&self.schedule, settings.steps)?;
         let time_ids = (self.family == Family::StableDiffusionXl).then_some(settings.time_ids);
         Ok(denoise_with(
             &self.unet,
@@ -503,10 +534,10 @@ impl<B: Backend> Pipeline<B> {
 /// One `[3, H, W]` image in [0, 1] as 8-bit RGB rows, rounded as diffusers' `numpy_to_pil`.
 pub fn to_rgb8<B: Backend>(image: Tensor<B, 3>) -> (usize, usize, Vec<u8>) {
     let [_, h, w] = image.dims();
-    let data = image
-        .swap_dims(0, 1)
-        .swap_dims(1, 2)
-        .to_f32_vec();
-    let bytes = data.iter().map(|v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8).collect();
+    let data = image.swap_dims(0, 1).swap_dims(1, 2).to_f32_vec();
+    let bytes = data
+        .iter()
+        .map(|v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8)
+        .collect();
     (w, h, bytes)
 }

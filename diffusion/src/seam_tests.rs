@@ -7,11 +7,11 @@ use std::collections::BTreeSet;
 use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
 
+use crate::UNetConfig;
 use crate::attention::{AttentionHook, AttentionLayer, Hooks, LinearSite, NoHook};
 use crate::pipeline::{Conditioning, StepInputs, SwitchAt, denoise_with};
 use crate::schedulers::{EulerDiscrete, ScheduleConfig};
 use crate::unet::{LayerKey, UNet, UNetInput};
-use crate::UNetConfig;
 
 type B = Flex;
 
@@ -49,10 +49,19 @@ struct Recorder {
 }
 
 impl AttentionHook<B> for Recorder {
-    fn linear(&self, site: &LinearSite<'_>, _input: &Tensor<B, 3>, output: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn linear(
+        &self,
+        site: &LinearSite<'_>,
+        _input: &Tensor<B, 3>,
+        output: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         assert_eq!(output.dims()[2], site.out_features, "{}", site.name());
         self.seen.borrow_mut().insert(site.name());
-        if site.is(&self.target) { output + self.value } else { output }
+        if site.is(&self.target) {
+            output + self.value
+        } else {
+            output
+        }
     }
 }
 
@@ -63,7 +72,11 @@ struct Extra {
 }
 
 impl AttentionHook<B> for Extra {
-    fn extra_attention(&self, layer: &AttentionLayer, query: &Tensor<B, 4>) -> Option<Tensor<B, 3>> {
+    fn extra_attention(
+        &self,
+        layer: &AttentionLayer,
+        query: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 3>> {
         (layer.index == self.index).then(|| {
             let [b, h, n, d] = query.dims();
             Tensor::zeros([b, n, h * d], &query.device()) + self.value
@@ -84,10 +97,19 @@ fn layers_are_numbered_in_attn_processors_order_and_found_by_name_or_index() {
     assert!(layers[0].name.starts_with("down_blocks.0."));
     assert!(layers.last().unwrap().name.starts_with("mid_block."));
     let by_name = unet
-        .attention_layer(LayerKey::Name("up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"))
+        .attention_layer(LayerKey::Name(
+            "up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor",
+        ))
         .unwrap();
-    assert_eq!(unet.attention_layer(LayerKey::Index(by_name.index)).unwrap(), by_name);
-    assert!(unet.attention_layer(LayerKey::Name("up_blocks.9.attn2")).is_none());
+    assert_eq!(
+        unet.attention_layer(LayerKey::Index(by_name.index))
+            .unwrap(),
+        by_name
+    );
+    assert!(
+        unet.attention_layer(LayerKey::Name("up_blocks.9.attn2"))
+            .is_none()
+    );
 }
 
 #[test]
@@ -130,8 +152,15 @@ fn a_hook_on_a_named_linear_changes_the_output_and_hooks_compose() {
     let x = input(2);
     let base = unet.forward(&x);
     let proj_out = "down_blocks.0.attentions.0.proj_out";
-    let a = Recorder { seen: RefCell::default(), target: proj_out.into(), value: 0.25 };
-    let b = Extra { index: 1, value: -0.5 };
+    let a = Recorder {
+        seen: RefCell::default(),
+        target: proj_out.into(),
+        value: 0.25,
+    };
+    let b = Extra {
+        index: 1,
+        value: -0.5,
+    };
     let with_a = unet.forward_with(&x, &a);
     assert!(max_abs(with_a.clone() - base.clone()) > 1e-3);
     let with_b = unet.forward_with(&x, &b);
@@ -142,8 +171,14 @@ fn a_hook_on_a_named_linear_changes_the_output_and_hooks_compose() {
     assert!(max_abs(ab.clone() - ba) < 1e-6);
     assert!(max_abs(ab.clone() - with_a) > 1e-3 && max_abs(ab - with_b) > 1e-3);
     // Two extra-attention hooks add up: +0.25 twice is +0.5 once.
-    let half = Extra { index: 3, value: 0.25 };
-    let whole = Extra { index: 3, value: 0.5 };
+    let half = Extra {
+        index: 3,
+        value: 0.25,
+    };
+    let whole = Extra {
+        index: 3,
+        value: 0.5,
+    };
     let twice = unet.forward_with(&x, &Hooks(vec![&half, &half]));
     assert!(max_abs(twice - unet.forward_with(&x, &whole)) < 1e-5);
 }
@@ -154,7 +189,11 @@ struct StepCounter {
 }
 
 impl AttentionHook<B> for StepCounter {
-    fn extra_attention(&self, layer: &AttentionLayer, _query: &Tensor<B, 4>) -> Option<Tensor<B, 3>> {
+    fn extra_attention(
+        &self,
+        layer: &AttentionLayer,
+        _query: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 3>> {
         if layer.index == 1 {
             *self.calls.borrow_mut() += 1;
         }
@@ -176,21 +215,59 @@ fn per_step_conditioning_starts_the_adapter_at_step_k() {
         pooled: None,
     };
     let noise = Tensor::<B, 4>::random([1, 4, 8, 8], Distribution::Normal(0.0, 1.0), &d);
-    let counter = StepCounter { calls: RefCell::new(0) };
+    let counter = StepCounter {
+        calls: RefCell::new(0),
+    };
     let steps = 5;
     let plan = SwitchAt {
-        before: StepInputs { cond: &cond, uncond: None, hook: &NoHook },
-        after: StepInputs { cond: &other, uncond: None, hook: &counter },
+        before: StepInputs {
+            cond: &cond,
+            uncond: None,
+            hook: &NoHook,
+        },
+        after: StepInputs {
+            cond: &other,
+            uncond: None,
+            hook: &counter,
+        },
         start: 2,
     };
     let sampler = EulerDiscrete::new(&schedule, steps).unwrap();
-    let switched = denoise_with(&unet, &sampler, noise.clone(), 1.0, None, &plan, &mut |_, _| {});
+    let switched = denoise_with(
+        &unet,
+        &sampler,
+        noise.clone(),
+        1.0,
+        None,
+        &plan,
+        &mut |_, _| {},
+    );
     assert_eq!(*counter.calls.borrow(), steps - 2);
     // Starting at step 0 is the same as conditioning on `other` throughout.
     let from_zero = SwitchAt { start: 0, ..plan };
-    let all_other = StepInputs { cond: &other, uncond: None, hook: &NoHook };
-    let a = denoise_with(&unet, &sampler, noise.clone(), 1.0, None, &from_zero, &mut |_, _| {});
-    let b = denoise_with(&unet, &sampler, noise, 1.0, None, &all_other, &mut |_, _| {});
+    let all_other = StepInputs {
+        cond: &other,
+        uncond: None,
+        hook: &NoHook,
+    };
+    let a = denoise_with(
+        &unet,
+        &sampler,
+        noise.clone(),
+        1.0,
+        None,
+        &from_zero,
+        &mut |_, _| {},
+    );
+    let b = denoise_with(
+        &unet,
+        &sampler,
+        noise,
+        1.0,
+        None,
+        &all_other,
+        &mut |_, _| {},
+    );
     assert!(max_abs(a - b.clone()) < 1e-6);
     assert!(max_abs(switched - b) > 1e-4);
 }

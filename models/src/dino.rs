@@ -34,8 +34,8 @@ use serde_json::Value;
 use crate::error::ModelError;
 use crate::face_api::preprocess::RgbView;
 use crate::nn::{LayerNorm, Linear, multi_head_attention, split_heads};
-use crate::weights::WeightStore;
 use crate::readback::ReadBack;
+use crate::weights::WeightStore;
 
 /// Hands out a tensor's values by upstream name and expected shape (from a file, or random).
 type Getter<'a> = dyn Fn(&str, &[usize]) -> Result<Vec<f32>, ModelError> + 'a;
@@ -231,8 +231,7 @@ impl DinoConfig {
         );
         let normal = |shape: Vec<usize>, std: f64| {
             let n: usize = shape.iter().product();
-            Tensor::<B, 1>::random([n], Distribution::Normal(0.0, std), device)
-                .to_f32_vec()
+            Tensor::<B, 1>::random([n], Distribution::Normal(0.0, std), device).to_f32_vec()
         };
         let tensors = self
             .parameter_shapes()
@@ -376,9 +375,7 @@ impl<B: Backend> DinoModel<B> {
             .into_iter()
             .find(|p| file.contains(&format!("{p}embeddings.cls_token")))
             .unwrap_or("");
-        let get = |name: &str, shape: &[usize]| {
-            file.values(&format!("{prefix}{name}"), shape)
-        };
+        let get = |name: &str, shape: &[usize]| file.values(&format!("{prefix}{name}"), shape);
         Self::build(config, &get, device)
     }
 
@@ -497,10 +494,7 @@ impl<B: Backend> DinoModel<B> {
             .blocks
             .iter()
             .fold(x, |x, blk| blk.forward(x, self.config.num_heads));
-        self.final_norm
-            .forward(x)
-            .narrow(1, 0, 1)
-            .reshape([b, d])
+        self.final_norm.forward(x).narrow(1, 0, 1).reshape([b, d])
     }
 
     /// The position table for a `gh × gw` patch grid: the checkpoint's when it fits (same count

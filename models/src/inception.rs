@@ -35,8 +35,8 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 
 use crate::error::ModelError;
 use crate::face_api::preprocess::RgbView;
-use crate::weights::WeightStore;
 use crate::readback::ReadBack;
+use crate::weights::WeightStore;
 
 /// Hands out a tensor's values by state-dict name and expected shape (from a file, or random).
 type Getter<'a> = dyn Fn(&str, &[usize]) -> Result<Vec<f32>, ModelError> + 'a;
@@ -211,8 +211,7 @@ impl InceptionConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> FidInception<B> {
         let random = |shape: &[usize], std: f64| {
             let n: usize = shape.iter().product();
-            Tensor::<B, 1>::random([n], Distribution::Normal(0.0, std), device)
-                .to_f32_vec()
+            Tensor::<B, 1>::random([n], Distribution::Normal(0.0, std), device).to_f32_vec()
         };
         let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, ModelError> {
             let n: usize = shape.iter().product();
@@ -587,10 +586,7 @@ impl<B: Backend> FidInception<B> {
         let x =
             Tensor::<B, 4>::from_data(TensorData::new(mode.input(image), [1, 3, n, n]), &device);
         let out = self.forward(x);
-        (
-            out.pool3.to_f32_vec(),
-            out.logits.to_f32_vec(),
-        )
+        (out.pool3.to_f32_vec(), out.logits.to_f32_vec())
     }
 }
 

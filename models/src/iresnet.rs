@@ -428,8 +428,7 @@ impl<B: Backend> IResNet<B> {
     /// The raw embedding of one aligned crop.
     pub fn embed(&self, crop: RgbView<'_>) -> Vec<f32> {
         let device = self.fc_bias.val().device();
-        self.forward(self.input(&[crop], &device))
-            .to_f32_vec()
+        self.forward(self.input(&[crop], &device)).to_f32_vec()
     }
 }
 

@@ -149,7 +149,7 @@ fn convention(library: &str) -> Convention {
 #[test]
 fn preprocessing_is_bit_exact_with_both_libraries() {
     let reference = json("preprocess.json");
-    let weights = idforge_models::WeightStore::open(&fixtures().join("inputs.safetensors")).unwrap();
+    let weights = idforge_models::WeightStore::open(fixtures().join("inputs.safetensors")).unwrap();
     let images: Vec<String> = json("inputs.json")["images"]
         .as_array()
         .unwrap()
@@ -279,7 +279,7 @@ fn compare<const D: usize>(got: Tensor<B, D>, want: (Vec<usize>, Vec<f32>), what
 #[test]
 fn tiny_models_match_transformers_and_open_clip() {
     let inputs = json("inputs.json");
-    let pixels = idforge_models::WeightStore::open(&fixtures().join("inputs.safetensors")).unwrap();
+    let pixels = idforge_models::WeightStore::open(fixtures().join("inputs.safetensors")).unwrap();
     let device = Default::default();
     let models = [
         ("hf_quickgelu", WeightLayout::HuggingFace),
@@ -289,7 +289,8 @@ fn tiny_models_match_transformers_and_open_clip() {
     ];
     for (name, layout) in models {
         let weights =
-            idforge_models::WeightStore::open(&fixtures().join(format!("tiny_{name}.safetensors"))).unwrap();
+            idforge_models::WeightStore::open(fixtures().join(format!("tiny_{name}.safetensors")))
+                .unwrap();
         assert_eq!(WeightLayout::detect(&weights), Some(layout), "{name}");
         let config = match layout {
             WeightLayout::HuggingFace => ClipConfig::from_hf_config_json(
@@ -327,8 +328,10 @@ fn tiny_models_match_transformers_and_open_clip() {
             ClipVisionTransformer::<B>::load(&weights, &config.vision, layout, &device).unwrap();
         let t = text.forward(ids);
         let v = vision.forward(px);
-        let reference =
-            idforge_models::WeightStore::open(&fixtures().join(format!("outputs_{name}.safetensors"))).unwrap();
+        let reference = idforge_models::WeightStore::open(
+            fixtures().join(format!("outputs_{name}.safetensors")),
+        )
+        .unwrap();
         let want = |key: &str| reference.read_f32(key).unwrap();
         let gaps = [
             (

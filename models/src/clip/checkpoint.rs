@@ -8,13 +8,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use super::{
-    Clip, ClipConfig, ClipPreprocess, ClipTokenizer, WeightLayout, cached_bpe_vocab,
-};
+use super::{Clip, ClipConfig, ClipPreprocess, ClipTokenizer, WeightLayout, cached_bpe_vocab};
 use crate::error::ModelError;
-use crate::weights::WeightStore;
 use crate::face_api::preprocess::RgbView;
 use crate::readback::ReadBack;
+use crate::weights::WeightStore;
 
 /// Where the checkpoint is and how to read it.
 #[derive(Debug, Clone, Default)]

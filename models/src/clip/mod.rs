@@ -37,8 +37,8 @@ pub use tokenizer::{ClipTokenizer, cached_bpe_vocab};
 pub use vision::{ClipVisionTransformer, VisionOutput};
 
 use crate::error::ModelError;
-use crate::weights::WeightStore;
 use crate::readback::ReadBack;
+use crate::weights::WeightStore;
 
 impl WeightLayout {
     /// The library whose tokenizer and preprocessing conventions go with checkpoints of this
@@ -99,10 +99,7 @@ impl<B: Backend> Clip<B> {
 
     /// `logit_scale` as stored (its exponential multiplies cosines into logits).
     pub fn logit_scale(&self) -> f32 {
-        let v: Vec<f32> = self
-            .logit_scale
-            .val()
-            .to_f32_vec();
+        let v: Vec<f32> = self.logit_scale.val().to_f32_vec();
         v[0]
     }
 
@@ -146,8 +143,7 @@ pub fn clip_score<B: Backend>(image_embeds: Tensor<B, 2>, text_embeds: Tensor<B,
         "one text per image"
     );
     let cos = (l2_normalize(image_embeds) * l2_normalize(text_embeds)).sum_dim(1);
-    let cos: Vec<f32> = cos
-        .to_f32_vec();
+    let cos: Vec<f32> = cos.to_f32_vec();
     cos.into_iter().map(|c| 100.0 * c.max(0.0)).collect()
 }
 

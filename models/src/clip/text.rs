@@ -13,9 +13,9 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use super::config::{ClipTextConfig, TextPooling};
 use super::load::{WeightLayout, tensor, text_spec};
 use super::transformer::{BlockShape, ResidualBlock, load_norm, run_blocks};
+use crate::error::ModelError;
 use crate::nn::{Init, LayerNorm, Linear};
 use crate::weights::WeightStore;
-use crate::error::ModelError;
 
 /// The text tower.
 #[derive(Module, Debug)]
@@ -65,10 +65,12 @@ impl ClipTextConfig {
             blocks: (0..self.layers)
                 .map(|_| ResidualBlock::init(self.block_shape(), device))
                 .collect(),
-            final_ln: LayerNorm::new(&Init::Random, "", self.width, self.layer_norm_eps, device).expect("random layers always build"),
-            projection: self
-                .projection_dim
-                .map(|e| Linear::new(&Init::Random, "", self.width, e, false, device).expect("random layers always build")),
+            final_ln: LayerNorm::new(&Init::Random, "", self.width, self.layer_norm_eps, device)
+                .expect("random layers always build"),
+            projection: self.projection_dim.map(|e| {
+                Linear::new(&Init::Random, "", self.width, e, false, device)
+                    .expect("random layers always build")
+            }),
             config: self.clone(),
         }
     }
@@ -157,7 +159,11 @@ impl<B: Backend> ClipTextTransformer<B> {
     ///
     /// # Panics
     /// If the sequence is longer than the context or the shapes disagree.
-    pub fn forward_embeddings(&self, embeds: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> TextOutput<B> {
+    pub fn forward_embeddings(
+        &self,
+        embeds: Tensor<B, 3>,
+        ids: Tensor<B, 2, Int>,
+    ) -> TextOutput<B> {
         let [batch, n, _] = embeds.dims();
         let c = &self.config;
         assert!(
@@ -165,7 +171,11 @@ impl<B: Backend> ClipTextTransformer<B> {
             "{n} tokens, the text tower has {} positions",
             c.context_length
         );
-        assert_eq!(ids.dims(), [batch, n], "ids and embeddings of different shapes");
+        assert_eq!(
+            ids.dims(),
+            [batch, n],
+            "ids and embeddings of different shapes"
+        );
         let host = ids_on_host(&ids);
         let x = embeds
             + self
@@ -295,7 +305,10 @@ mod tests {
         let a = tower.forward(ids.clone());
         let embeds = tower.embed_tokens(ids.clone());
         let b = tower.forward_embeddings(embeds.clone(), ids.clone());
-        let diff = (a.last_hidden_state - b.last_hidden_state).abs().max().into_scalar();
+        let diff = (a.last_hidden_state - b.last_hidden_state)
+            .abs()
+            .max()
+            .into_scalar();
         assert_eq!(diff, 0.0);
         // An edited embedding changes the output from that position on (causal mask).
         let edited = embeds.slice_assign([0..1, 2..3, 0..16], Tensor::zeros([1, 1, 16], &device));

@@ -15,9 +15,9 @@ use burn::tensor::{Distribution, Tensor};
 use super::config::ClipVisionConfig;
 use super::load::{WeightLayout, tensor, vision_spec};
 use super::transformer::{BlockShape, ResidualBlock, load_norm, run_blocks};
+use crate::error::ModelError;
 use crate::nn::{Init, LayerNorm, Linear};
 use crate::weights::WeightStore;
-use crate::error::ModelError;
 
 /// The vision tower.
 #[derive(Module, Debug)]
@@ -73,14 +73,17 @@ impl ClipVisionConfig {
                 Distribution::Normal(0.0, 0.02),
                 device,
             )),
-            pre_ln: LayerNorm::new(&Init::Random, "", self.width, self.layer_norm_eps, device).expect("random layers always build"),
+            pre_ln: LayerNorm::new(&Init::Random, "", self.width, self.layer_norm_eps, device)
+                .expect("random layers always build"),
             blocks: (0..self.layers)
                 .map(|_| ResidualBlock::init(self.block_shape(), device))
                 .collect(),
-            post_ln: LayerNorm::new(&Init::Random, "", self.width, self.layer_norm_eps, device).expect("random layers always build"),
-            projection: self
-                .projection_dim
-                .map(|e| Linear::new(&Init::Random, "", self.width, e, false, device).expect("random layers always build")),
+            post_ln: LayerNorm::new(&Init::Random, "", self.width, self.layer_norm_eps, device)
+                .expect("random layers always build"),
+            projection: self.projection_dim.map(|e| {
+                Linear::new(&Init::Random, "", self.width, e, false, device)
+                    .expect("random layers always build")
+            }),
             config: self.clone(),
         }
     }

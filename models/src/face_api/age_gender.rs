@@ -19,8 +19,8 @@ use super::face_feature_extractor::FaceFeatureExtractor;
 use super::layers::{FullyConnected, SeparableConv, pad_same, same_pad};
 use super::preprocess::{PixelRect, RgbView};
 use crate::error::ModelError;
-use crate::tfjs::TfjsWeights;
 use crate::readback::ReadBack;
+use crate::tfjs::TfjsWeights;
 
 /// `TinyXception(2)`: the number of middle-flow blocks `AgeGenderNet` builds it with.
 const MAIN_BLOCKS: usize = 2;

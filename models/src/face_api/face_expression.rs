@@ -13,8 +13,8 @@ use super::face_feature_extractor::FaceFeatureExtractor;
 use super::layers::FullyConnected;
 use super::preprocess::{PixelRect, RgbView};
 use crate::error::ModelError;
-use crate::tfjs::TfjsWeights;
 use crate::readback::ReadBack;
+use crate::tfjs::TfjsWeights;
 
 /// `FACE_EXPRESSION_LABELS`: the meaning of each output, in the network's output order.
 pub const EXPRESSION_LABELS: [&str; 7] = [

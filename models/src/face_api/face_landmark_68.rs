@@ -12,8 +12,8 @@ use super::face_feature_extractor::{FaceFeatureExtractor, INPUT};
 use super::layers::FullyConnected;
 use super::preprocess::{PixelRect, RgbView};
 use crate::error::ModelError;
-use crate::tfjs::TfjsWeights;
 use crate::readback::ReadBack;
+use crate::tfjs::TfjsWeights;
 
 /// The 68-point landmark network with its weights.
 #[derive(Module, Debug)]

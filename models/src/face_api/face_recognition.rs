@@ -13,8 +13,8 @@ use burn::tensor::ops::{ConvOptions, PadMode};
 
 use super::preprocess::{PixelRect, RgbView, face_input, face_input_at};
 use crate::error::ModelError;
-use crate::tfjs::TfjsWeights;
 use crate::readback::ReadBack;
+use crate::tfjs::TfjsWeights;
 
 const MEAN_RGB: [f32; 3] = [122.782, 117.001, 104.298];
 const INPUT: usize = 150;

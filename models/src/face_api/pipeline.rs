@@ -18,8 +18,8 @@ use super::{
     Gender, SsdMobilenetV1, TinyFaceDetector,
 };
 use crate::error::ModelError;
-use crate::tfjs::TfjsWeights;
 use crate::readback::ReadBack;
+use crate::tfjs::TfjsWeights;
 
 /// Which face-api detector finds the faces.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -254,10 +254,7 @@ fn forward_batch<B: Backend>(
     if inputs.is_empty() {
         return None;
     }
-    Some(
-        forward(Tensor::cat(inputs, 0))
-            .to_f32_vec(),
-    )
+    Some(forward(Tensor::cat(inputs, 0)).to_f32_vec())
 }
 
 /// The landmark net's crop of a detection: its box clipped to the image and floored.
@@ -487,10 +484,7 @@ impl<B: Backend> FaceAttributeNets<B> {
                 .collect(),
             0,
         );
-        let expressions: Vec<f32> = self
-            .expression
-            .forward(input.clone())
-            .to_f32_vec();
+        let expressions: Vec<f32> = self.expression.forward(input.clone()).to_f32_vec();
         let (age, gender) = self.age_gender.forward(input);
         let age: Vec<f32> = age.to_f32_vec();
         let gender: Vec<f32> = gender.to_f32_vec();

@@ -20,8 +20,8 @@ use super::Detection;
 use super::layers::pad_same;
 use super::preprocess::{RgbView, reshaped_dims, to_square_input};
 use crate::error::ModelError;
-use crate::tfjs::{TfjsWeights, Values};
 use crate::readback::ReadBack;
+use crate::tfjs::{TfjsWeights, Values};
 
 /// The network input side (`toBatchTensor(512, false)`).
 pub const INPUT_SIZE: usize = 512;
@@ -337,9 +337,7 @@ impl<B: Backend> SsdMobilenetV1<B> {
         max_results: usize,
     ) -> Vec<Detection> {
         let device = self.conv0.bias.val().device();
-        let raw: Vec<f32> = self
-            .forward(Self::input(img, &device))
-            .to_f32_vec();
+        let raw: Vec<f32> = self.forward(Self::input(img, &device)).to_f32_vec();
         let (boxes, scores) = self.decode(&raw);
         let keep = nms(&boxes, &scores, max_results, IOU_THRESHOLD, min_confidence);
         // Back from the padded square to the image (with the rounded reshaped size, as there).

@@ -17,8 +17,8 @@ use super::layers::SeparableConv;
 use super::preprocess::{RgbView, normalize_in_place, reshaped_dims, to_square_input};
 use super::{Detection, non_max_suppression};
 use crate::error::ModelError;
-use crate::tfjs::TfjsWeights;
 use crate::readback::ReadBack;
+use crate::tfjs::TfjsWeights;
 
 /// `BOX_ANCHORS` of `tinyFaceDetector/const.ts`, in cells.
 const ANCHORS: [(f64, f64); 5] = [
@@ -130,9 +130,7 @@ impl<B: Backend> TinyFaceDetector<B> {
         let device = self.conv0_bias.val().device();
         let out = self.forward(Self::input(img, input_size, &device));
         let [_, _, cells, _] = out.dims();
-        let values: Vec<f32> = out
-            .permute([0, 2, 3, 1])
-            .to_f32_vec();
+        let values: Vec<f32> = out.permute([0, 2, 3, 1]).to_f32_vec();
         let (rw, rh) = reshaped_dims(img.width, img.height, input_size);
         let size = rw.max(rh) as f64;
         let (fx, fy) = (size / rw as f64, size / rh as f64);

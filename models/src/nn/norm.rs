@@ -78,7 +78,7 @@ impl<B: Backend> GroupNorm<B> {
         eps: f64,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(ModelError::Setting(format!(
                 "{prefix}: {channels} channels cannot be split into {groups} groups"
             )));
@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn layer_norm_matches_the_formula() {
         let d = Default::default();
-        let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1., 2., 3., 4., -1., 0.], [2, 3]), &d);
+        let x = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![1., 2., 3., 4., -1., 0.], [2, 3]),
+            &d,
+        );
         let ln = LayerNorm::from_tensors(
             Tensor::from_floats([1., 2., 0.5], &d),
             Tensor::from_floats([0., 1., -1.], &d),
@@ -140,6 +143,9 @@ mod tests {
         let e = GroupNorm::<Flex>::new(&Init::Random, "norm", 3, 8, 1e-5, &Default::default())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("norm") && e.contains('8') && e.contains('3'), "{e}");
+        assert!(
+            e.contains("norm") && e.contains('8') && e.contains('3'),
+            "{e}"
+        );
     }
 }

@@ -61,7 +61,9 @@ pub fn shard_files(index: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| format("no `weight_map` object (is it a sharded checkpoint's index?)".into()))?;
+        .ok_or_else(|| {
+            format("no `weight_map` object (is it a sharded checkpoint's index?)".into())
+        })?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
     names.sort_unstable();

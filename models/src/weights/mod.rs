@@ -328,13 +328,15 @@ impl WeightStore {
                 message: format!("tensor `{full}`: {message}"),
             }),
             Location::Bytes { start, len } => {
-                let file = source.file.as_ref().expect("safetensors sources keep their file");
-                let bytes = safetensors::read_bytes(file, *start, *len).map_err(|e| {
-                    ModelError::Io {
+                let file = source
+                    .file
+                    .as_ref()
+                    .expect("safetensors sources keep their file");
+                let bytes =
+                    safetensors::read_bytes(file, *start, *len).map_err(|e| ModelError::Io {
                         path: source.path.clone(),
                         source: e,
-                    }
-                })?;
+                    })?;
                 Ok(entry.dtype.decode(&bytes))
             }
         }
@@ -371,7 +373,10 @@ impl WeightStore {
             });
         }
         let values = transpose(&self.decode(&full, entry)?, out, inp);
-        Ok(Tensor::from_data(TensorData::new(values, [inp, out]), device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, [inp, out]),
+            device,
+        ))
     }
 }
 
@@ -396,7 +401,11 @@ mod tests {
     fn write_file(dir: &Path, name: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> PathBuf {
         let bytes: Vec<Vec<u8>> = tensors
             .iter()
-            .map(|(_, _, v)| v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect())
+            .map(|(_, _, v)| {
+                v.iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect()
+            })
             .collect();
         let views: Map<String, ::safetensors::tensor::TensorView<'_>> = tensors
             .iter()
@@ -429,7 +438,11 @@ mod tests {
             dir.path(),
             "a.safetensors",
             &[
-                ("image_proj.proj.weight", vec![3, 2], vec![1., 2., 3., 4., 5., 6.]),
+                (
+                    "image_proj.proj.weight",
+                    vec![3, 2],
+                    vec![1., 2., 3., 4., 5., 6.],
+                ),
                 ("image_proj.norm.bias", vec![3], vec![0.5, -1., 2.]),
             ],
         );
@@ -437,22 +450,40 @@ mod tests {
         assert_eq!(store.len(), 2);
         assert_eq!(store.shape("proj.weight"), Some(&[3usize, 2][..]));
         assert!(store.contains("norm.bias") && !store.contains("image_proj.norm.bias"));
-        let w = store.linear_weight::<Flex>("proj.weight", 2, 3, &Default::default()).unwrap();
-        assert_eq!(w.into_data().to_vec::<f32>().unwrap(), vec![1., 3., 5., 2., 4., 6.]);
+        let w = store
+            .linear_weight::<Flex>("proj.weight", 2, 3, &Default::default())
+            .unwrap();
+        assert_eq!(
+            w.into_data().to_vec::<f32>().unwrap(),
+            vec![1., 3., 5., 2., 4., 6.]
+        );
         let store = store.with_rename("norm_out.", "norm.");
-        assert_eq!(store.values("norm_out.bias", &[3]).unwrap(), vec![0.5, -1., 2.]);
+        assert_eq!(
+            store.values("norm_out.bias", &[3]).unwrap(),
+            vec![0.5, -1., 2.]
+        );
     }
 
     #[test]
     fn missing_and_misshapen_tensors_name_themselves() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_file(dir.path(), "a.safetensors", &[("w", vec![2, 2], vec![0.; 4])]);
+        let path = write_file(
+            dir.path(),
+            "a.safetensors",
+            &[("w", vec![2, 2], vec![0.; 4])],
+        );
         let store = WeightStore::open(&path).unwrap();
         let e = store.values("v", &[2]).unwrap_err().to_string();
         assert!(e.contains("`v`") && e.contains("a.safetensors"), "{e}");
         let e = store.values("w", &[4]).unwrap_err().to_string();
-        assert!(e.contains("`w`") && e.contains("[2, 2]") && e.contains("[4]"), "{e}");
-        let e = store.linear_weight::<Flex>("w", 3, 2, &Default::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("`w`") && e.contains("[2, 2]") && e.contains("[4]"),
+            "{e}"
+        );
+        let e = store
+            .linear_weight::<Flex>("w", 3, 2, &Default::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[2, 2]") && e.contains("[2, 3]"), "{e}");
     }
 
@@ -462,7 +493,8 @@ mod tests {
         write_file(dir.path(), "m-1.safetensors", &[("a", vec![1], vec![1.])]);
         write_file(dir.path(), "m-2.safetensors", &[("b", vec![1], vec![2.])]);
         std::fs::write(
-            dir.path().join("diffusion_pytorch_model.safetensors.index.json"),
+            dir.path()
+                .join("diffusion_pytorch_model.safetensors.index.json"),
             r#"{"metadata": {}, "weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}"#,
         )
         .unwrap();

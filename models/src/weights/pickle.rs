@@ -9,8 +9,11 @@ use burn::tensor::{DType, TensorData};
 use super::Dtype;
 use crate::error::ModelError;
 
-/// Every tensor of the file: name, dtype, shape, data.
-pub(super) fn read(path: &Path) -> Result<Vec<(String, Dtype, Vec<usize>, TensorData)>, ModelError> {
+/// One tensor of a pickle: name, dtype, shape, data.
+pub(super) type PickleEntry = (String, Dtype, Vec<usize>, TensorData);
+
+/// Every tensor of the file.
+pub(super) fn read(path: &Path) -> Result<Vec<PickleEntry>, ModelError> {
     if let Err(source) = std::fs::metadata(path) {
         return Err(ModelError::Io {
             path: path.to_path_buf(),
