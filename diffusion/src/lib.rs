@@ -13,6 +13,7 @@
 //! base weights frozen (`Module::no_grad`); the trainer (`idforge-train`) adds gradient
 //! checkpointing.
 
+pub mod adapters;
 pub mod attention;
 pub mod config;
 pub mod error;

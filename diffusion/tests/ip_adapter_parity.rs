@@ -1,0 +1,191 @@
+//! The IP-Adapter family against diffusers' `load_ip_adapter` on the tiny SD UNet
+//! (fixtures from tools/adapters-reference/make_ip_adapter_fixtures.py, diffusers 0.38.0): each
+//! adapter file in the original `{image_proj, ip_adapter}` layout, loaded by idforge, gives the
+//! UNet output diffusers gives with `added_cond_kwargs={"image_embeds": [embeds]}`.
+//!
+//! Tolerance: max |Δ| ≤ 1e-4 of the output's scale (its max |value|), as the base UNet's parity.
+
+use std::path::PathBuf;
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+use idforge_diffusion::adapters::ip_adapter::{IpAdapter, IpScale, ProjectionInput};
+use idforge_diffusion::{UNet, UNetInput};
+use idforge_models::WeightStore;
+use idforge_models::readback::ReadBack;
+
+type B = Flex;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+struct Parity {
+    store: WeightStore,
+    meta: serde_json::Value,
+}
+
+impl Parity {
+    fn open() -> Self {
+        let dir = fixtures().join("ip-adapter");
+        Self {
+            store: WeightStore::open(dir.join("parity.safetensors")).unwrap(),
+            meta: serde_json::from_str(&std::fs::read_to_string(dir.join("parity.json")).unwrap())
+                .unwrap(),
+        }
+    }
+
+    fn t<const D: usize>(&self, key: &str) -> Tensor<B, D> {
+        let (shape, values) = self.store.read_f32(key).unwrap();
+        let shape: [usize; D] = shape.try_into().unwrap();
+        Tensor::from_data(TensorData::new(values, shape), &Default::default())
+    }
+
+    /// `[batch, images, …]` → `[batch·images, …]`, the projection's batch.
+    fn per_image<const D: usize, const E: usize>(&self, key: &str) -> Tensor<B, E> {
+        let t = self.t::<D>(key);
+        let dims = t.dims();
+        let mut flat = [0usize; E];
+        flat[0] = dims[0] * dims[1];
+        flat[1..].copy_from_slice(&dims[2..]);
+        t.reshape(flat)
+    }
+
+    fn scale(&self, kind: &str) -> f32 {
+        self.meta["scales"][kind].as_f64().unwrap() as f32
+    }
+
+    fn input(&self) -> UNetInput<B> {
+        UNetInput {
+            sample: self.t("sample"),
+            timesteps: self.t("timestep"),
+            context: self.t("context"),
+            added: None,
+        }
+    }
+}
+
+fn max_rel_diff(got: Tensor<B, 4>, want: Tensor<B, 4>) -> f32 {
+    let g = got.to_f32_vec();
+    let w = want.to_f32_vec();
+    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    g.iter()
+        .zip(&w)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+fn run(kind: &str, input: ProjectionInput<B>, shortcut: bool) -> (f32, f32) {
+    let p = Parity::open();
+    let device = Default::default();
+    let unet = UNet::<B>::load(&fixtures().join("tiny-sd/unet"), &device).unwrap();
+    let mut adapter = IpAdapter::load(
+        &fixtures().join(format!("ip-adapter/{kind}.safetensors")),
+        &unet,
+        &device,
+    )
+    .unwrap();
+    adapter.set_shortcut(shortcut, 1.0);
+    let batch = p.meta["batch"].as_u64().unwrap() as usize;
+    let tokens = adapter.tokens(&input, batch).unwrap();
+    let hook = adapter.hook(tokens, IpScale::uniform(p.scale(kind)));
+    let got = unet.forward_with(&p.input(), &hook);
+    let want = p.t::<4>(&format!("{kind}.out"));
+    let base = p.t::<4>("base.out");
+    let (diff, effect) = (max_rel_diff(got, want.clone()), max_rel_diff(base, want));
+    eprintln!("{kind}: max |Δ| {diff:.2e} of scale (adapter's own effect {effect:.2e})");
+    (diff, effect)
+}
+
+fn none() -> ProjectionInput<B> {
+    ProjectionInput {
+        image_embeds: None,
+        hidden_states: None,
+        id_embeds: None,
+    }
+}
+
+#[test]
+fn plain_ip_adapter_with_two_references_matches_diffusers() {
+    let p = Parity::open();
+    let input = ProjectionInput {
+        image_embeds: Some(p.per_image::<3, 2>("plain.image_embeds")),
+        ..none()
+    };
+    let (diff, adapter_effect) = run("plain", input, false);
+    assert!(diff < 1e-4, "{diff}");
+    assert!(
+        adapter_effect > 1e-2,
+        "the adapter changes nothing: {adapter_effect}"
+    );
+}
+
+#[test]
+fn ip_adapter_plus_matches_diffusers() {
+    let p = Parity::open();
+    let input = ProjectionInput {
+        hidden_states: Some(p.per_image::<4, 3>("plus.hidden_states")),
+        ..none()
+    };
+    let (diff, effect) = run("plus", input, false);
+    assert!(diff < 1e-4 && effect > 1e-2, "{diff} {effect}");
+}
+
+#[test]
+fn ip_adapter_full_face_matches_diffusers() {
+    let p = Parity::open();
+    let input = ProjectionInput {
+        hidden_states: Some(p.per_image::<4, 3>("full_face.hidden_states")),
+        ..none()
+    };
+    let (diff, effect) = run("full_face", input, false);
+    assert!(diff < 1e-4 && effect > 1e-2, "{diff} {effect}");
+}
+
+#[test]
+fn ip_adapter_faceid_with_its_lora_matches_diffusers() {
+    let p = Parity::open();
+    let input = ProjectionInput {
+        id_embeds: Some(p.per_image::<3, 2>("faceid.id_embeds")),
+        ..none()
+    };
+    let (diff, effect) = run("faceid", input, false);
+    assert!(diff < 1e-4 && effect > 1e-2, "{diff} {effect}");
+}
+
+#[test]
+fn ip_adapter_faceid_plus_v2_matches_diffusers() {
+    let p = Parity::open();
+    let input = ProjectionInput {
+        id_embeds: Some(p.per_image::<3, 2>("faceid_plus_v2.id_embeds")),
+        hidden_states: Some(p.per_image::<4, 3>("faceid_plus_v2.hidden_states")),
+        ..none()
+    };
+    let (diff, effect) = run("faceid_plus_v2", input, true);
+    assert!(diff < 1e-4 && effect > 1e-2, "{diff} {effect}");
+}
+
+#[test]
+fn wrong_inputs_and_files_are_clear_errors() {
+    let device = Default::default();
+    let unet = UNet::<B>::load(&fixtures().join("tiny-sd/unet"), &device).unwrap();
+    let dir = fixtures().join("ip-adapter");
+    let faceid = IpAdapter::load(&dir.join("faceid.safetensors"), &unet, &device).unwrap();
+    assert_eq!(faceid.kind(), "ip-adapter-faceid");
+    let e = faceid.tokens(&none(), 1).unwrap_err().to_string();
+    assert!(
+        e.contains("ArcFace") && e.contains("ip-adapter-faceid"),
+        "{e}"
+    );
+    // A file that is not an IP-Adapter.
+    let e = IpAdapter::load(&dir.join("parity.safetensors"), &unet, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("image_proj"), "{e}");
+    // An adapter for another base model: the tiny SDXL UNet has another cross width.
+    let sdxl = UNet::<B>::load(&fixtures().join("tiny-sdxl/unet"), &device).unwrap();
+    let e = IpAdapter::load(&dir.join("plain.safetensors"), &sdxl, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another base model"), "{e}");
+}
