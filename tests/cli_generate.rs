@@ -77,7 +77,10 @@ fn generate_from_diffusers_noise_ends_at_diffusers_image() {
     }
     // Rounding to 8 bits is the only difference allowed: ≤ 0.5 of a level plus the loop's
     // 1e-6 relative error.
-    assert!(worst <= 0.51, "a pixel differs from diffusers' by {worst} levels");
+    assert!(
+        worst <= 0.51,
+        "a pixel differs from diffusers' by {worst} levels"
+    );
 }
 
 #[test]
@@ -118,26 +121,174 @@ fn generate_refuses_bad_input_with_a_message() {
     let model = f.join("tiny-sd");
     let model = model.to_str().unwrap();
 
-    let out = generate(&["--model", tmp.path().to_str().unwrap(), "--prompt", "p", "-o", png.to_str().unwrap()]);
+    let out = generate(&[
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt",
+        "p",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("model_index.json"), "{}", text(&out));
 
-    let out = generate(&["--model", model, "--prompt", "p", "--width", "61", "-o", png.to_str().unwrap()]);
+    let out = generate(&[
+        "--model",
+        model,
+        "--prompt",
+        "p",
+        "--width",
+        "61",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("multiples of"), "{}", text(&out));
 
-    let out = generate(&["--model", model, "--prompt", "p", "--steps", "0", "-o", png.to_str().unwrap()]);
+    let out = generate(&[
+        "--model",
+        model,
+        "--prompt",
+        "p",
+        "--steps",
+        "0",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("sampling steps"), "{}", text(&out));
 
     std::fs::write(&png, b"keep me").unwrap();
-    let out = generate(&["--model", model, "--prompt", "p", "--steps", "2", "-o", png.to_str().unwrap()]);
+    let out = generate(&[
+        "--model",
+        model,
+        "--prompt",
+        "p",
+        "--steps",
+        "2",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("--overwrite"), "{}", text(&out));
-    assert_eq!(std::fs::read(&png).unwrap(), b"keep me", "an existing file was touched");
+    assert_eq!(
+        std::fs::read(&png).unwrap(),
+        b"keep me",
+        "an existing file was touched"
+    );
 
     let jpg = tmp.path().join("x.jpg");
-    let out = generate(&["--model", model, "--prompt", "p", "-o", jpg.to_str().unwrap()]);
+    let out = generate(&[
+        "--model",
+        model,
+        "--prompt",
+        "p",
+        "-o",
+        jpg.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains(".png"), "{}", text(&out));
+}
+
+/// Writes `id_embeds` `[refs, dim]` as f32 safetensors.
+fn write_id_embeds(path: &Path, values: &[f32], dim: usize) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![values.len() / dim, dim],
+        &bytes,
+    )
+    .unwrap();
+    safetensors::serialize_to_file([("id_embeds", view)], None, path).unwrap();
+}
+
+#[test]
+fn generate_with_an_ip_adapter_faceid_file() {
+    // The FaceID adapter of tools/adapters-reference (the tiny SD UNet's layout, with LoRA):
+    // scale 0 gives exactly the base model's image, scale 1 another; the kind is printed.
+    let f = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let ids = tmp.path().join("ids.safetensors");
+    let id: Vec<f32> = (0..16).map(|i| ((i as f32) * 0.7).sin() / 2.0).collect();
+    write_id_embeds(&ids, &id, 16);
+    let adapter = f.join("ip-adapter/faceid.safetensors");
+    let png = |name: &str| tmp.path().join(name);
+    let common = |out: &Path| -> Vec<String> {
+        [
+            "--model",
+            f.join("tiny-sd").to_str().unwrap(),
+            "--prompt",
+            "a photo of a man",
+            "--steps",
+            "4",
+            "--seed",
+            "3",
+            "-o",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = |extra: &[&str], out: &Path| {
+        let mut args = common(out);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        generate(&args)
+    };
+    let base = run(&[], &png("base.png"));
+    assert!(base.status.success(), "{}", text(&base));
+    let adapter_args = |scale: &'static str| {
+        vec![
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--id-embeds",
+            ids.to_str().unwrap(),
+            "--adapter-scale",
+            scale,
+        ]
+    };
+    let zero = run(&adapter_args("0"), &png("zero.png"));
+    assert!(zero.status.success(), "{}", text(&zero));
+    assert!(text(&zero).contains("ip-adapter-faceid"), "{}", text(&zero));
+    let one = run(&adapter_args("1"), &png("one.png"));
+    assert!(one.status.success(), "{}", text(&one));
+    let pixels = |p: &Path| image::open(p).unwrap().to_rgb8().into_raw();
+    // Scale 0 removes the decoupled attention but FaceID's LoRA stays (as in diffusers).
+    let (b, z, o) = (
+        pixels(&png("base.png")),
+        pixels(&png("zero.png")),
+        pixels(&png("one.png")),
+    );
+    assert_ne!(z, o, "the adapter scale changes nothing");
+    assert_ne!(b, o, "the adapter changes nothing");
+    // An adapter that starts after the last step leaves the base model alone (per-step inputs).
+    let late = run(
+        &[adapter_args("1"), vec!["--id-start-step", "4"]].concat(),
+        &png("late.png"),
+    );
+    assert!(late.status.success(), "{}", text(&late));
+    assert_eq!(
+        pixels(&png("late.png")),
+        b,
+        "an adapter starting after the last step is the base model"
+    );
+    // Bad input.
+    let missing = run(&["--adapter", adapter.to_str().unwrap()], &png("x.png"));
+    assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
+    assert!(text(&missing).contains("--id-embeds"), "{}", text(&missing));
+    let not_adapter = run(
+        &[
+            "--adapter",
+            f.join("sd_parity.safetensors").to_str().unwrap(),
+            "--id-embeds",
+            ids.to_str().unwrap(),
+        ],
+        &png("y.png"),
+    );
+    assert_eq!(not_adapter.status.code(), Some(1), "{}", text(&not_adapter));
+    assert!(
+        text(&not_adapter).contains("image_proj"),
+        "{}",
+        text(&not_adapter)
+    );
 }

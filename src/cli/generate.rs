@@ -6,10 +6,15 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use burn::tensor::Tensor;
 use clap::{Args, ValueEnum};
 use idforge_core::progress::Progress;
+use idforge_diffusion::adapters::ip_adapter::{IpAdapter, IpScale, ProjectionInput};
 use idforge_diffusion::pipeline::to_rgb8;
-use idforge_diffusion::{Family, Pipeline, SampleSettings, SamplerKind};
+use idforge_diffusion::{
+    Family, NoHook, Pipeline, SampleSettings, SamplerKind, StepInputs, SwitchAt,
+};
+use idforge_models::WeightStore;
 
 use super::device::Backend;
 
@@ -61,6 +66,33 @@ pub struct GenerateArgs {
     /// The tensor in `--noise` to use (default: the file's only tensor).
     #[arg(long, requires = "noise")]
     noise_tensor: Option<String>,
+    /// An identity adapter to condition on: an IP-Adapter-family file (`.bin` or
+    /// `.safetensors` with `image_proj.*` / `ip_adapter.*`: plain, Plus, full-face, FaceID,
+    /// FaceID-Plus); its kind is read from its keys and printed. Give its input with
+    /// --image-embeds and/or --id-embeds.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// The adapter's image input, a `.safetensors` file: `image_embeds` (`[refs, dim]`: CLIP's
+    /// projected image embedding, plain IP-Adapter) and/or `hidden_states` (`[refs, tokens,
+    /// hidden]`: CLIP's penultimate hidden states, Plus / full-face / FaceID-Plus), optionally
+    /// `negative_hidden_states` (the same of a black image, for guidance; default zeros is only
+    /// right for `image_embeds`). Leading axes beyond the last one or two are references.
+    #[arg(long, requires = "adapter")]
+    image_embeds: Option<PathBuf>,
+    /// The adapter's identity input: a `.safetensors` file with `id_embeds` (or its only
+    /// tensor): the ArcFace embedding `[refs, 512]` (L2-normalised for FaceID / FaceID-Plus).
+    /// The unconditional branch uses zeros, as the references do.
+    #[arg(long, requires = "adapter")]
+    id_embeds: Option<PathBuf>,
+    /// The adapter's scale on every cross-attention layer (diffusers' `set_ip_adapter_scale`).
+    #[arg(long, default_value_t = 1.0, requires = "adapter")]
+    adapter_scale: f32,
+    /// FaceID-Plus V2: add the resampled tokens to FaceID's (`shortcut`), as the V2 files need.
+    #[arg(long, requires = "adapter")]
+    plus_v2: bool,
+    /// The first denoising step that sees the adapter (0: all; PhotoMaker-style late start).
+    #[arg(long, default_value_t = 0, requires = "adapter")]
+    id_start_step: usize,
     /// The PNG to write.
     #[arg(short, long)]
     output: PathBuf,
@@ -115,16 +147,78 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         },
         time_ids: [h as f32, w as f32, 0.0, 0.0, h as f32, w as f32],
     };
+    if !(a.adapter_scale.is_finite()) {
+        bail!(
+            "--adapter-scale {}: give a finite number (1 is the adapter as trained)",
+            a.adapter_scale
+        );
+    }
+    if a.id_start_step > a.steps {
+        bail!(
+            "--id-start-step {}: at most --steps ({})",
+            a.id_start_step,
+            a.steps
+        );
+    }
+    let cond = pipe
+        .encode_prompt(&a.prompt)
+        .context("encoding the prompt")?;
+    let uncond = if guidance > 1.0 {
+        Some(
+            pipe.encode_negative(a.negative_prompt.as_deref())
+                .context("encoding the negative prompt")?,
+        )
+    } else {
+        None
+    };
+    let adapter = match &a.adapter {
+        Some(path) => {
+            let mut adapter = IpAdapter::load(path, &pipe.unet, &device)
+                .with_context(|| format!("loading the adapter {}", path.display()))?;
+            adapter.set_shortcut(a.plus_v2, 1.0);
+            eprintln!("adapter {}: {}", path.display(), adapter.kind());
+            Some(adapter)
+        }
+        None => None,
+    };
+    let hook = match &adapter {
+        Some(adapter) => {
+            let (pos, neg) = adapter_inputs(&a, &device)?;
+            let tokens = adapter
+                .tokens(&pos, 1)
+                .context("projecting the adapter's input")?;
+            let tokens = if uncond.is_some() {
+                let negative = adapter
+                    .tokens(&neg, 1)
+                    .context("projecting the unconditional input")?;
+                Tensor::cat(vec![negative, tokens], 0)
+            } else {
+                tokens
+            };
+            Some(adapter.hook(tokens, IpScale::uniform(a.adapter_scale)))
+        }
+        None => None,
+    };
+    let base = StepInputs {
+        cond: &cond,
+        uncond: uncond.as_ref(),
+        hook: &NoHook,
+    };
+    let plan = SwitchAt {
+        after: StepInputs {
+            hook: match &hook {
+                Some(h) => h,
+                None => &NoHook,
+            },
+            ..base.clone()
+        },
+        before: base,
+        start: a.id_start_step,
+    };
     let progress = Progress::new("denoising", a.steps as u64);
     let sampling = Instant::now();
     let latents = pipe
-        .sample(
-            &a.prompt,
-            a.negative_prompt.as_deref(),
-            &settings,
-            noise,
-            &mut |_, _| progress.inc(1),
-        )
+        .sample_with(&plan, &settings, noise, &mut |_, _| progress.inc(1))
         .context("sampling")?;
     progress.finish();
     let image = pipe.decode(latents);
@@ -152,6 +246,98 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The adapter's conditional and unconditional inputs from --image-embeds / --id-embeds.
+fn adapter_inputs(
+    a: &GenerateArgs,
+    device: &burn::tensor::Device<Backend>,
+) -> anyhow::Result<(ProjectionInput<Backend>, ProjectionInput<Backend>)> {
+    let mut pos = ProjectionInput {
+        image_embeds: None,
+        hidden_states: None,
+        id_embeds: None,
+    };
+    let mut neg = pos.clone();
+    if a.image_embeds.is_none() && a.id_embeds.is_none() {
+        bail!(
+            "--adapter needs its input: --id-embeds (FaceID kinds: an ArcFace embedding) and/or \
+             --image-embeds (CLIP image_embeds or hidden_states); computing them from a reference \
+             photo is not built yet"
+        );
+    }
+    if let Some(path) = &a.image_embeds {
+        let store = WeightStore::open(path)
+            .with_context(|| format!("reading --image-embeds {}", path.display()))?;
+        if store.contains("image_embeds") {
+            let e = rows::<2>(&store, "image_embeds", path, device)?;
+            neg.image_embeds = Some(e.zeros_like());
+            pos.image_embeds = Some(e);
+        }
+        if store.contains("hidden_states") {
+            let h = rows::<3>(&store, "hidden_states", path, device)?;
+            neg.hidden_states = Some(if store.contains("negative_hidden_states") {
+                rows::<3>(&store, "negative_hidden_states", path, device)?
+            } else {
+                h.zeros_like()
+            });
+            pos.hidden_states = Some(h);
+        }
+        if pos.image_embeds.is_none() && pos.hidden_states.is_none() {
+            bail!(
+                "--image-embeds {}: no `image_embeds` or `hidden_states` tensor",
+                path.display()
+            );
+        }
+    }
+    if let Some(path) = &a.id_embeds {
+        let store = WeightStore::open(path)
+            .with_context(|| format!("reading --id-embeds {}", path.display()))?;
+        let name = if store.contains("id_embeds") {
+            "id_embeds".to_string()
+        } else {
+            let names: Vec<String> = store.names().map(str::to_string).collect();
+            match names.as_slice() {
+                [only] => only.clone(),
+                _ => bail!(
+                    "--id-embeds {}: no `id_embeds` tensor and {} others; name it id_embeds",
+                    path.display(),
+                    names.len()
+                ),
+            }
+        };
+        let e = rows::<2>(&store, &name, path, device)?;
+        neg.id_embeds = Some(e.zeros_like());
+        pos.id_embeds = Some(e);
+    }
+    Ok((pos, neg))
+}
+
+/// A tensor whose last `D - 1` axes are kept and every leading axis becomes references.
+fn rows<const D: usize>(
+    store: &WeightStore,
+    name: &str,
+    path: &std::path::Path,
+    device: &burn::tensor::Device<Backend>,
+) -> anyhow::Result<Tensor<Backend, D>> {
+    let (shape, values) = store
+        .read_f32(name)
+        .with_context(|| format!("{}: reading `{name}`", path.display()))?;
+    if shape.len() < D - 1 || values.is_empty() {
+        bail!(
+            "{}: `{name}` has shape {shape:?}; expected [references, …] with {} trailing axes",
+            path.display(),
+            D - 1
+        );
+    }
+    let tail = &shape[shape.len() + 1 - D..];
+    let mut dims = [0usize; D];
+    dims[1..].copy_from_slice(tail);
+    dims[0] = values.len() / tail.iter().product::<usize>();
+    Ok(Tensor::from_data(
+        burn::tensor::TensorData::new(values, dims),
+        device,
+    ))
+}
+
 /// The initial noise tensor of a `.safetensors` file.
 fn read_noise<B: burn::tensor::backend::Backend>(
     path: &std::path::Path,
@@ -176,10 +362,16 @@ fn read_noise<B: burn::tensor::backend::Backend>(
         .map(<[usize]>::to_vec)
         .with_context(|| format!("{}: no tensor `{name}`", path.display()))?;
     let [n, c, h, w]: [usize; 4] = shape.clone().try_into().map_err(|_| {
-        anyhow::anyhow!("{}: `{name}` has shape {shape:?}, expected [1, channels, h, w]", path.display())
+        anyhow::anyhow!(
+            "{}: `{name}` has shape {shape:?}, expected [1, channels, h, w]",
+            path.display()
+        )
     })?;
     if n != 1 {
-        bail!("{}: `{name}` holds {n} latents; give one ([1, channels, h, w])", path.display());
+        bail!(
+            "{}: `{name}` holds {n} latents; give one ([1, channels, h, w])",
+            path.display()
+        );
     }
     Ok(weights.tensor(&name, [n, c, h, w], device)?)
 }
