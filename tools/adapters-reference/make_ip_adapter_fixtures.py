@@ -12,6 +12,8 @@ the UNet with `added_cond_kwargs={"image_embeds": [embeds]}`.
 
 Writes diffusion/tests/fixtures/ip-adapter/:
   <kind>.safetensors       the adapter file (original layout)
+  loop_faceid.safetensors  a whole guided 10-step DDIM loop with FaceID from fixed noise: its
+                           inputs (id_embeds, noise) and diffusers' image
   parity.safetensors       inputs (sample, timestep, text context, per-kind embeds) and
                            diffusers' UNet outputs (<kind>.out), float32
   parity.json              scales, shapes, versions
@@ -31,6 +33,8 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
+# The guided loop with FaceID: DDIM (the tiny pipeline's scheduler), 64 px, negative "".
+LOOP = {"prompt": "a photo of a man wearing a red hat", "steps": 10, "guidance": 7.5, "scale": 0.8}
 FIXTURES = ROOT / "diffusion/tests/fixtures"
 
 
@@ -176,6 +180,28 @@ def main():
                     inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["context"]
                 ).sample
         print(f"{kind}: {type(proj).__name__}, |out| {out.abs().max():.4f}")
+        if kind == "faceid":
+            # A whole guided DDIM loop with FaceID (two references, LoRA on) from fixed noise,
+            # as `idforge generate --adapter … --id-embeds … --noise …` runs it.
+            pipe.set_ip_adapter_scale(LOOP["scale"])
+            ids = torch.nn.functional.normalize(torch.randn(1, 2, 16), dim=-1)
+            noise = torch.randn(1, 4, 32, 32)
+            with torch.no_grad():
+                image = pipe(
+                    LOOP["prompt"],
+                    negative_prompt="",
+                    height=64,
+                    width=64,
+                    num_inference_steps=LOOP["steps"],
+                    guidance_scale=LOOP["guidance"],
+                    latents=noise.clone(),
+                    ip_adapter_image_embeds=[torch.cat([torch.zeros_like(ids), ids])],
+                    output_type="pt",
+                ).images
+            save_file(
+                {"id_embeds": ids[0].contiguous(), "noise": noise, "image": image.float().contiguous()},
+                args.out / "loop_faceid.safetensors",
+            )
 
     tensors = {k: v.float().contiguous() for k, v in {**inputs, **outputs}.items()}
     save_file(tensors, args.out / "parity.safetensors")
@@ -184,6 +210,8 @@ def main():
         "batch": batch,
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
         "versions": {"diffusers": diffusers.__version__, "torch": torch.__version__},
+        "loop_faceid": {**LOOP, "sampler": "ddim", "height": 64, "width": 64, "negative_prompt": "",
+                        "file": "loop_faceid.safetensors (id_embeds [2, 16], noise, image in [0, 1])"},
         "notes": "image embeds are [batch, images, ...]: several images per row are concatenated "
         "into one token sequence by diffusers' IPAdapterAttnProcessor2_0.",
     }
