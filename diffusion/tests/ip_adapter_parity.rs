@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use idforge_diffusion::adapters::ip_adapter::{IpAdapter, IpScale, ProjectionInput};
-use idforge_diffusion::{UNet, UNetInput};
+use idforge_diffusion::{AddedConditions, UNet, UNetInput};
 use idforge_models::WeightStore;
 use idforge_models::readback::ReadBack;
 
@@ -188,4 +188,54 @@ fn wrong_inputs_and_files_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("another base model"), "{e}");
+}
+
+/// The tiny SDXL UNet (two transformer blocks per attention module in its second level): the
+/// `attn_processors` numbering of SDXL files and its added conditions.
+fn run_sdxl(kind: &str, input: ProjectionInput<B>) -> (f32, f32) {
+    let p = Parity::open();
+    let device = Default::default();
+    let unet = UNet::<B>::load(&fixtures().join("tiny-sdxl/unet"), &device).unwrap();
+    let adapter = IpAdapter::load(
+        &fixtures().join(format!("ip-adapter/sdxl_{kind}.safetensors")),
+        &unet,
+        &device,
+    )
+    .unwrap();
+    let tokens = adapter.tokens(&input, 2).unwrap();
+    let hook = adapter.hook(tokens, IpScale::uniform(p.scale(kind)));
+    let x = UNetInput {
+        sample: p.t("sdxl.sample"),
+        timesteps: p.t("timestep"),
+        context: p.t("sdxl.context"),
+        added: Some(AddedConditions {
+            text_embeds: p.t("sdxl.text_embeds"),
+            time_ids: p.t("sdxl.time_ids"),
+        }),
+    };
+    let got = unet.forward_with(&x, &hook);
+    let want = p.t::<4>(&format!("sdxl.{kind}.out"));
+    let (diff, effect) = (
+        max_rel_diff(got, want.clone()),
+        max_rel_diff(p.t("sdxl.base.out"), want),
+    );
+    eprintln!("sdxl {kind}: max |Δ| {diff:.2e} of scale (adapter's own effect {effect:.2e})");
+    (diff, effect)
+}
+
+#[test]
+fn sdxl_plain_and_faceid_match_diffusers() {
+    let p = Parity::open();
+    let plain = ProjectionInput {
+        image_embeds: Some(p.per_image::<3, 2>("sdxl.plain.image_embeds")),
+        ..none()
+    };
+    let (diff, effect) = run_sdxl("plain", plain);
+    assert!(diff < 1e-4 && effect > 1e-2, "{diff} {effect}");
+    let faceid = ProjectionInput {
+        id_embeds: Some(p.per_image::<3, 2>("sdxl.faceid.id_embeds")),
+        ..none()
+    };
+    let (diff, effect) = run_sdxl("faceid", faceid);
+    assert!(diff < 1e-4 && effect > 1e-2, "{diff} {effect}");
 }

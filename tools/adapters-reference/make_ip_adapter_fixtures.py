@@ -11,7 +11,8 @@ pipeline of diffusion/tests/fixtures/tiny-sd with diffusers' own `load_ip_adapte
 the UNet with `added_cond_kwargs={"image_embeds": [embeds]}`.
 
 Writes diffusion/tests/fixtures/ip-adapter/:
-  <kind>.safetensors       the adapter file (original layout)
+  <kind>.safetensors       the adapter file (original layout), tiny SD
+  sdxl_<kind>.safetensors  plain and FaceID for the tiny SDXL UNet
   loop_faceid.safetensors  a whole guided 10-step DDIM loop with FaceID from fixed noise: its
                            inputs (id_embeds, noise) and diffusers' image
   parity.safetensors       inputs (sample, timestep, text context, per-kind embeds) and
@@ -202,6 +203,45 @@ def main():
                 {"id_embeds": ids[0].contiguous(), "noise": noise, "image": image.float().contiguous()},
                 args.out / "loop_faceid.safetensors",
             )
+
+    # SDXL: plain and FaceID on the tiny SDXL UNet (two transformer blocks per attention module
+    # in its second level, so the attn_processors numbering is exercised), with SDXL's added
+    # conditions.
+    from diffusers import StableDiffusionXLPipeline
+
+    xl = {
+        "sdxl.sample": torch.randn(batch, 4, 16, 16),
+        "sdxl.context": torch.randn(batch, 7, 64),
+        "sdxl.text_embeds": torch.randn(batch, 32),
+        "sdxl.time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * batch),
+        "sdxl.plain.image_embeds": torch.randn(batch, 1, 16),
+        "sdxl.faceid.id_embeds": torch.nn.functional.normalize(torch.randn(batch, 1, 16), dim=-1),
+    }
+    inputs.update(xl)
+    for kind in ["plain", "faceid"]:
+        pipe = StableDiffusionXLPipeline.from_pretrained(FIXTURES / "tiny-sdxl", torch_dtype=torch.float32)
+        unet = pipe.unet
+        cross = unet.config.cross_attention_dim
+        sd = {f"image_proj.{k}": v for k, v in image_proj(kind, cross).items()}
+        sd.update({f"ip_adapter.{k}": v for k, v in ip_layers(unet, kind, cross).items()})
+        name = f"sdxl_{kind}.safetensors"
+        save_file({k: v.contiguous() for k, v in sd.items()}, args.out / name)
+        pipe.load_ip_adapter(str(args.out), subfolder="", weight_name=name, image_encoder_folder=None)
+        pipe.set_ip_adapter_scale(scales[kind])
+        embeds = xl["sdxl.plain.image_embeds"] if kind == "plain" else xl["sdxl.faceid.id_embeds"]
+        added = {"text_embeds": xl["sdxl.text_embeds"], "time_ids": xl["sdxl.time_ids"]}
+        with torch.no_grad():
+            outputs[f"sdxl.{kind}.out"] = unet(
+                xl["sdxl.sample"], inputs["timestep"], encoder_hidden_states=xl["sdxl.context"],
+                added_cond_kwargs={**added, "image_embeds": [embeds]},
+            ).sample
+            if kind == "plain":
+                pipe.unload_ip_adapter()
+                outputs["sdxl.base.out"] = unet(
+                    xl["sdxl.sample"], inputs["timestep"], encoder_hidden_states=xl["sdxl.context"],
+                    added_cond_kwargs=added,
+                ).sample
+        print(f"sdxl {kind}: |out| {outputs[f'sdxl.{kind}.out'].abs().max():.4f}")
 
     tensors = {k: v.float().contiguous() for k, v in {**inputs, **outputs}.items()}
     save_file(tensors, args.out / "parity.safetensors")

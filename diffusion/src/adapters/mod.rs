@@ -9,7 +9,7 @@
 //!   `{image_proj, ip_adapter}` layout (`.bin` or `.safetensors`).
 //!
 //! Not yet here (the adapters issue continues): PhotoMaker v1/v2, the split-prompt adapter,
-//! mean / max pooling of several references, SDXL parity fixtures.
+//! mean / max pooling of several references.
 
 pub mod ip_adapter;
 pub mod lora;
