@@ -77,7 +77,10 @@ fn generate_from_diffusers_noise_ends_at_diffusers_image() {
     }
     // Rounding to 8 bits is the only difference allowed: ≤ 0.5 of a level plus the loop's
     // 1e-6 relative error.
-    assert!(worst <= 0.51, "a pixel differs from diffusers' by {worst} levels");
+    assert!(
+        worst <= 0.51,
+        "a pixel differs from diffusers' by {worst} levels"
+    );
 }
 
 #[test]
@@ -118,26 +121,71 @@ fn generate_refuses_bad_input_with_a_message() {
     let model = f.join("tiny-sd");
     let model = model.to_str().unwrap();
 
-    let out = generate(&["--model", tmp.path().to_str().unwrap(), "--prompt", "p", "-o", png.to_str().unwrap()]);
+    let out = generate(&[
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt",
+        "p",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("model_index.json"), "{}", text(&out));
 
-    let out = generate(&["--model", model, "--prompt", "p", "--width", "61", "-o", png.to_str().unwrap()]);
+    let out = generate(&[
+        "--model",
+        model,
+        "--prompt",
+        "p",
+        "--width",
+        "61",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("multiples of"), "{}", text(&out));
 
-    let out = generate(&["--model", model, "--prompt", "p", "--steps", "0", "-o", png.to_str().unwrap()]);
+    let out = generate(&[
+        "--model",
+        model,
+        "--prompt",
+        "p",
+        "--steps",
+        "0",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("sampling steps"), "{}", text(&out));
 
     std::fs::write(&png, b"keep me").unwrap();
-    let out = generate(&["--model", model, "--prompt", "p", "--steps", "2", "-o", png.to_str().unwrap()]);
+    let out = generate(&[
+        "--model",
+        model,
+        "--prompt",
+        "p",
+        "--steps",
+        "2",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("--overwrite"), "{}", text(&out));
-    assert_eq!(std::fs::read(&png).unwrap(), b"keep me", "an existing file was touched");
+    assert_eq!(
+        std::fs::read(&png).unwrap(),
+        b"keep me",
+        "an existing file was touched"
+    );
 
     let jpg = tmp.path().join("x.jpg");
-    let out = generate(&["--model", model, "--prompt", "p", "-o", jpg.to_str().unwrap()]);
+    let out = generate(&[
+        "--model",
+        model,
+        "--prompt",
+        "p",
+        "-o",
+        jpg.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains(".png"), "{}", text(&out));
 }

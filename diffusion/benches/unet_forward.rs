@@ -34,8 +34,9 @@ fn run<B: Backend>(args: &BenchArgs, backend: &str) {
         return;
     }
     let get = |flag: &str, default: usize| {
-        args.value(flag)
-            .map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{flag} N")))
+        args.value(flag).map_or(default, |v| {
+            v.parse().unwrap_or_else(|_| panic!("{flag} N"))
+        })
     };
     let (latent, batch, rounds) = (get("--latent", 32), get("--batch", 2), get("--rounds", 3));
     let config = UNetConfig::sd15();
@@ -44,7 +45,11 @@ fn run<B: Backend>(args: &BenchArgs, backend: &str) {
     let unet = UNet::<B>::random(&config, &device);
     let init_s = t0.elapsed().as_secs_f64();
     let input = UNetInput {
-        sample: Tensor::random([batch, 4, latent, latent], Distribution::Normal(0.0, 1.0), &device),
+        sample: Tensor::random(
+            [batch, 4, latent, latent],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ),
         timesteps: Tensor::from_floats([500.0], &device),
         context: Tensor::random([batch, 77, cross], Distribution::Normal(0.0, 1.0), &device),
         added: None,

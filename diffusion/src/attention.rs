@@ -70,7 +70,11 @@ pub trait AttentionHook<B: Backend> {
     /// Extra attention output to add before `to_out` (`[batch, tokens, heads·head_dim]`), given
     /// the layer's query (`[batch, heads, tokens, head_dim]`); IP-Adapter attends to its image
     /// tokens here with its own key and value projections.
-    fn extra_attention(&self, _layer: &AttentionLayer, _query: &Tensor<B, 4>) -> Option<Tensor<B, 3>> {
+    fn extra_attention(
+        &self,
+        _layer: &AttentionLayer,
+        _query: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 3>> {
         None
     }
 }
@@ -132,10 +136,38 @@ impl<B: Backend> Attention<B> {
     ) -> Result<Self, DiffusionError> {
         let kv_dim = cross_attention_dim.unwrap_or(query_dim);
         Ok(Self {
-            to_q: Linear::new(init, &child(prefix, "to_q"), query_dim, query_dim, false, device)?,
-            to_k: Linear::new(init, &child(prefix, "to_k"), kv_dim, query_dim, false, device)?,
-            to_v: Linear::new(init, &child(prefix, "to_v"), kv_dim, query_dim, false, device)?,
-            to_out: Linear::new(init, &child(prefix, "to_out.0"), query_dim, query_dim, true, device)?,
+            to_q: Linear::new(
+                init,
+                &child(prefix, "to_q"),
+                query_dim,
+                query_dim,
+                false,
+                device,
+            )?,
+            to_k: Linear::new(
+                init,
+                &child(prefix, "to_k"),
+                kv_dim,
+                query_dim,
+                false,
+                device,
+            )?,
+            to_v: Linear::new(
+                init,
+                &child(prefix, "to_v"),
+                kv_dim,
+                query_dim,
+                false,
+                device,
+            )?,
+            to_out: Linear::new(
+                init,
+                &child(prefix, "to_out.0"),
+                query_dim,
+                query_dim,
+                true,
+                device,
+            )?,
             layer: AttentionLayer {
                 name: prefix.to_string(),
                 query_dim,
@@ -165,9 +197,15 @@ impl<B: Backend> Attention<B> {
         let kv_in = context.cloned().unwrap_or_else(|| x.clone());
         let q = hook.projection(l, Projection::Query, &x, self.to_q.forward(x.clone()));
         let k = hook.projection(l, Projection::Key, &kv_in, self.to_k.forward(kv_in.clone()));
-        let v = hook.projection(l, Projection::Value, &kv_in, self.to_v.forward(kv_in.clone()));
+        let v = hook.projection(
+            l,
+            Projection::Value,
+            &kv_in,
+            self.to_v.forward(kv_in.clone()),
+        );
         let q = split_heads(q, l.heads);
-        let mut a = multi_head_attention(q.clone(), split_heads(k, l.heads), split_heads(v, l.heads));
+        let mut a =
+            multi_head_attention(q.clone(), split_heads(k, l.heads), split_heads(v, l.heads));
         if let Some(extra) = hook.extra_attention(l, &q) {
             a = a + extra;
         }
@@ -223,9 +261,17 @@ impl<B: Backend> TransformerBlock<B> {
         context: &Tensor<B, 3>,
         hook: &dyn AttentionHook<B>,
     ) -> Tensor<B, 3> {
-        let x = self.attn1.forward(self.norm1.forward(x.clone()), None, hook) + x;
-        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context), hook) + x;
-        self.ff_out.forward(self.ff_in.forward(self.norm3.forward(x.clone()))) + x
+        let x = self
+            .attn1
+            .forward(self.norm1.forward(x.clone()), None, hook)
+            + x;
+        let x = self
+            .attn2
+            .forward(self.norm2.forward(x.clone()), Some(context), hook)
+            + x;
+        self.ff_out
+            .forward(self.ff_in.forward(self.norm3.forward(x.clone())))
+            + x
     }
 }
 

@@ -212,7 +212,10 @@ impl UNetConfig {
             ("attention_head_dim", per_len(&self.attention_head_dim)),
         ] {
             if len.is_some_and(|l| l != n) {
-                return Err(format!("`{key}` has {} entries for {n} blocks", len.unwrap_or(0)));
+                return Err(format!(
+                    "`{key}` has {} entries for {n} blocks",
+                    len.unwrap_or(0)
+                ));
             }
         }
         if self.class_embed_type.is_some() {
@@ -237,7 +240,10 @@ impl UNetConfig {
             return refuse("only/dual cross-attention");
         }
         if self.time_embedding_type != "positional" {
-            return refuse(&format!("time_embedding_type `{}`", self.time_embedding_type));
+            return refuse(&format!(
+                "time_embedding_type `{}`",
+                self.time_embedding_type
+            ));
         }
         if self.conv_in_kernel != 3 || self.conv_out_kernel != 3 {
             return refuse("conv_in/conv_out kernels other than 3");
@@ -248,9 +254,11 @@ impl UNetConfig {
                 if self.addition_time_embed_dim.is_none()
                     || self.projection_class_embeddings_input_dim.is_none()
                 {
-                    return Err("addition_embed_type `text_time` needs addition_time_embed_dim \
+                    return Err(
+                        "addition_embed_type `text_time` needs addition_time_embed_dim \
                                 and projection_class_embeddings_input_dim"
-                        .into());
+                            .into(),
+                    );
                 }
             }
             Some(t) => return refuse(&format!("addition_embed_type `{t}`")),
@@ -300,7 +308,12 @@ impl UNetConfig {
     pub fn up_transformer_layers(&self) -> Vec<usize> {
         match &self.reverse_transformer_layers_per_block {
             Some(v) => v.clone(),
-            None => self.levels().iter().rev().map(|l| l.transformer_layers).collect(),
+            None => self
+                .levels()
+                .iter()
+                .rev()
+                .map(|l| l.transformer_layers)
+                .collect(),
         }
     }
 
@@ -375,7 +388,9 @@ impl VaeConfig {
             return Err("`block_out_channels` is empty".into());
         }
         if self.act_fn != "silu" || !self.mid_block_add_attention {
-            return Err("only the Stable Diffusion VAE (silu, mid-block attention) is supported".into());
+            return Err(
+                "only the Stable Diffusion VAE (silu, mid-block attention) is supported".into(),
+            );
         }
         for t in &self.down_block_types {
             if t != "DownEncoderBlock2D" {

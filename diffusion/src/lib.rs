@@ -26,8 +26,12 @@ pub mod weights;
 pub use attention::{AttentionHook, AttentionLayer, NoHook, Projection};
 pub use config::{UNetConfig, VaeConfig};
 pub use error::DiffusionError;
-pub use pipeline::{Conditioning, Family, Pipeline, SampleSettings, SamplerKind, denoise, seeded_noise};
-pub use schedulers::{Ddim, DdpmSchedule, EulerDiscrete, Prediction, Sampler, ScheduleConfig, Spacing};
+pub use pipeline::{
+    Conditioning, Family, Pipeline, SampleSettings, SamplerKind, denoise, seeded_noise,
+};
+pub use schedulers::{
+    Ddim, DdpmSchedule, EulerDiscrete, Prediction, Sampler, ScheduleConfig, Spacing,
+};
 pub use unet::{AddedConditions, UNet, UNetInput};
 pub use vae::{Posterior, Vae};
 pub use weights::Weights;

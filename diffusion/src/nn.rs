@@ -41,7 +41,11 @@ fn param<B: Backend, const D: usize>(
     let tensor = match init {
         Init::Load(w) => w.tensor(name, shape, device)?,
         Init::Random => match fan_in {
-            Some(f) => Tensor::random(shape, Distribution::Normal(0.0, (f as f64).powf(-0.5)), device),
+            Some(f) => Tensor::random(
+                shape,
+                Distribution::Normal(0.0, (f as f64).powf(-0.5)),
+                device,
+            ),
             None => Tensor::zeros(shape, device),
         },
     };
@@ -131,12 +135,7 @@ impl<B: Backend> Conv2d<B> {
             x,
             self.weight.val(),
             Some(self.bias.val()),
-            ConvOptions::new(
-                [self.stride; 2],
-                [self.padding; 2],
-                [1, 1],
-                1,
-            ),
+            ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1),
         )
     }
 }

@@ -65,20 +65,29 @@ pub struct TextEncoder<B: Backend> {
 impl<B: Backend> TextEncoder<B> {
     /// Loads `text_encoder*/` (transformers' `CLIPTextModel` or
     /// `CLIPTextModelWithProjection`) and the matching `tokenizer*/`.
-    pub fn load(encoder: &Path, tokenizer: &Path, device: &B::Device) -> Result<Self, DiffusionError> {
+    pub fn load(
+        encoder: &Path,
+        tokenizer: &Path,
+        device: &B::Device,
+    ) -> Result<Self, DiffusionError> {
         let config_path = encoder.join("config.json");
         let mut config = ClipConfig::from_hf_config_json(&config_path)?.text;
         let weights = Weights::open(encoder)?.into_clip();
         if !weights.contains("text_projection.weight") {
             config.projection_dim = None;
         }
-        let tower = ClipTextTransformer::load(&weights, &config, WeightLayout::HuggingFace, device)?;
+        let tower =
+            ClipTextTransformer::load(&weights, &config, WeightLayout::HuggingFace, device)?;
         let tokenizer = ClipTokenizer::from_folder(tokenizer)?;
         Ok(Self { tower, tokenizer })
     }
 
     /// The tower's outputs for one prompt.
-    pub fn encode(&self, prompt: &str, device: &B::Device) -> Result<idforge_models::clip::TextOutput<B>, DiffusionError> {
+    pub fn encode(
+        &self,
+        prompt: &str,
+        device: &B::Device,
+    ) -> Result<idforge_models::clip::TextOutput<B>, DiffusionError> {
         let ids = self.tokenizer.encode(prompt)?;
         let n = ids.len();
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
@@ -147,7 +156,11 @@ pub fn denoise<B: Backend>(
         }),
         _ => None,
     };
-    assert_eq!(rows, if guided.is_some() { 2 * batch } else { batch }, "one conditioning row per latent");
+    assert_eq!(
+        rows,
+        if guided.is_some() { 2 * batch } else { batch },
+        "one conditioning row per latent"
+    );
     let timesteps = sampler.timesteps().to_vec();
     let mut latents = noise * sampler.init_noise_sigma();
     for (i, &t) in timesteps.iter().enumerate() {
@@ -261,11 +274,20 @@ impl<B: Backend> Pipeline<B> {
                 })
             }
         };
-        let mut encoders = vec![TextEncoder::load(&need("text_encoder")?, &need("tokenizer")?, device)?];
+        let mut encoders = vec![TextEncoder::load(
+            &need("text_encoder")?,
+            &need("tokenizer")?,
+            device,
+        )?];
         if family == Family::StableDiffusionXl {
-            encoders.push(TextEncoder::load(&need("text_encoder_2")?, &need("tokenizer_2")?, device)?);
+            encoders.push(TextEncoder::load(
+                &need("text_encoder_2")?,
+                &need("tokenizer_2")?,
+                device,
+            )?);
         }
-        let schedule = ScheduleConfig::from_file(&need("scheduler")?.join("scheduler_config.json"))?;
+        let schedule =
+            ScheduleConfig::from_file(&need("scheduler")?.join("scheduler_config.json"))?;
         Ok(Self {
             family,
             unet: UNet::load(&need("unet")?, device)?,
@@ -293,7 +315,9 @@ impl<B: Backend> Pipeline<B> {
     pub fn encode_prompt(&self, prompt: &str) -> Result<Conditioning<B>, DiffusionError> {
         match self.family {
             Family::StableDiffusion => Ok(Conditioning {
-                context: self.encoders[0].encode(prompt, &self.device)?.last_hidden_state,
+                context: self.encoders[0]
+                    .encode(prompt, &self.device)?
+                    .last_hidden_state,
                 pooled: None,
             }),
             Family::StableDiffusionXl => {
@@ -319,7 +343,10 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// The unconditional conditioning: the negative prompt's, or for SDXL without one, zeros.
-    pub fn encode_negative(&self, negative: Option<&str>) -> Result<Conditioning<B>, DiffusionError> {
+    pub fn encode_negative(
+        &self,
+        negative: Option<&str>,
+    ) -> Result<Conditioning<B>, DiffusionError> {
         match negative {
             None if self.force_zeros_for_empty_prompt => {
                 let c = self.encode_prompt("")?;
@@ -334,7 +361,11 @@ impl<B: Backend> Pipeline<B> {
 
     /// The initial N(0, 1) latent of an image size (height, width) for a seed (`[1, 4, h/8,
     /// w/8]` for SD); the size must suit the model (see [`Pipeline::check_size`]).
-    pub fn seeded_noise(&self, seed: u64, size: (usize, usize)) -> Result<Tensor<B, 4>, DiffusionError> {
+    pub fn seeded_noise(
+        &self,
+        seed: u64,
+        size: (usize, usize),
+    ) -> Result<Tensor<B, 4>, DiffusionError> {
         self.check_size(size.0, size.1)?;
         let s = self.vae_scale();
         Ok(seeded_noise::<B>(
@@ -377,7 +408,9 @@ impl<B: Backend> Pipeline<B> {
         }
         self.check_size(h, w)?;
         if settings.time_ids.iter().any(|v| !v.is_finite()) {
-            return Err(DiffusionError::Setting("SDXL time ids must be finite".into()));
+            return Err(DiffusionError::Setting(
+                "SDXL time ids must be finite".into(),
+            ));
         }
         let cond = self.encode_prompt(prompt)?;
         let uncond = if settings.guidance > 1.0 {
@@ -385,7 +418,9 @@ impl<B: Backend> Pipeline<B> {
         } else {
             None
         };
-        let sampler = settings.sampler.build::<B>(&self.schedule, settings.steps)?;
+        let sampler = settings
+            .sampler
+            .build::<B>(&self.schedule, settings.steps)?;
         let time_ids = (self.family == Family::StableDiffusionXl).then_some(settings.time_ids);
         Ok(denoise(
             &self.unet,
@@ -417,6 +452,9 @@ pub fn to_rgb8<B: Backend>(image: Tensor<B, 3>) -> (usize, usize, Vec<u8>) {
         .convert::<f32>()
         .to_vec::<f32>()
         .expect("f32 image");
-    let bytes = data.iter().map(|v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8).collect();
+    let bytes = data
+        .iter()
+        .map(|v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8)
+        .collect();
     (w, h, bytes)
 }

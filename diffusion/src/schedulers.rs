@@ -144,16 +144,29 @@ impl ScheduleConfig {
             (self.use_beta_sigmas, "use_beta_sigmas"),
             (self.rescale_betas_zero_snr, "rescale_betas_zero_snr"),
             (self.thresholding, "thresholding"),
-            (self.trained_betas.as_ref().is_some_and(|v| !v.is_null()), "trained_betas"),
+            (
+                self.trained_betas.as_ref().is_some_and(|v| !v.is_null()),
+                "trained_betas",
+            ),
         ] {
             if set {
-                return Err(format!("`{key}` is not supported by idforge's samplers; set it to its default"));
+                return Err(format!(
+                    "`{key}` is not supported by idforge's samplers; set it to its default"
+                ));
             }
         }
-        if self.interpolation_type.as_deref().is_some_and(|t| t != "linear") {
+        if self
+            .interpolation_type
+            .as_deref()
+            .is_some_and(|t| t != "linear")
+        {
             return Err("only `interpolation_type` \"linear\" is supported".into());
         }
-        if self.final_sigmas_type.as_deref().is_some_and(|t| t != "zero") {
+        if self
+            .final_sigmas_type
+            .as_deref()
+            .is_some_and(|t| t != "zero")
+        {
             return Err("only `final_sigmas_type` \"zero\" is supported".into());
         }
         if self.beta_schedule != "scaled_linear" && self.beta_schedule != "linear" {
@@ -185,7 +198,11 @@ impl ScheduleConfig {
             } else {
                 end - step * (n - i - 1) as f32
             };
-            if self.beta_schedule == "linear" { v } else { v * v }
+            if self.beta_schedule == "linear" {
+                v
+            } else {
+                v * v
+            }
         });
         let mut acc = 1f64;
         betas
@@ -226,28 +243,51 @@ impl DdpmSchedule {
     }
 
     /// `(√ᾱₜ, √(1−ᾱₜ))` per timestep, `[batch, 1, 1, 1]`.
-    fn coefficients<B: Backend>(&self, t: &[usize], device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    fn coefficients<B: Backend>(
+        &self,
+        t: &[usize],
+        device: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let a: Vec<f32> = t.iter().map(|&t| self.alphas_cumprod[t].sqrt()).collect();
-        let s: Vec<f32> = t.iter().map(|&t| (1.0f32 - self.alphas_cumprod[t]).sqrt()).collect();
+        let s: Vec<f32> = t
+            .iter()
+            .map(|&t| (1.0f32 - self.alphas_cumprod[t]).sqrt())
+            .collect();
         let n = t.len();
-        let col = |v: Vec<f32>| Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([n, 1, 1, 1]);
+        let col =
+            |v: Vec<f32>| Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([n, 1, 1, 1]);
         (col(a), col(s))
     }
 
     /// diffusers' `add_noise`: `√ᾱₜ·x₀ + √(1−ᾱₜ)·ε`, one timestep per batch item.
-    pub fn add_noise<B: Backend>(&self, x0: Tensor<B, 4>, noise: Tensor<B, 4>, t: &[usize]) -> Tensor<B, 4> {
+    pub fn add_noise<B: Backend>(
+        &self,
+        x0: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        t: &[usize],
+    ) -> Tensor<B, 4> {
         let (a, s) = self.coefficients::<B>(t, &x0.device());
         x0 * a + noise * s
     }
 
     /// diffusers' `get_velocity`: `√ᾱₜ·ε − √(1−ᾱₜ)·x₀`.
-    pub fn velocity<B: Backend>(&self, x0: Tensor<B, 4>, noise: Tensor<B, 4>, t: &[usize]) -> Tensor<B, 4> {
+    pub fn velocity<B: Backend>(
+        &self,
+        x0: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        t: &[usize],
+    ) -> Tensor<B, 4> {
         let (a, s) = self.coefficients::<B>(t, &x0.device());
         noise * a - x0 * s
     }
 
     /// What the UNet should output for this noise: ε, the velocity, or x₀.
-    pub fn target<B: Backend>(&self, x0: Tensor<B, 4>, noise: Tensor<B, 4>, t: &[usize]) -> Tensor<B, 4> {
+    pub fn target<B: Backend>(
+        &self,
+        x0: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        t: &[usize],
+    ) -> Tensor<B, 4> {
         match self.prediction {
             Prediction::Epsilon => noise,
             Prediction::VPrediction => self.velocity(x0, noise, t),
@@ -294,7 +334,10 @@ fn spaced_timesteps(config: &ScheduleConfig, steps: usize) -> Vec<f64> {
             }
             v
         }
-        Spacing::Linspace => linspace(0.0, (n - 1) as f64, steps).into_iter().rev().collect(),
+        Spacing::Linspace => linspace(0.0, (n - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .collect(),
     }
 }
 
@@ -356,13 +399,19 @@ impl Ddim {
             .collect();
         let alphas_cumprod = config.alphas_cumprod();
         Ok(Self {
-            final_alpha: if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] },
+            final_alpha: if config.set_alpha_to_one {
+                1.0
+            } else {
+                alphas_cumprod[0]
+            },
             timesteps_f: timesteps.iter().map(|&t| t as f32).collect(),
             timesteps,
             step_ratio: (n / steps) as i64,
             alphas_cumprod,
             prediction: config.prediction_type,
-            clip: config.clip_sample.then_some(config.clip_sample_range as f32),
+            clip: config
+                .clip_sample
+                .then_some(config.clip_sample_range as f32),
         })
     }
 
@@ -394,7 +443,8 @@ impl<B: Backend> Sampler<B> for Ddim {
         } else {
             self.final_alpha
         };
-        let (mut x0, mut eps) = predict_x0_eps(self.prediction, model_output, sample.clone(), alpha_prod);
+        let (mut x0, mut eps) =
+            predict_x0_eps(self.prediction, model_output, sample.clone(), alpha_prod);
         if let Some(r) = self.clip {
             x0 = x0.clamp(-r, r);
             // diffusers re-derives ε from the clipped x₀.

@@ -54,7 +54,13 @@ pub struct TimestepMlp<B: Backend> {
 }
 
 impl<B: Backend> TimestepMlp<B> {
-    fn new(init: &Init<'_>, prefix: &str, inp: usize, out: usize, device: &B::Device) -> Result<Self, DiffusionError> {
+    fn new(
+        init: &Init<'_>,
+        prefix: &str,
+        inp: usize,
+        out: usize,
+        device: &B::Device,
+    ) -> Result<Self, DiffusionError> {
         Ok(Self {
             linear_1: Linear::new(init, &child(prefix, "linear_1"), inp, out, true, device)?,
             linear_2: Linear::new(init, &child(prefix, "linear_2"), out, out, true, device)?,
@@ -95,7 +101,12 @@ pub struct ResnetShape {
 
 impl<B: Backend> ResnetBlock<B> {
     /// The block `prefix` (`down_blocks.0.resnets.1`).
-    pub fn new(init: &Init<'_>, prefix: &str, s: ResnetShape, device: &B::Device) -> Result<Self, DiffusionError> {
+    pub fn new(
+        init: &Init<'_>,
+        prefix: &str,
+        s: ResnetShape,
+        device: &B::Device,
+    ) -> Result<Self, DiffusionError> {
         let p = |n: &str| child(prefix, n);
         Ok(Self {
             norm1: GroupNorm::new(init, &p("norm1"), s.groups, s.inp, s.eps, device)?,
@@ -214,7 +225,11 @@ impl<B: Backend> UNet<B> {
     }
 
     /// Builds the UNet, reading each tensor by its diffusers name.
-    pub fn new(config: &UNetConfig, init: &Init<'_>, device: &B::Device) -> Result<Self, DiffusionError> {
+    pub fn new(
+        config: &UNetConfig,
+        init: &Init<'_>,
+        device: &B::Device,
+    ) -> Result<Self, DiffusionError> {
         config.check().map_err(DiffusionError::Setting)?;
         let c = config;
         let levels = c.levels();
@@ -226,7 +241,13 @@ impl<B: Backend> UNet<B> {
             ResnetBlock::new(
                 init,
                 &prefix,
-                ResnetShape { inp, out, temb: Some(temb), groups, eps: c.norm_eps },
+                ResnetShape {
+                    inp,
+                    out,
+                    temb: Some(temb),
+                    groups,
+                    eps: c.norm_eps,
+                },
                 device,
             )
         };
@@ -293,7 +314,11 @@ impl<B: Backend> UNet<B> {
                     )
                 })
                 .transpose()?;
-            down_blocks.push(UNetBlock { resnets, attentions, resample });
+            down_blocks.push(UNetBlock {
+                resnets,
+                attentions,
+                resample,
+            });
             prev = level.channels;
         }
 
@@ -330,13 +355,32 @@ impl<B: Backend> UNet<B> {
                 let inp = if j == 0 { prev_out } else { out };
                 resnets.push(resnet(format!("{p}.resnets.{j}"), inp + skip, out)?);
                 if attention {
-                    attentions.push(transformer(format!("{p}.attentions.{j}"), level, up_layers[i])?);
+                    attentions.push(transformer(
+                        format!("{p}.attentions.{j}"),
+                        level,
+                        up_layers[i],
+                    )?);
                 }
             }
             let resample = (i + 1 < n)
-                .then(|| Conv2d::new(init, &format!("{p}.upsamplers.0.conv"), out, out, 3, 1, 1, device))
+                .then(|| {
+                    Conv2d::new(
+                        init,
+                        &format!("{p}.upsamplers.0.conv"),
+                        out,
+                        out,
+                        3,
+                        1,
+                        1,
+                        device,
+                    )
+                })
                 .transpose()?;
-            up_blocks.push(UNetBlock { resnets, attentions, resample });
+            up_blocks.push(UNetBlock {
+                resnets,
+                attentions,
+                resample,
+            });
             prev_out = out;
         }
 

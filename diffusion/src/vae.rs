@@ -27,7 +27,13 @@ struct SpatialAttention<B: Backend> {
 }
 
 impl<B: Backend> SpatialAttention<B> {
-    fn new(init: &Init<'_>, prefix: &str, c: usize, groups: usize, device: &B::Device) -> Result<Self, DiffusionError> {
+    fn new(
+        init: &Init<'_>,
+        prefix: &str,
+        c: usize,
+        groups: usize,
+        device: &B::Device,
+    ) -> Result<Self, DiffusionError> {
         let old = matches!(init, Init::Load(w) if !w.contains(&child(prefix, "to_q.weight"))
             && w.contains(&child(prefix, "query.weight")));
         let names = if old {
@@ -37,7 +43,14 @@ impl<B: Backend> SpatialAttention<B> {
         };
         let lin = |n: &str| Linear::new(init, &child(prefix, n), c, c, true, device);
         Ok(Self {
-            group_norm: GroupNorm::new(init, &child(prefix, "group_norm"), groups, c, 1e-6, device)?,
+            group_norm: GroupNorm::new(
+                init,
+                &child(prefix, "group_norm"),
+                groups,
+                c,
+                1e-6,
+                device,
+            )?,
             to_q: lin(names[0])?,
             to_k: lin(names[1])?,
             to_v: lin(names[2])?,
@@ -47,7 +60,11 @@ impl<B: Backend> SpatialAttention<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
-        let t = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
+        let t = self
+            .group_norm
+            .forward(x.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2);
         let head = |t: Tensor<B, 3>| t.reshape([b, 1, h * w, c]);
         let a = multi_head_attention(
             head(self.to_q.forward(t.clone())),
@@ -68,17 +85,36 @@ struct VaeMid<B: Backend> {
 }
 
 impl<B: Backend> VaeMid<B> {
-    fn new(init: &Init<'_>, prefix: &str, c: usize, groups: usize, device: &B::Device) -> Result<Self, DiffusionError> {
-        let shape = ResnetShape { inp: c, out: c, temb: None, groups, eps: 1e-6 };
+    fn new(
+        init: &Init<'_>,
+        prefix: &str,
+        c: usize,
+        groups: usize,
+        device: &B::Device,
+    ) -> Result<Self, DiffusionError> {
+        let shape = ResnetShape {
+            inp: c,
+            out: c,
+            temb: None,
+            groups,
+            eps: 1e-6,
+        };
         Ok(Self {
             resnet0: ResnetBlock::new(init, &child(prefix, "resnets.0"), shape, device)?,
-            attention: SpatialAttention::new(init, &child(prefix, "attentions.0"), c, groups, device)?,
+            attention: SpatialAttention::new(
+                init,
+                &child(prefix, "attentions.0"),
+                c,
+                groups,
+                device,
+            )?,
             resnet1: ResnetBlock::new(init, &child(prefix, "resnets.1"), shape, device)?,
         })
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.resnet1.forward(self.attention.forward(self.resnet0.forward(x, None)), None)
+        self.resnet1
+            .forward(self.attention.forward(self.resnet0.forward(x, None)), None)
     }
 }
 
@@ -152,7 +188,11 @@ impl<B: Backend> Vae<B> {
     }
 
     /// Builds the VAE, reading each tensor by its diffusers name.
-    pub fn new(config: &VaeConfig, init: &Init<'_>, device: &B::Device) -> Result<Self, DiffusionError> {
+    pub fn new(
+        config: &VaeConfig,
+        init: &Init<'_>,
+        device: &B::Device,
+    ) -> Result<Self, DiffusionError> {
         config.check().map_err(DiffusionError::Setting)?;
         let c = config;
         let ch = &c.block_out_channels;
@@ -160,7 +200,18 @@ impl<B: Backend> Vae<B> {
         let g = c.norm_num_groups;
         let lc = c.latent_channels;
         let resnet = |prefix: String, inp: usize, out: usize| {
-            ResnetBlock::new(init, &prefix, ResnetShape { inp, out, temb: None, groups: g, eps: 1e-6 }, device)
+            ResnetBlock::new(
+                init,
+                &prefix,
+                ResnetShape {
+                    inp,
+                    out,
+                    temb: None,
+                    groups: g,
+                    eps: 1e-6,
+                },
+                device,
+            )
         };
 
         let mut down = Vec::with_capacity(n);
@@ -168,17 +219,43 @@ impl<B: Backend> Vae<B> {
         for (i, &out) in ch.iter().enumerate() {
             let p = format!("encoder.down_blocks.{i}");
             let resnets = (0..c.layers_per_block)
-                .map(|j| resnet(format!("{p}.resnets.{j}"), if j == 0 { prev } else { out }, out))
+                .map(|j| {
+                    resnet(
+                        format!("{p}.resnets.{j}"),
+                        if j == 0 { prev } else { out },
+                        out,
+                    )
+                })
                 .collect::<Result<_, _>>()?;
             // diffusers pads (0, 1, 0, 1) and convolves with stride 2 and no padding.
             let resample = (i + 1 < n)
-                .then(|| Conv2d::new(init, &format!("{p}.downsamplers.0.conv"), out, out, 3, 2, 0, device))
+                .then(|| {
+                    Conv2d::new(
+                        init,
+                        &format!("{p}.downsamplers.0.conv"),
+                        out,
+                        out,
+                        3,
+                        2,
+                        0,
+                        device,
+                    )
+                })
                 .transpose()?;
             down.push(VaeLevel { resnets, resample });
             prev = out;
         }
         let encoder = VaeEncoder {
-            conv_in: Conv2d::new(init, "encoder.conv_in", c.in_channels, ch[0], 3, 1, 1, device)?,
+            conv_in: Conv2d::new(
+                init,
+                "encoder.conv_in",
+                c.in_channels,
+                ch[0],
+                3,
+                1,
+                1,
+                device,
+            )?,
             down,
             mid: VaeMid::new(init, "encoder.mid_block", ch[n - 1], g, device)?,
             norm_out: GroupNorm::new(init, "encoder.conv_norm_out", g, ch[n - 1], 1e-6, device)?,
@@ -194,10 +271,27 @@ impl<B: Backend> Vae<B> {
         for (i, &out) in ch.iter().rev().enumerate() {
             let p = format!("decoder.up_blocks.{i}");
             let resnets = (0..c.layers_per_block + 1)
-                .map(|j| resnet(format!("{p}.resnets.{j}"), if j == 0 { prev } else { out }, out))
+                .map(|j| {
+                    resnet(
+                        format!("{p}.resnets.{j}"),
+                        if j == 0 { prev } else { out },
+                        out,
+                    )
+                })
                 .collect::<Result<_, _>>()?;
             let resample = (i + 1 < n)
-                .then(|| Conv2d::new(init, &format!("{p}.upsamplers.0.conv"), out, out, 3, 1, 1, device))
+                .then(|| {
+                    Conv2d::new(
+                        init,
+                        &format!("{p}.upsamplers.0.conv"),
+                        out,
+                        out,
+                        3,
+                        1,
+                        1,
+                        device,
+                    )
+                })
                 .transpose()?;
             up.push(VaeLevel { resnets, resample });
             prev = out;
@@ -211,9 +305,22 @@ impl<B: Backend> Vae<B> {
             mid: VaeMid::new(init, "decoder.mid_block", ch[n - 1], g, device)?,
             up,
             norm_out: GroupNorm::new(init, "decoder.conv_norm_out", g, ch[0], 1e-6, device)?,
-            conv_out: Conv2d::new(init, "decoder.conv_out", ch[0], c.out_channels, 3, 1, 1, device)?,
+            conv_out: Conv2d::new(
+                init,
+                "decoder.conv_out",
+                ch[0],
+                c.out_channels,
+                3,
+                1,
+                1,
+                device,
+            )?,
         };
-        Ok(Self { encoder, decoder, config: c.clone() })
+        Ok(Self {
+            encoder,
+            decoder,
+            config: c.clone(),
+        })
     }
 
     /// The config the VAE was built from.

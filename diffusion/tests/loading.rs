@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
-use idforge_diffusion::{Pipeline, DiffusionError, UNet};
+use idforge_diffusion::{DiffusionError, Pipeline, UNet};
 
 fn tiny_unet() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd/unet")
@@ -44,14 +44,20 @@ fn a_missing_tensor_is_named() {
 fn a_misshapen_tensor_is_named_with_both_shapes() {
     let dir = with_config(|c| c["cross_attention_dim"] = 16.into());
     let e = load_error(dir.path());
-    assert!(e.contains("attn2.to_k.weight") && e.contains("[8, 8]") && e.contains("[8, 16]"), "{e}");
+    assert!(
+        e.contains("attn2.to_k.weight") && e.contains("[8, 8]") && e.contains("[8, 16]"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unsupported_options_are_refused_by_name() {
     let dir = with_config(|c| c["time_cond_proj_dim"] = 256.into());
     let e = load_error(dir.path());
-    assert!(e.contains("time_cond_proj_dim") && e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("time_cond_proj_dim") && e.contains("config.json"),
+        "{e}"
+    );
     let dir = with_config(|c| c["down_block_types"][0] = "AttnDownBlock2D".into());
     let e = load_error(dir.path());
     assert!(e.contains("AttnDownBlock2D"), "{e}");
@@ -60,11 +66,17 @@ fn unsupported_options_are_refused_by_name() {
 #[test]
 fn a_folder_without_weights_or_index_says_what_it_expects() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(tiny_unet().join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        tiny_unet().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let e = load_error(dir.path());
     assert!(e.contains("diffusion_pytorch_model.safetensors"), "{e}");
     match Pipeline::<Flex>::load(dir.path(), &Default::default()) {
-        Err(DiffusionError::Missing { what, .. }) => assert!(what.contains("model_index.json"), "{what}"),
+        Err(DiffusionError::Missing { what, .. }) => {
+            assert!(what.contains("model_index.json"), "{what}")
+        }
         other => panic!("{:?}", other.map(|_| ())),
     }
 }

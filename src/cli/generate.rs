@@ -175,10 +175,16 @@ fn read_noise<B: burn::tensor::backend::Backend>(
         .shape(&name)
         .with_context(|| format!("{}: no tensor `{name}`", path.display()))?;
     let [n, c, h, w]: [usize; 4] = shape.clone().try_into().map_err(|_| {
-        anyhow::anyhow!("{}: `{name}` has shape {shape:?}, expected [1, channels, h, w]", path.display())
+        anyhow::anyhow!(
+            "{}: `{name}` has shape {shape:?}, expected [1, channels, h, w]",
+            path.display()
+        )
     })?;
     if n != 1 {
-        bail!("{}: `{name}` holds {n} latents; give one ([1, channels, h, w])", path.display());
+        bail!(
+            "{}: `{name}` holds {n} latents; give one ([1, channels, h, w])",
+            path.display()
+        );
     }
     Ok(weights.tensor(&name, [n, c, h, w], device)?)
 }

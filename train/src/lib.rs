@@ -6,5 +6,7 @@
 /// Autodiff that recomputes cheap (memory-bound) operations in the backward pass instead of
 /// keeping their outputs: burn's gradient checkpointing, for training large UNets in less
 /// memory.
-pub type CheckpointedAutodiff<B> =
-    burn::backend::Autodiff<B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
+pub type CheckpointedAutodiff<B> = burn::backend::Autodiff<
+    B,
+    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+>;

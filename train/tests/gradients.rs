@@ -9,10 +9,8 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor, TensorData};
 use idforge_diffusion::schedulers::ScheduleConfig;
+use idforge_diffusion::{AttentionHook, AttentionLayer, DdpmSchedule, Projection, UNet, UNetInput};
 use idforge_train::CheckpointedAutodiff;
-use idforge_diffusion::{
-    AttentionHook, AttentionLayer, DdpmSchedule, Projection, UNet, UNetInput,
-};
 
 /// `to_v(x) + x·D` on one layer: the simplest adapter there is.
 #[derive(Module, Debug)]
@@ -52,7 +50,11 @@ const LAYER: &str = "mid_block.attentions.0.transformer_blocks.0.attn2";
 
 fn example() -> Example {
     // A deterministic pattern (no RNG: the same numbers on every backend).
-    let wave = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin() * 0.8).collect::<Vec<_>>();
+    let wave = |n: usize, k: f32| {
+        (0..n)
+            .map(|i| (i as f32 * k).sin() * 0.8)
+            .collect::<Vec<_>>()
+    };
     Example {
         x0: wave(4 * 32 * 32, 0.37),
         noise: wave(4 * 32 * 32, 1.31),
@@ -62,10 +64,15 @@ fn example() -> Example {
 }
 
 /// The UNet's prediction and the ε target for a delta, in the backend's graph.
-fn prediction<B: Backend>(unet: &UNet<B>, hook: &ValueDelta<B>, ex: &Example) -> (Tensor<B, 4>, Tensor<B, 4>) {
+fn prediction<B: Backend>(
+    unet: &UNet<B>,
+    hook: &ValueDelta<B>,
+    ex: &Example,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let device = Default::default();
     let x0 = Tensor::<B, 4>::from_data(TensorData::new(ex.x0.clone(), [1, 4, 32, 32]), &device);
-    let noise = Tensor::<B, 4>::from_data(TensorData::new(ex.noise.clone(), [1, 4, 32, 32]), &device);
+    let noise =
+        Tensor::<B, 4>::from_data(TensorData::new(ex.noise.clone(), [1, 4, 32, 32]), &device);
     let schedule = DdpmSchedule::new(&ScheduleConfig::default());
     let noisy = schedule.add_noise(x0.clone(), noise.clone(), &[ex.t]);
     let target = schedule.target(x0, noise, &[ex.t]);
@@ -93,11 +100,16 @@ fn loss_f64<B: Backend>(unet: &UNet<B>, hook: &ValueDelta<B>, ex: &Example) -> f
     let (out, target) = prediction(unet, hook, ex);
     let o = out.into_data().to_vec::<f32>().unwrap();
     let t = target.into_data().to_vec::<f32>().unwrap();
-    o.iter().zip(&t).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>() / o.len() as f64
+    o.iter()
+        .zip(&t)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum::<f64>()
+        / o.len() as f64
 }
 
 fn unet<B: Backend>() -> UNet<B> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffusion/tests/fixtures/tiny-sd/unet");
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffusion/tests/fixtures/tiny-sd/unet");
     UNet::load(&dir, &Default::default()).expect("tiny UNet loads")
 }
 
@@ -112,12 +124,19 @@ fn autodiff_gradient<A: AutodiffBackend>() -> Vec<f32> {
     let base: UNet<A> = unet::<A>().no_grad();
     let device = Default::default();
     let hook = ValueDelta::<A> {
-        delta: Param::from_tensor(Tensor::from_data(TensorData::new(start_delta(), [8, 8]), &device)),
+        delta: Param::from_tensor(Tensor::from_data(
+            TensorData::new(start_delta(), [8, 8]),
+            &device,
+        )),
         layer: LAYER.into(),
     };
     let l = loss(&base, &hook, &ex);
     let grads = l.backward();
-    let frozen = base.mid_block.as_ref().unwrap().attentions[0].blocks[0].attn2.to_k.weight.grad(&grads);
+    let frozen = base.mid_block.as_ref().unwrap().attentions[0].blocks[0]
+        .attn2
+        .to_k
+        .weight
+        .grad(&grads);
     assert!(frozen.is_none(), "a frozen base weight received a gradient");
     hook.delta
         .grad(&grads)
@@ -170,7 +189,10 @@ fn checkpointed_autodiff_gives_the_same_gradient() {
     let checkpointed = autodiff_gradient::<CheckpointedAutodiff<Flex>>();
     let scale = plain.iter().fold(0f32, |m, g| m.max(g.abs()));
     for (i, (a, b)) in plain.iter().zip(&checkpointed).enumerate() {
-        assert!((a - b).abs() <= 1e-5 * scale, "entry {i}: {a} vs {b} with checkpointing");
+        assert!(
+            (a - b).abs() <= 1e-5 * scale,
+            "entry {i}: {a} vs {b} with checkpointing"
+        );
     }
 }
 
@@ -202,7 +224,11 @@ fn random_unet_trains_under_autodiff() {
     let grads = before.backward();
     use burn::optim::{GradientsParams, Optimizer, SgdConfig};
     let grads = GradientsParams::from_grads(grads, &unet);
-    assert!(grads.len() > 50, "only {} parameters got gradients", grads.len());
+    assert!(
+        grads.len() > 50,
+        "only {} parameters got gradients",
+        grads.len()
+    );
     let mut sgd = SgdConfig::new().init();
     let after_step = sgd.step(1e-2, unet, grads);
     let b = before.into_scalar();

@@ -126,25 +126,28 @@ impl ClipTokenizer {
         };
         let config = read("tokenizer_config.json");
         let specials = read("special_tokens_map.json");
-        let pad = [&config, &specials].into_iter().flatten().find_map(|v| {
-            match v.get("pad_token")? {
-                Value::String(s) => Some(s.clone()),
-                Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
-                _ => None,
-            }
-        });
-        let mut tokenizer = match pad {
-            Some(token) => {
-                let id = tokenizer.tokenizer.token_to_id(&token).ok_or_else(|| {
-                    ModelError::Format {
-                        path: dir.to_path_buf(),
-                        message: format!("the pad token {token:?} is not in the vocabulary"),
-                    }
-                })?;
-                tokenizer.with_pad_id(id)
-            }
-            None => tokenizer,
-        };
+        let pad =
+            [&config, &specials]
+                .into_iter()
+                .flatten()
+                .find_map(|v| match v.get("pad_token")? {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+                    _ => None,
+                });
+        let mut tokenizer =
+            match pad {
+                Some(token) => {
+                    let id = tokenizer.tokenizer.token_to_id(&token).ok_or_else(|| {
+                        ModelError::Format {
+                            path: dir.to_path_buf(),
+                            message: format!("the pad token {token:?} is not in the vocabulary"),
+                        }
+                    })?;
+                    tokenizer.with_pad_id(id)
+                }
+                None => tokenizer,
+            };
         let max = config
             .as_ref()
             .and_then(|c| c.get("model_max_length")?.as_u64())
