@@ -529,6 +529,7 @@ fn check_outputs<S: Stage>(stage: &S, dir: &StageDir) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::{FacesTable, ImagesTable, TableSpec};
     use std::cell::RefCell;
 
     #[test]
@@ -672,5 +673,105 @@ mod tests {
         assert_eq!(r.merged.unwrap().rows, 20);
         let err = run_stage(&stage, &run, ShardSelection::All(3)).unwrap_err();
         assert!(err.to_string().contains("started with 2 shards"), "{err}");
+    }
+
+    /// A stage that reads `images` and writes `faces`, writing the table only when told to.
+    struct Curating {
+        write_output: bool,
+    }
+
+    impl Stage for Curating {
+        type Error = CoreError;
+        fn name(&self) -> &'static str {
+            FacesTable::STAGE
+        }
+        fn inputs(&self) -> &'static [TableInfo] {
+            &[ImagesTable::INFO]
+        }
+        fn outputs(&self) -> &'static [TableInfo] {
+            &[FacesTable::INFO]
+        }
+        fn run_shard(&self, _: &StageDir, _: Shard) -> Result<StageStats> {
+            Ok(StageStats::default())
+        }
+        fn finalize(&self, dir: &StageDir, _: &[Shard]) -> Result<StageStats> {
+            if self.write_output {
+                std::fs::write(dir.table::<FacesTable>(), b"").unwrap();
+            }
+            Ok(StageStats::default())
+        }
+    }
+
+    #[test]
+    fn the_runner_holds_a_stage_to_its_declared_tables() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path(), "r");
+        let stage = Curating { write_output: true };
+        let err = run_stage(&stage, &run, ShardSelection::All(1)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                CoreError::MissingTable {
+                    table: "images",
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("ingest/images.parquet") && msg.contains("run `idforge ingest`"),
+            "{msg}"
+        );
+        assert!(!run.stage("curate").path().exists(), "nothing ran");
+
+        std::fs::create_dir_all(run.stage("ingest").path()).unwrap();
+        std::fs::write(run.table::<ImagesTable>(), b"").unwrap();
+        let err = run_stage(
+            &Curating {
+                write_output: false,
+            },
+            &run,
+            ShardSelection::All(1),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, CoreError::MissingOutput { table: "faces", .. }),
+            "{err}"
+        );
+        assert!(
+            !run.stage("curate").is_final(),
+            "no final marker without the output"
+        );
+
+        let report = run_stage(&stage, &run, ShardSelection::All(1)).unwrap();
+        assert!(report.merged.is_some());
+        assert_eq!(
+            run.require::<FacesTable>().unwrap(),
+            run.root().join("curate/faces.parquet")
+        );
+    }
+
+    #[test]
+    fn stored_paths_resolve_against_the_run_and_back() {
+        let run = RunDir::at("/data/runs/r");
+        assert_eq!(
+            run.resolve("curate/crops/ab/x.jpg"),
+            Path::new("/data/runs/r/curate/crops/ab/x.jpg")
+        );
+        assert_eq!(
+            run.resolve("/elsewhere/store/x.jpg"),
+            Path::new("/elsewhere/store/x.jpg")
+        );
+        assert_eq!(
+            run.stored(Path::new("/data/runs/r/ingest/store")),
+            "ingest/store"
+        );
+        assert_eq!(
+            run.stored(Path::new("/elsewhere/store")),
+            "/elsewhere/store"
+        );
+        let p = run.resolve(&run.stored(Path::new("/data/runs/r/a/b.jpg")));
+        assert_eq!(p, Path::new("/data/runs/r/a/b.jpg"));
     }
 }
