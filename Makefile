@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both fetch what they need.
 CARGO ?= cargo
 
-.PHONY: demo test assets check-cuda bench bench-setup bench-faces bench-curate bench-caption lint
+.PHONY: demo test test-deps assets check-cuda bench bench-setup bench-faces bench-curate bench-caption lint
 
 ## Fetch the face-api package (weights, sample photographs) and CLIP's BPE vocabulary into
 ## $IDFORGE_CACHE, once.
@@ -49,8 +49,14 @@ demo: assets
 	$(CARGO) run --quiet -- generate --model diffusion/tests/fixtures/tiny-sd --prompt "a photo of a man wearing a red hat" \
 		--steps 10 --seed 0 -o runs/demo/generate.png --overwrite
 
-## Every unit, integration and doc test of the workspace.
-test: assets
+## What the tests need besides the assets: headless Chromium and chromedriver for the browser
+## tests, installed with apt-get when missing (root or sudo).
+test-deps:
+	tools/setup-test-deps
+
+## Every unit, integration and doc test of the workspace, on a fresh machine too: it fetches the
+## assets and installs the browser first.
+test: assets test-deps
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 
@@ -82,6 +88,7 @@ bench-curate: assets
 bench-caption: assets
 	CARGO="$(CARGO)" tools/caption-bench/run
 
+## rustfmt and clippy (warnings are errors), as CI runs them.
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

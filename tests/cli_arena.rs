@@ -3,27 +3,16 @@
 //! votes are all there), `export` the votes to Parquet and read them back as the `votes`
 //! table; and the errors a user meets first.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use idforge_core::schema::{Question, VotesTable};
 
-fn idforge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_idforge"));
-    c.env("IDFORGE_PROGRESS", "off").env_remove("IDFORGE_RUNS");
-    c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{idforge, text};
 
 /// Two methods over 2 identities × 2 prompts × 2 seeds, flat-colour images.
 fn make_bench(dir: &Path, methods: &[&str]) -> PathBuf {

@@ -3,8 +3,9 @@
 //! written with `VotesTable`, and the three leaderboard files checked for the arena's ratings;
 //! `--votes`, `--neither` and `--arena-bootstrap`, and the errors a user meets.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use idforge_bench::ratings::{NeitherPolicy, RatingOptions, rate_votes};
 use idforge_core::schema::{
@@ -12,26 +13,7 @@ use idforge_core::schema::{
 };
 use serde_json::Value;
 
-fn idforge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_idforge"));
-    c.env("IDFORGE_PROGRESS", "off").env_remove("IDFORGE_RUNS");
-    c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    out
-}
+use common::{idforge, ok, text};
 
 const PROTOCOL: &str = r#"
 [protocol]

@@ -4,39 +4,16 @@
 //! (and with the tiny CLIP / DINO / Inception fixtures for the other columns), the leaderboard
 //! files, and the errors a user meets first.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
 
 use idforge_models::face_api::Detector;
 use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::face_embedder::FaceEmbedder;
 use serde_json::Value;
 
-fn idforge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_idforge"));
-    c.env("IDFORGE_PROGRESS", "off").env_remove("IDFORGE_RUNS");
-    c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    out
-}
-
-fn face_api_dir() -> PathBuf {
-    idforge_core::cache::face_api_dir_if_fetched()
-        .expect("the face-api package is not in the asset cache: run `make assets`")
-}
+use common::{face_api_dir, idforge, ok, text};
 
 const PROTOCOL: &str = r#"
 [protocol]

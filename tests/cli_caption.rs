@@ -3,32 +3,14 @@
 //! curated run captioned through the CLI by the loopback OpenAI-compatible server, and the
 //! errors a user meets first.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use idforge_caption::testkit::{ChatServer, Fault, ServerOptions};
 use idforge_core::schema::{CaptionStatus, CaptionsTable, FacesTable, Verdict};
 
-fn idforge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_idforge"));
-    c.env("IDFORGE_PROGRESS", "off").env_remove("IDFORGE_RUNS");
-    c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(c: &mut Command) -> String {
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{idforge, ok_stdout, text};
 
 fn recipe() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/recipes/demo.toml")
@@ -41,11 +23,13 @@ fn curated_demo(runs: &Path) {
         "the face-api package is missing: run `make assets` (tools/fetch-assets) first"
     );
     for stage in ["ingest", "curate"] {
-        ok(idforge()
-            .args([stage, "--recipe"])
-            .arg(recipe())
-            .arg("--runs-dir")
-            .arg(runs));
+        ok_stdout(
+            idforge()
+                .args([stage, "--recipe"])
+                .arg(recipe())
+                .arg("--runs-dir")
+                .arg(runs),
+        );
     }
 }
 
@@ -54,11 +38,13 @@ fn the_demo_pipeline_captions_every_kept_face_and_exports_them() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
     curated_demo(&runs);
-    let stdout = ok(idforge()
-        .args(["caption", "--recipe"])
-        .arg(recipe())
-        .arg("--runs-dir")
-        .arg(&runs));
+    let stdout = ok_stdout(
+        idforge()
+            .args(["caption", "--recipe"])
+            .arg(recipe())
+            .arg("--runs-dir")
+            .arg(&runs),
+    );
     assert!(stdout.contains("captioned, 0 failed"), "{stdout}");
     let run = runs.join("demo");
     let faces = FacesTable::read(&run.join("curate/faces.parquet")).unwrap();
@@ -102,7 +88,7 @@ fn the_demo_pipeline_captions_every_kept_face_and_exports_them() {
         assert_eq!(numbers["expressions"].as_object().unwrap().len(), 7);
     }
 
-    let stdout = ok(idforge().args(["dataset", "export"]).arg(&run));
+    let stdout = ok_stdout(idforge().args(["dataset", "export"]).arg(&run));
     let export = run.join("dataset");
     assert!(export.join("README.md").is_file(), "{stdout}");
     let shards: Vec<_> = std::fs::read_dir(export.join("data"))

@@ -2,8 +2,12 @@
 //! per-pair 100·cos (bench/tests/fixtures/metrics/clip_score.json, from
 //! tools/bench-reference/): a Hugging Face model folder, pairs i ↔ i.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+
+use common::idforge;
 
 #[test]
 fn clip_score_matches_torchmetrics_per_pair() {
@@ -24,7 +28,7 @@ fn clip_score_matches_torchmetrics_per_pair() {
     ] {
         std::fs::copy(fixtures.join(from), model.join(to)).unwrap();
     }
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idforge"));
+    let mut cmd = idforge();
     cmd.args(["clip", "score", "--weights"]).arg(&model);
     for image in reference["images"].as_array().unwrap() {
         cmd.arg("--image")
@@ -76,9 +80,17 @@ fn clip_score_refuses_a_tokenizer_larger_than_the_model() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny-clip");
     std::fs::create_dir_all(&model).unwrap();
-    std::fs::copy(fixtures.join("tiny_hf_gelu.safetensors"), model.join("model.safetensors")).unwrap();
-    std::fs::copy(fixtures.join("tiny_hf_gelu.config.json"), model.join("config.json")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_idforge"))
+    std::fs::copy(
+        fixtures.join("tiny_hf_gelu.safetensors"),
+        model.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures.join("tiny_hf_gelu.config.json"),
+        model.join("config.json"),
+    )
+    .unwrap();
+    let out = idforge()
         .args(["clip", "score", "--weights"])
         .arg(&model)
         .arg("--image")

@@ -2,45 +2,17 @@
 //! to the very table an uninterrupted run writes, and the errors a user meets first (no ingest,
 //! a bad setting, a typo, `--device cuda` without the feature) say what to do.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use idforge_core::schema::{FacesTable, Verdict};
 
-fn idforge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_idforge"));
-    c.env("IDFORGE_PROGRESS", "off").env_remove("IDFORGE_RUNS");
-    c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{idforge, sample_photos_dir, text};
 
 /// The face-api sample photographs (1920 px group photos) from the asset cache.
-fn sample_photos_dir() -> PathBuf {
-    let dir = idforge_core::cache::face_api_dir_if_fetched()
-        .unwrap_or_else(|| {
-            panic!(
-                "{} is missing: run `make assets` (tools/fetch-assets) first",
-                idforge_core::cache::face_api_dir().display()
-            )
-        })
-        .join("demo");
-    assert!(
-        dir.join("sample1.jpg").is_file(),
-        "{} has no sample1.jpg: run `make assets`",
-        dir.display()
-    );
-    dir
-}
-
 /// Copies `sample<i>.jpg` for each `i` into `folder` (unlabeled: directly in the folder).
 fn copy_samples(folder: &Path, which: impl IntoIterator<Item = usize>) {
     let src = sample_photos_dir();

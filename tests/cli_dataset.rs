@@ -2,28 +2,16 @@
 //! crops saved as curate saves them): the summary it prints, the files it writes, and the
 //! errors a user meets first (no run, a folder that is not an export, no captions yet).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use idforge_core::resample::Plane8;
 use idforge_core::schema::{
     CaptionRow, CaptionStatus, CaptionsTable, FaceRow, FacesTable, Reason, Verdict,
 };
 
-fn idforge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_idforge"));
-    c.env("IDFORGE_PROGRESS", "off").env_remove("IDFORGE_RUNS");
-    c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{idforge, text};
 
 fn save_jpeg(path: &Path, side: usize, shade: u8) {
     let plane = Plane8 {

@@ -1,19 +1,14 @@
 //! `idforge faces detect` on a face-api sample photograph (lossless PNG fixture), checked against
 //! face-api 1.7.15's own results (`models/tests/fixtures/face-api/results.json`).
 
-use std::process::{Command, Output};
+mod common;
+
+use common::run;
 
 const PNG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/models/tests/fixtures/face-api/sample1_640.png"
 );
-
-fn idforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_idforge"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn reference_face0() -> serde_json::Value {
     let path = concat!(
@@ -27,7 +22,7 @@ fn reference_face0() -> serde_json::Value {
 
 #[test]
 fn faces_detect_prints_boxes_landmarks_and_descriptors() {
-    let out = idforge(&["faces", "detect", PNG]);
+    let out = run(&["faces", "detect", PNG]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -73,7 +68,7 @@ fn faces_detect_prints_boxes_landmarks_and_descriptors() {
 
 #[test]
 fn faces_detect_tiny_boxes_only() {
-    let out = idforge(&[
+    let out = run(&[
         "faces",
         "detect",
         "--detector",
@@ -101,14 +96,14 @@ fn faces_detect_tiny_boxes_only() {
 
 #[test]
 fn faces_detect_reports_bad_input_and_keeps_going() {
-    let bad = idforge(&["faces", "detect", "--input-size", "100", PNG]);
+    let bad = run(&["faces", "detect", "--input-size", "100", PNG]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("multiple of 32"));
 
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("not-an-image.jpg");
     std::fs::write(&junk, b"this is text").unwrap();
-    let out = idforge(&[
+    let out = run(&[
         "faces",
         "detect",
         "--until",

@@ -2,30 +2,26 @@
 //! tools/diffusers-reference): from diffusers' own initial noise it ends at diffusers' image;
 //! from a seed it is reproducible; bad input is refused with a message.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use burn::backend::Flex;
 use idforge_models::WeightStore as Weights;
+
+use common::{idforge, text};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("diffusion/tests/fixtures")
 }
 
 fn generate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_idforge"))
+    idforge()
         .arg("generate")
         .args(args)
         .output()
         .expect("idforge runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The `idforge` binary end to end: the demo recipe on the face-api sample photographs, and a
 //! run killed midway that resumes without losing rows or fetching stored ones again.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -9,11 +11,7 @@ use std::time::{Duration, Instant};
 use idforge_core::schema::{ImageRow, ImageStatus, ImagesTable};
 use idforge_ingest::testkit::{FixtureServer, demo_photos, synthetic_jpeg};
 
-fn idforge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_idforge"));
-    c.env("IDFORGE_PROGRESS", "off");
-    c
-}
+use common::idforge;
 
 #[test]
 fn demo_recipe_ingests_the_sample_photographs() {

@@ -13,6 +13,8 @@
 
 use std::path::{Path, PathBuf};
 
+use idforge_core::schema::{ScoresTable, TableSpec, VotesTable};
+
 use crate::error::BenchError;
 use crate::protocol::Protocol;
 
@@ -23,11 +25,11 @@ pub const REFERENCES_DIR: &str = "references";
 /// Folder of the imported generations.
 pub const GENERATIONS_DIR: &str = "generations";
 /// Folder of the scores tables.
-pub const SCORES_DIR: &str = "scores";
+pub const SCORES_DIR: &str = ScoresTable::STAGE;
 /// Folder of the leaderboard files.
 pub const LEADERBOARD_DIR: &str = "leaderboard";
 /// Folder of the preference arena's exported votes.
-pub const ARENA_DIR: &str = "arena";
+pub const ARENA_DIR: &str = VotesTable::STAGE;
 /// A method's description file.
 pub const METHOD_FILE: &str = "method.toml";
 
@@ -76,7 +78,7 @@ impl BenchDir {
 
     /// The arena's exported `votes` table, which the leaderboard joins when it exists.
     pub fn votes_path(&self) -> PathBuf {
-        self.root.join(ARENA_DIR).join("votes.parquet")
+        self.root.join(ARENA_DIR).join(VotesTable::FILE)
     }
 
     /// The protocol of an initialised bench folder.

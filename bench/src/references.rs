@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, BinaryArray, RecordBatch, StringArray, StructArray};
 use idforge_core::hash::sha256_hex;
+use idforge_core::schema::dataset::{
+    self, CLASS_WORD, DATA_DIR, IDENTITY, IMAGE, IMAGE_BYTES, IMAGE_PATH, Split,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest, Sha256};
 
@@ -207,46 +210,37 @@ pub fn references_from_export(
     per_identity: usize,
     per_set: Option<usize>,
 ) -> Result<BTreeMap<String, usize>, BenchError> {
-    let data = export_dir.join("data");
+    let data = export_dir.join(DATA_DIR);
     if !data.is_dir() {
         return Err(BenchError::invalid(
             export_dir,
-            "not a dataset export (no data/ folder): run `idforge dataset export` first",
+            format!(
+                "not a dataset export (no {DATA_DIR}/ folder): run `idforge dataset export` first"
+            ),
         ));
     }
     // set → identity → (class word, refs as (file name, bytes))
     type Refs = BTreeMap<String, (Option<String>, Vec<(String, Vec<u8>)>)>;
     let mut sets: BTreeMap<&str, Refs> = BTreeMap::new();
     for path in read_dir_sorted(&data)? {
-        let name = file_name(&path);
-        let set = if name.starts_with("train-") {
-            "in-train"
-        } else if name.starts_with("validation-") {
-            "out-of-train"
-        } else {
-            continue;
+        let set = match Split::of_shard_file(&file_name(&path)) {
+            Some(Split::Train) => "in-train",
+            Some(Split::Validation) => "out-of-train",
+            None => continue,
         };
         for batch in read_batches(&path)? {
-            let strings = |col: &str| {
-                batch
-                    .column_by_name(col)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .ok_or_else(|| BenchError::invalid(&path, format!("no string column `{col}`")))
-            };
-            let identity = strings("identity")?;
-            let class_word = strings("class_word")?;
-            let refs = batch
-                .column_by_name("image")
-                .and_then(|c| c.as_any().downcast_ref::<StructArray>())
-                .ok_or_else(|| BenchError::invalid(&path, "no `image` column"))?;
+            let identity: &StringArray = export_column(&batch, &path, IDENTITY)?;
+            let class_word: &StringArray = export_column(&batch, &path, CLASS_WORD)?;
+            let refs: &StructArray = export_column(&batch, &path, IMAGE)?;
+            // The struct's type was checked against the export schema, so its fields are there.
             let bytes = refs
-                .column_by_name("bytes")
+                .column_by_name(IMAGE_BYTES)
                 .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
-                .ok_or_else(|| BenchError::invalid(&path, "`image` has no `bytes`"))?;
+                .expect("an Image struct has binary bytes");
             let names = refs
-                .column_by_name("path")
+                .column_by_name(IMAGE_PATH)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| BenchError::invalid(&path, "`image` has no `path`"))?;
+                .expect("an Image struct has a string path");
             for i in 0..batch.num_rows() {
                 if !identity.is_valid(i) || !bytes.is_valid(i) {
                     continue;
@@ -273,7 +267,11 @@ pub fn references_from_export(
     if sets.is_empty() {
         return Err(BenchError::invalid(
             &data,
-            "no train-*.parquet or validation-*.parquet shard",
+            format!(
+                "no {}-*.parquet or {}-*.parquet shard",
+                Split::Train,
+                Split::Validation
+            ),
         ));
     }
     let root = bench.references_dir();
@@ -320,6 +318,40 @@ pub fn references_from_export(
     Ok(counts)
 }
 
+/// Column `name` of an export shard, checked against the type the export schema
+/// (`idforge_core::schema::dataset`) gives it, so that a shard of another layout is an error
+/// naming the column rather than a wrong read.
+fn export_column<'a, A: Array + 'static>(
+    batch: &'a RecordBatch,
+    path: &Path,
+    name: &str,
+) -> Result<&'a A, BenchError> {
+    let schema = dataset::dataset_schema();
+    let want = schema
+        .field_with_name(name)
+        .expect("the column is in the export schema")
+        .data_type();
+    let column = batch.column_by_name(name).ok_or_else(|| {
+        BenchError::invalid(
+            path,
+            format!("no `{name}` column: not a dataset export shard"),
+        )
+    })?;
+    if column.data_type() != want {
+        return Err(BenchError::invalid(
+            path,
+            format!(
+                "column `{name}` is {}, the dataset export writes {want}",
+                column.data_type()
+            ),
+        ));
+    }
+    Ok(column
+        .as_any()
+        .downcast_ref::<A>()
+        .expect("the Arrow type was checked above"))
+}
+
 fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, BenchError> {
     let file = File::open(path).map_err(|e| BenchError::io(path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -336,4 +368,125 @@ fn toml_string(s: &str) -> String {
 
 fn toml_key(s: &str) -> String {
     toml_string(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, BinaryArray, Int32Array, new_null_array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use idforge_core::schema::dataset::{COLUMNS, dataset_schema};
+    use parquet::arrow::ArrowWriter;
+
+    use super::*;
+
+    /// `(identity, class word, file name, bytes)`.
+    type Row<'a> = (&'a str, &'a str, &'a str, &'a [u8]);
+
+    fn strings<'a>(rows: &[Row<'a>], f: impl Fn(&Row<'a>) -> &'a str) -> ArrayRef {
+        Arc::new(rows.iter().map(|r| Some(f(r))).collect::<StringArray>())
+    }
+
+    /// A shard in the export's own schema.
+    fn write_shard(path: &Path, rows: &[Row]) {
+        let schema = dataset_schema();
+        let DataType::Struct(image_fields) = dataset::image_struct_type() else {
+            unreachable!()
+        };
+        let columns: Vec<ArrayRef> = COLUMNS
+            .iter()
+            .map(|&(name, _, _)| -> ArrayRef {
+                match name {
+                    IDENTITY => strings(rows, |r| r.0),
+                    CLASS_WORD => strings(rows, |r| r.1),
+                    IMAGE => Arc::new(StructArray::new(
+                        image_fields.clone(),
+                        vec![
+                            Arc::new(rows.iter().map(|r| Some(r.3)).collect::<BinaryArray>()),
+                            strings(rows, |r| r.2),
+                        ],
+                        None,
+                    )),
+                    _ => new_null_array(
+                        schema.field_with_name(name).unwrap().data_type(),
+                        rows.len(),
+                    ),
+                }
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut w = ArrowWriter::try_new(File::create(path).unwrap(), schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    #[test]
+    fn export_shards_become_sets_by_split_with_class_words() {
+        let tmp = tempfile::tempdir().unwrap();
+        let export = tmp.path().join("export");
+        write_shard(
+            &export.join(Split::Train.shard_path(0, 1)),
+            &[
+                ("ann", "woman", "a1.jpg", b"A1"),
+                ("ann", "woman", "a2.jpg", b"A2"),
+                ("bob", "man", "b1.jpg", b"B1"),
+            ],
+        );
+        write_shard(
+            &export.join(Split::Validation.shard_path(0, 1)),
+            &[("cid", "person", "c1.jpg", b"C1")],
+        );
+        std::fs::write(export.join(DATA_DIR).join("notes.txt"), "not a shard").unwrap();
+        let bench = BenchDir::new(tmp.path().join("bench"));
+        let counts = references_from_export(&export, &bench, 1, None).unwrap();
+        assert_eq!(
+            counts,
+            BTreeMap::from([("in-train".into(), 2), ("out-of-train".into(), 1)])
+        );
+        let refs = bench.references_dir();
+        assert_eq!(
+            std::fs::read(refs.join("in-train/ann/a1.jpg")).unwrap(),
+            b"A1"
+        );
+        assert!(
+            !refs.join("in-train/ann/a2.jpg").exists(),
+            "one per identity"
+        );
+        assert_eq!(
+            std::fs::read(refs.join("out-of-train/cid/c1.jpg")).unwrap(),
+            b"C1"
+        );
+        let words = std::fs::read_to_string(refs.join(CLASS_WORDS_FILE)).unwrap();
+        assert!(words.contains("\"bob\" = \"man\""), "{words}");
+    }
+
+    #[test]
+    fn a_shard_in_another_layout_is_refused_naming_the_column() {
+        let tmp = tempfile::tempdir().unwrap();
+        let export = tmp.path().join("export");
+        let path = export.join(Split::Train.shard_path(0, 1));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(IDENTITY, DataType::Int32, true),
+            Field::new(CLASS_WORD, DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int32Array::from(vec![1])),
+                Arc::new(StringArray::from(vec!["man"])),
+            ],
+        )
+        .unwrap();
+        let mut w = ArrowWriter::try_new(File::create(&path).unwrap(), schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let bench = BenchDir::new(tmp.path().join("bench"));
+        let err = references_from_export(&export, &bench, 1, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`identity`") && err.contains("Int32"), "{err}");
+    }
 }

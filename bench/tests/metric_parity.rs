@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use idforge_bench::stats::{Features, KidOptions, cmmd, fid, inception_score, kid};
 use idforge_models::clip::{
-    Clip, ClipConfig, ClipPreprocess, ClipTokenizer, Convention, WeightLayout,
-    clip_score, l2_normalize,
+    Clip, ClipConfig, ClipPreprocess, ClipTokenizer, Convention, WeightLayout, clip_score,
+    l2_normalize,
 };
 use idforge_models::face_api::preprocess::RgbView;
 use serde_json::Value;
@@ -253,7 +253,8 @@ fn clip_t_matches_torchmetrics_clip_score() {
     let device = Default::default();
     let config =
         ClipConfig::from_hf_config_json(&clip_dir.join("tiny_hf_gelu.config.json")).unwrap();
-    let weights = idforge_models::WeightStore::open(&clip_dir.join("tiny_hf_gelu.safetensors")).unwrap();
+    let weights =
+        idforge_models::WeightStore::open(clip_dir.join("tiny_hf_gelu.safetensors")).unwrap();
     let model = Clip::<B>::load(&weights, &config, WeightLayout::HuggingFace, &device).unwrap();
     let tokenizer =
         ClipTokenizer::from_tokenizer_json(&clip_dir.join("tiny_tokenizer.json")).unwrap();

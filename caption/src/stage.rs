@@ -24,8 +24,7 @@ use idforge_core::run::{
 };
 use idforge_core::schema::faces::{FacesTable, Verdict};
 use idforge_core::schema::{
-    CAPTIONS_TABLE, CaptionRow, CaptionStatus, CaptionsTable, FACES_TABLE, IMAGES_TABLE, ImageRow,
-    ImagesTable,
+    CaptionRow, CaptionStatus, CaptionsTable, ImageRow, ImagesTable, RunTable, TableInfo, TableSpec,
 };
 use idforge_core::{Shard, Stage, StageStats};
 
@@ -110,21 +109,23 @@ struct Fingerprint {
 /// The caption stage, ready to run: tables read, captioner built.
 pub struct CaptionStage {
     settings: CaptionSettings,
-    run_root: PathBuf,
+    run: RunDir,
     items: Vec<Item>,
     engine: Engine,
     pool: rayon::ThreadPool,
 }
 
 impl CaptionStage {
-    /// Reads the kept faces of `runs/<name>/curate/faces.parquet` (and their `images` rows).
+    /// Reads the kept faces of the run's `faces` table (and their `images` rows, when that
+    /// table is there).
     pub fn new(
         settings: CaptionSettings,
         run_root: &Path,
         engine: Engine,
     ) -> Result<Self, CaptionError> {
         settings.validate().map_err(CaptionError::Settings)?;
-        let items = load_items(run_root)?;
+        let run = RunDir::at(run_root);
+        let items = load_items(&run)?;
         let threads = if settings.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -137,7 +138,7 @@ impl CaptionStage {
             .map_err(|e| CaptionError::Settings(e.to_string()))?;
         Ok(CaptionStage {
             settings,
-            run_root: run_root.to_path_buf(),
+            run,
             items,
             engine,
             pool,
@@ -190,7 +191,7 @@ impl CaptionStage {
         selection: ShardSelection,
         retry_failed: bool,
     ) -> Result<(StageReport, Option<String>), CaptionError> {
-        let note = self.prepare(&run.stage("caption"), retry_failed)?;
+        let note = self.prepare(&run.stage(self.name()), retry_failed)?;
         Ok((run_stage(self, run, selection)?, note))
     }
 
@@ -224,8 +225,7 @@ impl CaptionStage {
             if then != now {
                 note = Some(describe_change(&then, &now));
             } else if retry_failed && dir.is_final() {
-                let table =
-                    CaptionsTable::read(&dir.path().join(format!("{CAPTIONS_TABLE}.parquet")))?;
+                let table = CaptionsTable::read(&dir.table::<CaptionsTable>())?;
                 let failed = table
                     .rows
                     .iter()
@@ -312,7 +312,7 @@ impl CaptionStage {
     }
 
     fn read_crop(&self, item: &Item) -> Result<(Vec<u8>, String), Failure> {
-        let path = self.run_root.join(&item.crop_path);
+        let path = self.run.resolve(&item.crop_path);
         let bytes = std::fs::read(&path).map_err(|e| Failure {
             error: format!(
                 "cannot read the crop {}: {e} (re-run `idforge curate` for this run)",
@@ -478,21 +478,11 @@ fn describe_change(then: &Fingerprint, now: &Fingerprint) -> String {
     )
 }
 
-/// The kept faces with a crop, joined with their `images` rows.
-fn load_items(run_root: &Path) -> Result<Vec<Item>, CaptionError> {
-    let faces_path = run_root
-        .join("curate")
-        .join(format!("{FACES_TABLE}.parquet"));
-    if !faces_path.is_file() {
-        return Err(CaptionError::Settings(format!(
-            "{} does not exist: run `idforge curate` for this run first (caption reads its faces table)",
-            faces_path.display()
-        )));
-    }
-    let faces = FacesTable::read(&faces_path)?;
-    let images_path = run_root
-        .join("ingest")
-        .join(format!("{IMAGES_TABLE}.parquet"));
+/// The kept faces with a crop, joined with their `images` rows (the source photos the offline
+/// captioners look at, and the ingest captions), when the run has that table.
+fn load_items(run: &RunDir) -> Result<Vec<Item>, CaptionError> {
+    let faces = FacesTable::read(&run.require::<FacesTable>()?)?;
+    let images_path = run.table::<ImagesTable>();
     let images: HashMap<u64, ImageRow> = if images_path.is_file() {
         ImagesTable::read(&images_path)?
             .rows
@@ -510,14 +500,9 @@ fn load_items(run_root: &Path) -> Result<Vec<Item>, CaptionError> {
             continue;
         };
         let img = images.get(&f.row_id);
-        let source_path = img.and_then(|r| r.store_path.as_deref()).map(|p| {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                run_root.join(p)
-            }
-        });
+        let source_path = img
+            .and_then(|r| r.store_path.as_deref())
+            .map(|p| run.resolve(p));
         items.push(Item {
             row_id: f.row_id,
             image_id: f.image_id,
@@ -540,15 +525,17 @@ impl Stage for CaptionStage {
     type Error = CaptionError;
 
     fn name(&self) -> &'static str {
-        "caption"
+        CaptionsTable::STAGE
     }
 
-    fn inputs(&self) -> &'static [&'static str] {
-        &[FACES_TABLE, IMAGES_TABLE]
+    /// The `faces` table; `images` is read too when it is there, but a run without it (faces
+    /// imported from elsewhere) still captions its crops.
+    fn inputs(&self) -> &'static [TableInfo] {
+        &[FacesTable::INFO]
     }
 
-    fn outputs(&self) -> &'static [&'static str] {
-        &[CAPTIONS_TABLE]
+    fn outputs(&self) -> &'static [TableInfo] {
+        &[CaptionsTable::INFO]
     }
 
     fn run_shard(&self, dir: &StageDir, shard: Shard) -> Result<StageStats, CaptionError> {
@@ -620,7 +607,7 @@ impl Stage for CaptionStage {
         };
         progress.finish();
         let table = CaptionsTable { rows };
-        table.write(&dir.shard_file(shard, "captions.parquet"))?;
+        table.write(&dir.shard_table::<CaptionsTable>(shard))?;
         Ok(stats_of(&table))
     }
 
@@ -628,7 +615,7 @@ impl Stage for CaptionStage {
         let mut rows = Vec::new();
         let mut seconds = 0.0;
         for &shard in shards {
-            rows.extend(CaptionsTable::read(&dir.shard_file(shard, "captions.parquet"))?.rows);
+            rows.extend(CaptionsTable::read(&dir.shard_table::<CaptionsTable>(shard))?.rows);
             seconds += dir.shard_stats(shard)?.seconds;
         }
         rows.sort_by_key(|r| (r.row_id, r.face_index));
@@ -644,7 +631,7 @@ impl Stage for CaptionStage {
             r.trigger = Some(self.settings.trigger.clone());
         }
         let table = CaptionsTable { rows };
-        table.write(&dir.path().join(format!("{CAPTIONS_TABLE}.parquet")))?;
+        table.write(&dir.table::<CaptionsTable>())?;
         let mut stats = stats_of(&table);
         stats.seconds = seconds;
         Ok(stats)

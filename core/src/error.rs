@@ -56,6 +56,28 @@ pub enum CoreError {
         /// What to fix.
         message: String,
     },
+    /// A table a stage reads is not in the run folder: the stage that writes it has not run.
+    #[error(
+        "{path} does not exist: run `{command}` for this run first (it writes the `{table}` table)"
+    )]
+    MissingTable {
+        /// The table's name.
+        table: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// The command that writes it.
+        command: &'static str,
+    },
+    /// A stage finished without writing a table it declares as an output.
+    #[error("stage `{stage}` finished without writing its `{table}` table at {path}")]
+    MissingOutput {
+        /// The stage.
+        stage: &'static str,
+        /// The table's name.
+        table: &'static str,
+        /// Where it should be.
+        path: PathBuf,
+    },
     /// A shard specification like `3/8` could not be understood.
     #[error("invalid shard `{spec}`: {message}")]
     Shard {

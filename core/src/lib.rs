@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cache;
 pub mod error;
 pub mod hash;
+pub mod html;
 pub mod image_io;
 pub mod journal;
 pub mod phash;

@@ -23,6 +23,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, IoContext, Result};
+use crate::schema::{RunTable, TableInfo};
+
+/// The merged stats of a finished stage, beside its tables.
+pub const STATS_FILE: &str = "stats.json";
 
 /// `runs/<name>`: everything one recipe produces.
 #[derive(Debug, Clone)]
@@ -54,6 +58,64 @@ impl RunDir {
             path: self.root.join(stage),
         }
     }
+
+    /// Where table `T` of this run is (`runs/<name>/<stage>/<file>`), whether or not it exists.
+    pub fn table<T: RunTable>(&self) -> PathBuf {
+        self.table_at(&T::INFO)
+    }
+
+    /// [`RunDir::table`] for a table known by its declaration (a stage's inputs and outputs).
+    pub fn table_at(&self, table: &TableInfo) -> PathBuf {
+        self.root.join(table.stage).join(table.file)
+    }
+
+    /// Table `T`'s path when it exists; otherwise an error naming the table, the path looked at
+    /// and the command that writes it.
+    pub fn require<T: RunTable>(&self) -> Result<PathBuf> {
+        self.require_at(&T::INFO)
+    }
+
+    /// [`RunDir::require`] for a table known by its declaration.
+    pub fn require_at(&self, table: &TableInfo) -> Result<PathBuf> {
+        let path = self.table_at(table);
+        if path.exists() {
+            Ok(path)
+        } else {
+            Err(CoreError::MissingTable {
+                table: table.name,
+                path,
+                command: table.command,
+            })
+        }
+    }
+
+    /// A path stored in a table (`store_path`, `crop_path`, `ref_path`) as a real path: tables
+    /// store paths relative to the run folder, so that a run can be moved or copied whole, and
+    /// absolute ones only for files outside it (a store the recipe put elsewhere).
+    pub fn resolve(&self, stored: &str) -> PathBuf {
+        let p = Path::new(stored);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.root.join(p)
+        }
+    }
+
+    /// The inverse of [`RunDir::resolve`]: how a table stores `path`: relative to the run folder
+    /// with `/` separators when it is inside it, else absolute.
+    pub fn stored(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.root) {
+            Ok(rel) => rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/"),
+            Err(_) => std::path::absolute(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .display()
+                .to_string(),
+        }
+    }
 }
 
 /// `runs/<name>/<stage>`: the files one stage owns.
@@ -66,6 +128,22 @@ impl StageDir {
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where this stage's own table `T` goes once merged. `T` must be a table of this stage.
+    pub fn table<T: RunTable>(&self) -> PathBuf {
+        debug_assert!(
+            self.path.file_name().is_some_and(|n| n == T::STAGE),
+            "{} is not the folder of stage `{}`",
+            self.path.display(),
+            T::STAGE
+        );
+        self.path.join(T::FILE)
+    }
+
+    /// A shard's part of this stage's own table `T`: `shards/<shard>.<file>`.
+    pub fn shard_table<T: RunTable>(&self, shard: Shard) -> PathBuf {
+        self.shard_file(shard, T::FILE)
     }
 
     /// A per-shard file: `shards/<shard>.<suffix>`.
@@ -95,7 +173,7 @@ impl StageDir {
 
     /// The merged `stats.json`, once final.
     pub fn final_stats(&self) -> Result<StageStats> {
-        read_json(&self.path.join("stats.json"))
+        read_json(&self.path.join(STATS_FILE))
     }
 
     /// Stats of a completed shard.
@@ -316,7 +394,9 @@ impl StageStats {
 /// The contract of a stage: run one shard, then merge when all are done.
 ///
 /// The runner ([`run_stage`]) owns stats and completion markers; a stage only writes its own
-/// files under the stage directory.
+/// files under the stage directory. It declares the tables it reads and writes, and the runner
+/// holds it to them: an input that is missing stops the run before any shard starts (naming the
+/// command that writes it), and an output the merge did not write is an error.
 pub trait Stage {
     /// The stage's error type; core errors convert into it.
     type Error: From<CoreError>;
@@ -324,11 +404,12 @@ pub trait Stage {
     /// Directory name under the run, e.g. `ingest`.
     fn name(&self) -> &'static str;
 
-    /// Names of the tables the stage reads.
-    fn inputs(&self) -> &'static [&'static str];
+    /// The tables the stage reads (each must exist before it runs), e.g.
+    /// `&[ImagesTable::INFO]`; find them with [`RunDir::table_at`] or [`RunDir::table`].
+    fn inputs(&self) -> &'static [TableInfo];
 
-    /// Names of the tables the stage writes.
-    fn outputs(&self) -> &'static [&'static str];
+    /// The tables the stage writes in its own folder (each must exist after the merge).
+    fn outputs(&self) -> &'static [TableInfo];
 
     /// Processes one shard. Must be resumable: a shard killed midway is run again from the start
     /// of this call, and should not redo work it has journaled.
@@ -374,6 +455,9 @@ pub fn run_stage<S: Stage>(
     run: &RunDir,
     selection: ShardSelection,
 ) -> std::result::Result<StageReport, S::Error> {
+    for input in stage.inputs() {
+        run.require_at(input)?;
+    }
     let dir = run.stage(stage.name());
     let count = match selection {
         ShardSelection::All(n) => n,
@@ -419,16 +503,33 @@ pub fn run_stage<S: Stage>(
             stats.stage = stage.name().to_string();
             stats.shard = "all".into();
             stats.finished_at = Some(Utc::now());
-            dir.complete("final", &stats, &dir.path.join("stats.json"))?;
+            check_outputs(stage, &dir)?;
+            dir.complete("final", &stats, &dir.path.join(STATS_FILE))?;
             report.merged = Some(stats);
         }
     }
     Ok(report)
 }
 
+/// Checks that the merge wrote every output the stage declares, in the stage's own folder.
+fn check_outputs<S: Stage>(stage: &S, dir: &StageDir) -> Result<()> {
+    for out in stage.outputs() {
+        let path = dir.path.join(out.file);
+        if out.stage != stage.name() || !path.exists() {
+            return Err(CoreError::MissingOutput {
+                stage: stage.name(),
+                table: out.name,
+                path,
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::{FacesTable, ImagesTable, TableSpec};
     use std::cell::RefCell;
 
     #[test]
@@ -493,10 +594,10 @@ mod tests {
         fn name(&self) -> &'static str {
             "count"
         }
-        fn inputs(&self) -> &'static [&'static str] {
+        fn inputs(&self) -> &'static [TableInfo] {
             &[]
         }
-        fn outputs(&self) -> &'static [&'static str] {
+        fn outputs(&self) -> &'static [TableInfo] {
             &[]
         }
         fn run_shard(&self, _: &StageDir, shard: Shard) -> Result<StageStats> {
@@ -572,5 +673,105 @@ mod tests {
         assert_eq!(r.merged.unwrap().rows, 20);
         let err = run_stage(&stage, &run, ShardSelection::All(3)).unwrap_err();
         assert!(err.to_string().contains("started with 2 shards"), "{err}");
+    }
+
+    /// A stage that reads `images` and writes `faces`, writing the table only when told to.
+    struct Curating {
+        write_output: bool,
+    }
+
+    impl Stage for Curating {
+        type Error = CoreError;
+        fn name(&self) -> &'static str {
+            FacesTable::STAGE
+        }
+        fn inputs(&self) -> &'static [TableInfo] {
+            &[ImagesTable::INFO]
+        }
+        fn outputs(&self) -> &'static [TableInfo] {
+            &[FacesTable::INFO]
+        }
+        fn run_shard(&self, _: &StageDir, _: Shard) -> Result<StageStats> {
+            Ok(StageStats::default())
+        }
+        fn finalize(&self, dir: &StageDir, _: &[Shard]) -> Result<StageStats> {
+            if self.write_output {
+                std::fs::write(dir.table::<FacesTable>(), b"").unwrap();
+            }
+            Ok(StageStats::default())
+        }
+    }
+
+    #[test]
+    fn the_runner_holds_a_stage_to_its_declared_tables() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path(), "r");
+        let stage = Curating { write_output: true };
+        let err = run_stage(&stage, &run, ShardSelection::All(1)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                CoreError::MissingTable {
+                    table: "images",
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("ingest/images.parquet") && msg.contains("run `idforge ingest`"),
+            "{msg}"
+        );
+        assert!(!run.stage("curate").path().exists(), "nothing ran");
+
+        std::fs::create_dir_all(run.stage("ingest").path()).unwrap();
+        std::fs::write(run.table::<ImagesTable>(), b"").unwrap();
+        let err = run_stage(
+            &Curating {
+                write_output: false,
+            },
+            &run,
+            ShardSelection::All(1),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, CoreError::MissingOutput { table: "faces", .. }),
+            "{err}"
+        );
+        assert!(
+            !run.stage("curate").is_final(),
+            "no final marker without the output"
+        );
+
+        let report = run_stage(&stage, &run, ShardSelection::All(1)).unwrap();
+        assert!(report.merged.is_some());
+        assert_eq!(
+            run.require::<FacesTable>().unwrap(),
+            run.root().join("curate/faces.parquet")
+        );
+    }
+
+    #[test]
+    fn stored_paths_resolve_against_the_run_and_back() {
+        let run = RunDir::at("/data/runs/r");
+        assert_eq!(
+            run.resolve("curate/crops/ab/x.jpg"),
+            Path::new("/data/runs/r/curate/crops/ab/x.jpg")
+        );
+        assert_eq!(
+            run.resolve("/elsewhere/store/x.jpg"),
+            Path::new("/elsewhere/store/x.jpg")
+        );
+        assert_eq!(
+            run.stored(Path::new("/data/runs/r/ingest/store")),
+            "ingest/store"
+        );
+        assert_eq!(
+            run.stored(Path::new("/elsewhere/store")),
+            "/elsewhere/store"
+        );
+        let p = run.resolve(&run.stored(Path::new("/data/runs/r/a/b.jpg")));
+        assert_eq!(p, Path::new("/data/runs/r/a/b.jpg"));
     }
 }

@@ -103,6 +103,19 @@ pub fn read_parquet(path: &Path, table: &str, version: u32) -> Result<Vec<Record
         .map_err(|e| table_err(path, e))
 }
 
+/// The table name stamped in an idforge Parquet file (`images`, `faces`, ...), or `None` for a
+/// Parquet file idforge did not write; lets a reader given any table file pick its type.
+pub fn table_name(path: &Path) -> Result<Option<String>> {
+    let file = File::open(path).at(path)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| table_err(path, e))?;
+    Ok(builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == TABLE_KEY))
+        .and_then(|e| e.value.clone()))
+}
+
 /// Checks that `found` has exactly the columns (names and types, in order) of `expected`, the
 /// schema of table `table`; the error names the first column that differs.
 pub fn check_columns(

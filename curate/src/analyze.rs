@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
+use idforge_core::RunDir;
 use idforge_core::image_io::{DEFAULT_MAX_PIXELS, decode};
 use idforge_core::phash::phash_rgb;
 use idforge_core::schema::ImageRow;
@@ -58,7 +59,8 @@ impl<B: Backend> Analyzer<B> {
         embedder_name(&self.settings)
     }
 
-    /// Runs filters 1–3 on `row` and writes the crops of its faces under `stage_dir`.
+    /// Runs filters 1–3 on `row` (its `store_path` resolved in `run`) and writes the crops of
+    /// its faces under `stage_dir`.
     ///
     /// Returns the image's rows of the `faces` table: its faces (candidates still `kept`), or
     /// one image-level row. Errors are reserved for the run (a crop that cannot be written);
@@ -66,7 +68,7 @@ impl<B: Backend> Analyzer<B> {
     pub fn analyze(
         &self,
         row: &ImageRow,
-        run_root: &Path,
+        run: &RunDir,
         stage_dir: &Path,
     ) -> Result<Vec<FaceRow>, CurateError> {
         let image_id = row.image_id.clone().unwrap_or_default();
@@ -87,7 +89,7 @@ impl<B: Backend> Analyzer<B> {
                 "the images row has no store_path".into(),
             );
         };
-        let path = resolve(run_root, store_path);
+        let path = run.resolve(store_path);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => return reject(Reason::Unreadable, format!("{}: {e}", path.display())),
@@ -225,16 +227,6 @@ fn arcface_onnx(s: &CurateSettings) -> Option<&Path> {
     match (&s.embedder.kind, &s.embedder.arcface_onnx) {
         (EmbedderKind::Arcface, Some(p)) => Some(p.as_path()),
         _ => None,
-    }
-}
-
-/// A store path from the `images` table: relative ones are relative to the run directory.
-pub fn resolve(run_root: &Path, store_path: &str) -> PathBuf {
-    let p = Path::new(store_path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        run_root.join(p)
     }
 }
 

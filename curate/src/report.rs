@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use idforge_core::html::escape;
 use idforge_core::schema::{FaceRow, FacesTable, Reason, Verdict};
 
 /// Width of one histogram bin on the `id_score` axis.
@@ -74,23 +75,6 @@ pub fn write(path: &Path, ctx: &ReportContext<'_>) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
-}
-
-/// Escapes text for HTML element content and quoted attribute values alike: identity names and
-/// details come from users' folders and must never become markup.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The `src` of an image stored at `rel` (relative to the run directory), seen from
@@ -710,15 +694,6 @@ mod tests {
             groups: &groups,
             settings_json: "{\"k\": \"<b>\"}",
         })
-    }
-
-    #[test]
-    fn escape_neutralises_markup() {
-        assert_eq!(
-            escape("<a href=\"x\">&'y'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;y&#39;&lt;/a&gt;"
-        );
-        assert_eq!(escape("plain é"), "plain é");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! - `faces.parquet`, `stats.json`, `report.html`: the merged outputs.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
@@ -23,8 +23,10 @@ use idforge_core::journal::Journal;
 use idforge_core::progress::Progress;
 use idforge_core::run::{StageDir, read_json, write_json};
 use idforge_core::schema::faces::{FaceRow, FacesTable, Reason, Verdict};
-use idforge_core::schema::{FACES_TABLE, IMAGES_TABLE, ImageRow, ImageStatus, ImagesTable};
-use idforge_core::{CoreError, Shard, Stage, StageStats};
+use idforge_core::schema::{
+    ImageRow, ImageStatus, ImagesTable, RunTable, TableInfo, TableSpec, faces::REPORT_FILE,
+};
+use idforge_core::{CoreError, RunDir, Shard, Stage, StageStats};
 
 use crate::analyze::{Analyzer, CROPS_DIR};
 use crate::error::CurateError;
@@ -38,7 +40,7 @@ pub const REJECTED_DIR: &str = "rejected";
 /// The curate stage, ready to run: images table read, networks loaded.
 pub struct CurateStage<B: Backend> {
     settings: CurateSettings,
-    run_root: PathBuf,
+    run: RunDir,
     run_name: String,
     images: Vec<ImageRow>,
     analyzer: Analyzer<B>,
@@ -62,7 +64,7 @@ impl<B: Backend> CurateStage<B>
 where
     Analyzer<B>: Sync,
 {
-    /// Reads `runs/<name>/ingest/images.parquet` and loads the networks.
+    /// Reads the run's `images` table and loads the networks.
     pub fn new(
         settings: CurateSettings,
         run_root: &Path,
@@ -75,17 +77,8 @@ where
                 "[curate] shards must be at least 1".into(),
             ));
         }
-        let images_path = run_root
-            .join("ingest")
-            .join(format!("{IMAGES_TABLE}.parquet"));
-        if !images_path.is_file() {
-            return Err(CurateError::Settings(format!(
-                "{} does not exist: run `idforge ingest` for this run first (curate reads its \
-                 images table)",
-                images_path.display()
-            )));
-        }
-        let table = ImagesTable::read(&images_path)?;
+        let run = RunDir::at(run_root);
+        let table = ImagesTable::read(&run.require::<ImagesTable>()?)?;
         let images: Vec<ImageRow> = table
             .rows
             .into_iter()
@@ -108,7 +101,7 @@ where
             .unwrap_or_default();
         Ok(CurateStage {
             settings,
-            run_root: run_root.to_path_buf(),
+            run,
             run_name,
             images,
             analyzer,
@@ -173,15 +166,15 @@ where
     type Error = CurateError;
 
     fn name(&self) -> &'static str {
-        "curate"
+        FacesTable::STAGE
     }
 
-    fn inputs(&self) -> &'static [&'static str] {
-        &[IMAGES_TABLE]
+    fn inputs(&self) -> &'static [TableInfo] {
+        &[ImagesTable::INFO]
     }
 
-    fn outputs(&self) -> &'static [&'static str] {
-        &[FACES_TABLE]
+    fn outputs(&self) -> &'static [TableInfo] {
+        &[FacesTable::INFO]
     }
 
     fn run_shard(&self, dir: &StageDir, shard: Shard) -> Result<StageStats, CurateError> {
@@ -207,7 +200,7 @@ where
         let results: Vec<ImageDone> = self.pool.install(|| {
             todo.par_iter()
                 .map(|row| {
-                    let rows = self.analyzer.analyze(row, &self.run_root, stage_dir)?;
+                    let rows = self.analyzer.analyze(row, &self.run, stage_dir)?;
                     let done = ImageDone {
                         row_id: row.row_id,
                         rows,
@@ -225,7 +218,7 @@ where
             embedding_dim: self.analyzer.embedding_dim(),
             rows: finished.into_values().flatten().collect(),
         };
-        table.write(&dir.shard_file(shard, "faces.parquet"))?;
+        table.write(&dir.shard_table::<FacesTable>(shard))?;
         Ok(stats_of(&table))
     }
 
@@ -233,7 +226,7 @@ where
         let mut rows = Vec::new();
         let mut seconds = 0.0;
         for &shard in shards {
-            let part = FacesTable::read(&dir.shard_file(shard, "faces.parquet"))?;
+            let part = FacesTable::read(&dir.shard_table::<FacesTable>(shard))?;
             rows.extend(part.rows);
             seconds += dir.shard_stats(shard)?.seconds;
         }
@@ -244,10 +237,10 @@ where
             rows,
         };
         let groups = group_filters(&mut table.rows, &self.settings);
-        move_rejected_crops(&self.run_root, &mut table.rows)?;
-        table.write(&dir.path().join(format!("{FACES_TABLE}.parquet")))?;
+        move_rejected_crops(&self.run, &mut table.rows)?;
+        table.write(&dir.table::<FacesTable>())?;
         let settings_json = serde_json::to_string_pretty(&self.settings).unwrap_or_default();
-        let report = dir.path().join("report.html");
+        let report = dir.path().join(REPORT_FILE);
         crate::report::write(
             &report,
             &ReportContext {
@@ -440,7 +433,7 @@ pub fn group_filters(rows: &mut [FaceRow], settings: &CurateSettings) -> Vec<Gro
 
 /// Moves the training crops of rejected faces from `crops/` to `rejected/`, so that `crops/`
 /// holds exactly the training set. Safe to repeat after an interruption.
-fn move_rejected_crops(run_root: &Path, rows: &mut [FaceRow]) -> Result<(), CurateError> {
+fn move_rejected_crops(run: &RunDir, rows: &mut [FaceRow]) -> Result<(), CurateError> {
     let from = format!("/{CROPS_DIR}/");
     let to = format!("/{REJECTED_DIR}/");
     for r in rows.iter_mut().filter(|r| r.verdict == Verdict::Rejected) {
@@ -451,7 +444,7 @@ fn move_rejected_crops(run_root: &Path, rows: &mut [FaceRow]) -> Result<(), Cura
             continue;
         }
         let new = old.replacen(&from, &to, 1);
-        let (src, dst) = (run_root.join(&old), run_root.join(&new));
+        let (src, dst) = (run.resolve(&old), run.resolve(&new));
         if src.is_file() {
             if let Some(parent) = dst.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| CoreError::io(parent, e))?;

@@ -11,10 +11,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use idforge_core::schema::CaptionRow;
+use idforge_core::run::STATS_FILE;
+use idforge_core::schema::dataset::{COLUMNS, DATA_DIR, Feature};
+use idforge_core::schema::faces::REPORT_FILE;
+use idforge_core::schema::{CaptionRow, CaptionsTable, FacesTable, ImagesTable, RunTable};
 
-use crate::export::{DATA_DIR, EXPORT_MARKER, ExportOptions, ExportSummary, SplitSummary};
-use crate::features::{COLUMNS, Feature};
+use crate::export::{EXPORT_MARKER, ExportOptions, ExportSummary, SplitSummary};
 
 /// Identities listed by name per split in the card body; the full lists are in
 /// `idforge-export.json`.
@@ -38,17 +40,17 @@ impl MadeWith {
         run_dir: &Path,
         captions: impl Iterator<Item = Option<&'a CaptionRow>>,
     ) -> Self {
+        let (faces, captions_table) = (FacesTable::INFO, CaptionsTable::INFO);
         let run_files = [
-            "ingest/images.parquet",
-            "curate/faces.parquet",
-            "curate/report.html",
-            "curate/stats.json",
-            "caption/captions.parquet",
-            "caption/stats.json",
+            ImagesTable::INFO.relative_path(),
+            faces.relative_path(),
+            format!("{}/{REPORT_FILE}", faces.stage),
+            format!("{}/{STATS_FILE}", faces.stage),
+            captions_table.relative_path(),
+            format!("{}/{STATS_FILE}", captions_table.stage),
         ]
         .into_iter()
         .filter(|f| run_dir.join(f).is_file())
-        .map(String::from)
         .collect();
         let mut captioners = BTreeMap::new();
         for c in captions.flatten() {
@@ -276,9 +278,10 @@ pub fn render(summary: &ExportSummary, opts: &ExportOptions, made: &MadeWith) ->
         let files: Vec<String> = made.run_files.iter().map(|f| format!("`{f}`")).collect();
         let _ = writeln!(
             c,
-            "- Details are in the run folder: {}; `curate/faces.parquet` has every face, kept or \
-             rejected, with the reason and the scores behind the decision.",
-            files.join(", ")
+            "- Details are in the run folder: {}; `{}` has every face, kept or rejected, with the \
+             reason and the scores behind the decision.",
+            files.join(", "),
+            FacesTable::INFO.relative_path()
         );
     }
     let _ = writeln!(

@@ -35,22 +35,22 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use idforge_core::RunDir;
+use idforge_core::schema::dataset::{
+    COLUMNS, DATA_DIR, FACE_BOX, HF_METADATA_KEY, IMAGE, REF_IMAGE, Split, dataset_schema,
+    huggingface_metadata, image_struct_type,
+};
 use idforge_core::schema::{
-    CAPTIONS_TABLE, CaptionRow, CaptionStatus, CaptionsTable, FACES_TABLE, FaceRow, FacesTable,
+    CaptionRow, CaptionStatus, CaptionsTable, DatasetExport, FaceRow, FacesTable, TableSpec,
     Verdict,
 };
 
 use crate::card;
 use crate::error::{At, DatasetError};
-use crate::features::{
-    COLUMNS, HF_METADATA_KEY, dataset_schema, huggingface_metadata, image_struct_type,
-};
 
 /// The file that marks a folder as an idforge export and records how it was made; a re-export
 /// replaces only folders that have it.
 pub const EXPORT_MARKER: &str = "idforge-export.json";
-/// Folder of the Parquet shards inside the output folder (the Hub's convention).
-pub const DATA_DIR: &str = "data";
 /// Rows per Parquet row group: what `datasets` uses for image datasets, so that a reader (the
 /// Hub's viewer among them) never has to load more than 100 images at once.
 pub const ROW_GROUP_ROWS: usize = 100;
@@ -127,7 +127,10 @@ impl ExportOptions {
 
 /// Where an export goes when no folder is given: `<run>/dataset`, beside the stage folders.
 pub fn default_out(run_dir: &Path) -> PathBuf {
-    run_dir.join("dataset")
+    RunDir::at(run_dir)
+        .stage(DatasetExport::STAGE)
+        .path()
+        .to_path_buf()
 }
 
 /// One split as written.
@@ -316,20 +319,10 @@ fn join_quoted<'a>(items: impl Iterator<Item = &'a String>) -> String {
 /// Exports the run at `run_dir` (`runs/<name>`) to `opts.out`; see the module docs.
 pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary, DatasetError> {
     opts.validate()?;
-    let faces_path = run_dir
-        .join("curate")
-        .join(format!("{FACES_TABLE}.parquet"));
-    if !faces_path.is_file() {
-        return Err(DatasetError::MissingTable {
-            path: faces_path,
-            hint: "run `idforge curate` for this run first (the export reads its kept faces)"
-                .into(),
-        });
-    }
+    let run = RunDir::at(run_dir);
+    let faces_path = run.require::<FacesTable>()?;
     let faces = FacesTable::read(&faces_path)?;
-    let captions_path = run_dir
-        .join("caption")
-        .join(format!("{CAPTIONS_TABLE}.parquet"));
+    let captions_path = run.table::<CaptionsTable>();
     let captions = if captions_path.is_file() {
         Some(CaptionsTable::read(&captions_path)?)
     } else if opts.include_uncaptioned {
@@ -337,9 +330,11 @@ pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary, Dat
     } else {
         return Err(DatasetError::MissingTable {
             path: captions_path,
-            hint: "run `idforge caption` for this run first, or pass --include-uncaptioned to \
-                   export the faces without prompts"
-                .into(),
+            hint: format!(
+                "run `{}` for this run first, or pass --include-uncaptioned to export the faces \
+                 without prompts",
+                CaptionsTable::COMMAND
+            ),
         });
     };
 
@@ -359,7 +354,7 @@ pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary, Dat
         skipped,
         uncaptioned,
         used_captions,
-    } = gather(run_dir, &faces_path, &faces, &by_key, opts)?;
+    } = gather(&run, &faces_path, &faces, &by_key, opts)?;
     let orphan_captions = by_key.len() - used_captions;
 
     if rows.is_empty() {
@@ -396,8 +391,8 @@ pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary, Dat
     let result = (|| {
         let data = staging.join(DATA_DIR);
         std::fs::create_dir_all(&data).at(&data)?;
-        let train = write_split(&staging, "train", &train_rows, opts.rows_per_shard)?;
-        let validation = write_split(&staging, "validation", &val_rows, opts.rows_per_shard)?;
+        let train = write_split(&staging, Split::Train, &train_rows, opts.rows_per_shard)?;
+        let validation = write_split(&staging, Split::Validation, &val_rows, opts.rows_per_shard)?;
         let summary = ExportSummary {
             run: run_dir.to_path_buf(),
             out: out.clone(),
@@ -446,7 +441,7 @@ struct Gathered<'a> {
 
 /// Joins the kept faces with their captions and checks their files.
 fn gather<'a>(
-    run_dir: &Path,
+    run: &RunDir,
     faces_path: &Path,
     faces: &'a FacesTable,
     by_key: &HashMap<(&str, u32), &'a CaptionRow>,
@@ -496,8 +491,8 @@ fn gather<'a>(
             }
             _ => None,
         };
-        let crop = run_dir.join(crop_rel);
-        let reference = face.ref_path.as_deref().map(|p| run_dir.join(p));
+        let crop = run.resolve(crop_rel);
+        let reference = face.ref_path.as_deref().map(|p| run.resolve(p));
         let missing = if !crop.is_file() {
             Some((crop.clone(), "crop"))
         } else {
@@ -643,7 +638,7 @@ fn writer_properties() -> WriterProperties {
             huggingface_metadata(),
         )]));
     // JPEG bytes neither compress nor repeat, and min/max statistics of them are noise.
-    for image in ["image", "ref_image"] {
+    for image in [IMAGE, REF_IMAGE] {
         let col = ColumnPath::new(vec![image.to_string(), "bytes".to_string()]);
         b = b
             .set_column_compression(col.clone(), Compression::UNCOMPRESSED)
@@ -656,7 +651,7 @@ fn writer_properties() -> WriterProperties {
 /// Writes one split's shards under `staging/data/`.
 fn write_split(
     staging: &Path,
-    split: &str,
+    split: Split,
     rows: &[Row],
     rows_per_shard: usize,
 ) -> Result<SplitSummary, DatasetError> {
@@ -671,7 +666,7 @@ fn write_split(
     let count = rows.len().div_ceil(rows_per_shard);
     let schema = dataset_schema();
     for (i, shard_rows) in rows.chunks(rows_per_shard).enumerate() {
-        let rel = format!("{DATA_DIR}/{split}-{i:05}-of-{count:05}.parquet");
+        let rel = split.shard_path(i, count);
         let path = staging.join(&rel);
         let parquet_err = |e: parquet::errors::ParquetError| DatasetError::Parquet {
             path: path.clone(),
@@ -789,7 +784,7 @@ fn build_batch(rows: &[Row]) -> Result<RecordBatch, DatasetError> {
     let crops: Vec<Option<&Path>> = rows.iter().map(|r| Some(r.crop.as_path())).collect();
     let refs: Vec<Option<&Path>> = rows.iter().map(|r| r.reference.as_deref()).collect();
     let DataType::FixedSizeList(item, len) = schema
-        .field_with_name("face_box")
+        .field_with_name(FACE_BOX)
         .expect("face_box column")
         .data_type()
         .clone()

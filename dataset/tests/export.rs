@@ -18,11 +18,11 @@ use arrow::array::{
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use idforge_core::schema::dataset::{DATA_DIR, HF_METADATA_KEY, huggingface_metadata};
 use idforge_core::schema::{
     CaptionRow, CaptionStatus, CaptionsTable, FaceRow, FacesTable, Reason, Verdict,
 };
-use idforge_dataset::export::{DATA_DIR, EXPORT_MARKER, ROW_GROUP_ROWS, arrow_nbytes};
-use idforge_dataset::features::{HF_METADATA_KEY, huggingface_metadata};
+use idforge_dataset::export::{EXPORT_MARKER, ROW_GROUP_ROWS, arrow_nbytes};
 use idforge_dataset::{DatasetError, ExportOptions, ExportSummary, export};
 
 const CROP_PX: u32 = 64;

@@ -21,8 +21,8 @@ use idforge_core::error::IoContext;
 use idforge_core::journal::Journal;
 use idforge_core::progress::Progress;
 use idforge_core::run::{StageDir, read_json, write_json};
-use idforge_core::schema::{IMAGES_TABLE, ImageRow, ImageStatus, ImagesTable};
-use idforge_core::{Shard, Stage, StageStats};
+use idforge_core::schema::{ImageRow, ImageStatus, ImagesTable, RunTable, TableInfo, TableSpec};
+use idforge_core::{RunDir, Shard, Stage, StageStats};
 
 use crate::error::IngestError;
 use crate::fetch::{Fetched, Fetcher};
@@ -76,19 +76,12 @@ impl IngestStage {
             return Err(IngestError::Settings("shards must be at least 1".into()));
         }
         let inputs = Inputs::read(&settings.sources)?;
+        let run = RunDir::at(run_root);
         let store_root = settings
             .store
             .clone()
-            .unwrap_or_else(|| run_root.join("ingest").join("store"));
-        let store_prefix = match store_root.strip_prefix(run_root) {
-            Ok(rel) => format!("{}/", rel.display()),
-            Err(_) => format!(
-                "{}/",
-                std::path::absolute(&store_root)
-                    .unwrap_or(store_root.clone())
-                    .display()
-            ),
-        };
+            .unwrap_or_else(|| run.stage(ImagesTable::STAGE).path().join("store"));
+        let store_prefix = format!("{}/", run.stored(&store_root));
         let threads = if settings.decode_threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -275,15 +268,15 @@ impl Stage for IngestStage {
     type Error = IngestError;
 
     fn name(&self) -> &'static str {
-        "ingest"
+        ImagesTable::STAGE
     }
 
-    fn inputs(&self) -> &'static [&'static str] {
+    fn inputs(&self) -> &'static [TableInfo] {
         &[]
     }
 
-    fn outputs(&self) -> &'static [&'static str] {
-        &[IMAGES_TABLE]
+    fn outputs(&self) -> &'static [TableInfo] {
+        &[ImagesTable::INFO]
     }
 
     fn run_shard(&self, dir: &StageDir, shard: Shard) -> Result<StageStats, IngestError> {
@@ -349,7 +342,7 @@ impl Stage for IngestStage {
             extra_columns: self.inputs.extra_columns.clone(),
             rows,
         };
-        table.write(&dir.shard_file(shard, "images.parquet"))?;
+        table.write(&dir.shard_table::<ImagesTable>(shard))?;
         let mut stats = stats_of(&table.rows);
         let c = &self.fetcher.counters;
         let delta = |now: &std::sync::atomic::AtomicU64, then: u64| {
@@ -374,13 +367,13 @@ impl Stage for IngestStage {
         };
         let mut extra = StageStats::default();
         for &shard in shards {
-            let part = ImagesTable::read(&dir.shard_file(shard, "images.parquet"))?;
+            let part = ImagesTable::read(&dir.shard_table::<ImagesTable>(shard))?;
             table.rows.extend(part.rows);
             extra.merge(&dir.shard_stats(shard)?);
         }
         table.rows.sort_by_key(|r| r.row_id);
         let counts = crate::dedup::flag_duplicates(&mut table.rows, self.settings.phash_threshold);
-        table.write(&dir.path().join("images.parquet"))?;
+        table.write(&dir.table::<ImagesTable>())?;
         for &shard in shards {
             // The shard tables hold every row now; the journals are no longer needed.
             let _ = std::fs::remove_file(dir.shard_file(shard, "journal.jsonl"));

@@ -309,7 +309,7 @@ where
         return Ok(ExitCode::SUCCESS);
     }
     let stats = report.merged.expect("merged when the report says so");
-    let path = run.stage("caption").path().join("captions.parquet");
+    let path = run.table::<CaptionsTable>();
     let table = CaptionsTable::read(&path)?;
     println!("{}", path.display());
     let get = |k: &str| stats.extra.get(k).copied().unwrap_or(0.0);

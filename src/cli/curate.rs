@@ -9,7 +9,8 @@ use clap::{Args, ValueEnum};
 
 use idforge_core::recipe::Recipe;
 use idforge_core::run::{RunDir, ShardSelection, run_stage};
-use idforge_core::schema::FacesTable;
+use idforge_core::schema::faces::REPORT_FILE;
+use idforge_core::schema::{FacesTable, ImagesTable, TableSpec};
 use idforge_curate::settings::{EmbedderKind, IdentityMode};
 use idforge_curate::{CurateSettings, CurateStage};
 
@@ -224,7 +225,7 @@ where
         "curate `{}`: {} images from {} on {}",
         r.name,
         stage.images().len(),
-        run.stage("ingest").path().join("images.parquet").display(),
+        run.table::<ImagesTable>().display(),
         B::name(device),
     );
     let report = run_stage(&stage, &run, r.selection)
@@ -233,10 +234,10 @@ where
         return Ok(ExitCode::SUCCESS);
     }
     let stats = report.merged.expect("merged when the report says so");
-    let dir = run.stage("curate");
-    let table = FacesTable::read(&dir.path().join("faces.parquet"))?;
+    let path = run.table::<FacesTable>();
+    let table = FacesTable::read(&path)?;
     let faces = table.rows.iter().filter(|r| r.face_index.is_some()).count();
-    println!("{}", dir.path().join("faces.parquet").display());
+    println!("{}", path.display());
     println!(
         "{} images, {} faces detected, {} kept in {} identities",
         stats.rows,
@@ -249,6 +250,12 @@ where
             println!("  {:<20} {n}", reason.as_str());
         }
     }
-    println!("report: {}", dir.path().join("report.html").display());
+    println!(
+        "report: {}",
+        run.stage(FacesTable::STAGE)
+            .path()
+            .join(REPORT_FILE)
+            .display()
+    );
     Ok(ExitCode::SUCCESS)
 }

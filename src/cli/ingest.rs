@@ -9,7 +9,7 @@ use clap::Args;
 
 use idforge_core::recipe::Recipe;
 use idforge_core::run::{RunDir, ShardSelection, run_stage};
-use idforge_core::schema::ImagesTable;
+use idforge_core::schema::{ImagesTable, TableSpec};
 use idforge_ingest::source::resolve_sources;
 use idforge_ingest::{IngestSettings, IngestStage, SourceSpec};
 
@@ -171,7 +171,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         r.name,
         stage.inputs().rows.len(),
         stage.settings().sources.len(),
-        run.stage("ingest").path().display(),
+        run.stage(ImagesTable::STAGE).path().display(),
         if f.robots_txt {
             ""
         } else {
@@ -188,7 +188,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     if !super::print_shard_report(&report) {
         return Ok(ExitCode::SUCCESS);
     }
-    let table_path = run.stage("ingest").path().join("images.parquet");
+    let table_path = run.table::<ImagesTable>();
     let table = ImagesTable::read(&table_path)?;
     println!("{}", table_path.display());
     print!("{}", idforge_ingest::summary::summarize(&table));

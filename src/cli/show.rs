@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use idforge_core::RunDir;
 use idforge_core::schema::{
-    CaptionStatus, CaptionsTable, FacesTable, ImagesTable, Reason, Verdict,
+    CaptionStatus, CaptionsTable, FacesTable, ImagesTable, Reason, TableSpec, Verdict,
 };
 
 #[derive(Debug, Args)]
@@ -22,20 +23,17 @@ pub struct ShowArgs {
 
 pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     if args.path.is_dir() {
-        let images = args.path.join("ingest").join("images.parquet");
-        let faces = args.path.join("curate").join("faces.parquet");
-        if !images.is_file() {
-            bail!(
-                "{} not found: give a table file, or a run folder whose ingest stage has finished",
-                images.display()
-            );
-        }
+        let run = RunDir::at(&args.path);
+        let images = run
+            .require::<ImagesTable>()
+            .context("give a table file, or a run folder whose ingest stage has finished")?;
         show_images(&images, args.rows)?;
+        let faces = run.table::<FacesTable>();
         if faces.is_file() {
             println!();
             show_faces(&faces, args.rows)?;
         }
-        let captions = args.path.join("caption").join("captions.parquet");
+        let captions = run.table::<CaptionsTable>();
         if captions.is_file() {
             println!();
             show_captions(&captions, args.rows)?;
@@ -43,11 +41,17 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let file = args.path.clone();
-    if file.file_stem().is_some_and(|s| s == "faces") && file.is_file() {
+    let table = if file.is_file() {
+        idforge_core::table::table_name(&file)
+            .with_context(|| format!("reading {}", file.display()))?
+    } else {
+        None
+    };
+    if table.as_deref() == Some(FacesTable::NAME) {
         show_faces(&file, args.rows)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if file.file_stem().is_some_and(|s| s == "captions") && file.is_file() {
+    if table.as_deref() == Some(CaptionsTable::NAME) {
         show_captions(&file, args.rows)?;
         return Ok(ExitCode::SUCCESS);
     }

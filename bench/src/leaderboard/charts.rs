@@ -8,6 +8,8 @@
 
 use std::fmt::Write as _;
 
+use idforge_core::html::escape;
+
 use super::markdown::{
     CLIP_T, FACE_SIM, categories, find_metric, metric_format, question_title, rating_format,
     rating_interval,
@@ -44,11 +46,6 @@ const INK: &str = "#1f2328";
 const MUTED: &str = "#59636e";
 const GRID: &str = "#e6e8eb";
 const AXIS: &str = "#8c959f";
-
-/// Escapes text for SVG (XML) content and attribute values.
-fn esc(s: &str) -> String {
-    super::html::escape(s)
-}
 
 /// The colour and shape of the method called `name`, fixed by its place in `lb.methods`.
 fn style(lb: &Leaderboard, name: &str) -> (&'static str, Shape) {
@@ -221,9 +218,9 @@ fn open(w: f64, h: f64, title: &str, desc: &str, class: &str) -> String {
          width=\"{w:.0}\" height=\"{h:.0}\" role=\"img\" aria-label=\"{}\" font-family=\"{FONT}\" \
          font-size=\"12\" fill=\"{INK}\">\n<title>{}</title>\n<desc>{}</desc>\n\
          <rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\n",
-        esc(title),
-        esc(title),
-        esc(desc)
+        escape(title),
+        escape(title),
+        escape(desc)
     )
 }
 
@@ -231,13 +228,13 @@ fn open(w: f64, h: f64, title: &str, desc: &str, class: &str) -> String {
 fn heading(title: &str, note: Option<&str>) -> String {
     let mut s = format!(
         "<text class=\"chart-title\" x=\"16\" y=\"24\" font-size=\"15\" font-weight=\"600\">{}</text>\n",
-        esc(title)
+        escape(title)
     );
     if let Some(note) = note {
         let _ = writeln!(
             s,
             "<text class=\"chart-note\" x=\"16\" y=\"44\" font-size=\"12\" font-style=\"italic\" fill=\"{MUTED}\">{}</text>",
-            esc(note)
+            escape(note)
         );
     }
     s
@@ -263,7 +260,7 @@ fn value_axis_y(axis: &Axis, x0: f64, x1: f64, title: &str) -> String {
         "<line x1=\"{x0:.1}\" x2=\"{x0:.1}\" y1=\"{top:.1}\" y2=\"{bottom:.1}\" stroke=\"{AXIS}\"/>\
          <text transform=\"translate(16 {:.1}) rotate(-90)\" text-anchor=\"middle\" font-size=\"12\" font-weight=\"600\">{}</text>\n</g>",
         (top + bottom) / 2.0,
-        esc(title)
+        escape(title)
     );
     s
 }
@@ -288,7 +285,7 @@ fn value_axis_x(axis: &Axis, y0: f64, y1: f64, title: &str) -> String {
          <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"12\" font-weight=\"600\">{}</text>\n</g>",
         (left + right) / 2.0,
         y1 + 36.0,
-        esc(title)
+        escape(title)
     );
     s
 }
@@ -327,7 +324,7 @@ fn empty_chart(title: &str, message: &str) -> String {
     let _ = writeln!(
         s,
         "<text x=\"320\" y=\"76\" text-anchor=\"middle\" font-size=\"13\" fill=\"{MUTED}\">{}</text>\n</svg>",
-        esc(message)
+        escape(message)
     );
     s
 }
@@ -350,11 +347,11 @@ fn legend(lb: &Leaderboard, names: &[&str], x0: f64, y0: f64, width: f64) -> (St
         let _ = writeln!(
             s,
             "<g><title>{}{baseline}</title>{}<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\">{}</text></g>",
-            esc(name),
+            escape(name),
             marker(shape, x + 6.0, y - 4.0, 5.0, colour, hollow),
             x + 16.0,
             y,
-            esc(&label)
+            escape(&label)
         );
         x += w;
     }
@@ -530,11 +527,11 @@ fn scatter(
         let _ = writeln!(
             s,
             "<g class=\"point\" data-method=\"{}\"><title>{}{}: {}; {}</title>{}{}{}</g>",
-            esc(&row.method),
-            esc(&row.method),
+            escape(&row.method),
+            escape(&row.method),
             if hollow { " (baseline)" } else { "" },
-            esc(&describe(face, f)),
-            esc(&describe(clip, c)),
+            escape(&describe(face, f)),
+            escape(&describe(clip, c)),
             whisker(xa.map(xlo), py, xa.map(xhi), py, colour, 4.0),
             whisker(px, ya.map(ylo), px, ya.map(yhi), colour, 4.0),
             marker(shape, px, py, 6.0, colour, hollow)
@@ -560,7 +557,7 @@ fn scatter(
             "<text x=\"{:.1}\" y=\"{ly:.1}\" text-anchor=\"{}\" font-size=\"12\" paint-order=\"stroke\" stroke=\"#fff\" stroke-width=\"3\" stroke-linejoin=\"round\">{}</text>",
             if right_side { lx } else { px - 9.0 },
             if right_side { "start" } else { "end" },
-            esc(&label)
+            escape(&label)
         );
     }
     s.push_str("</g>\n<g class=\"labels\">\n");
@@ -571,7 +568,7 @@ fn scatter(
             s,
             "<text x=\"{left:.1}\" y=\"{:.1}\" font-size=\"11\" font-style=\"italic\" fill=\"{MUTED}\">{}</text>",
             h - 10.0,
-            esc(&truncate(
+            escape(&truncate(
                 &format!("Not shown (no {}): {}", clip.label, missing.join(", ")),
                 w - left - right,
                 11.0
@@ -624,13 +621,13 @@ fn dot_plot(
             s,
             "<g class=\"point\" data-method=\"{}\"><title>{}{}: {}</title>\
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"12\">{}</text>{}{}</g>",
-            esc(name),
-            esc(name),
+            escape(name),
+            escape(name),
             if hollow { " (baseline)" } else { "" },
-            esc(&describe(mi, e)),
+            escape(&describe(mi, e)),
             left - 12.0,
             y + 4.0,
-            esc(&truncate(name, 180.0, 12.0)),
+            escape(&truncate(name, 180.0, 12.0)),
             whisker(xa.map(elo), y, xa.map(ehi), y, colour, 5.0),
             marker(shape, xa.map(v), y, 6.0, colour, hollow)
         );
@@ -740,12 +737,12 @@ pub fn category_bars_svg(lb: &Leaderboard, set: &SetResult, metric_key: &str) ->
                 s,
                 "<g class=\"bar\" data-method=\"{}\" data-category=\"{}\"><title>{}{} — {}: {}</title>\
                  <rect x=\"{:.1}\" y=\"{y0:.1}\" width=\"{:.1}\" height=\"{:.1}\" {fill}/>{}</g>",
-                esc(&row.method),
-                esc(cat),
-                esc(&row.method),
+                escape(&row.method),
+                escape(cat),
+                escape(&row.method),
                 if hollow { " (baseline)" } else { "" },
-                esc(cat),
-                esc(&describe(mi, e)),
+                escape(cat),
+                escape(&describe(mi, e)),
                 x + 1.0,
                 (bar_w - 2.0).max(1.0),
                 (y1 - y0).max(0.5),
@@ -764,8 +761,8 @@ pub fn category_bars_svg(lb: &Leaderboard, set: &SetResult, metric_key: &str) ->
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"12\"><title>{}</title>{}</text>",
             gx + group_w / 2.0,
             top + plot_h + 18.0,
-            esc(cat),
-            esc(&truncate(cat, group_w - 6.0, 12.0))
+            escape(cat),
+            escape(&truncate(cat, group_w - 6.0, 12.0))
         );
     }
     let _ = writeln!(
@@ -901,13 +898,13 @@ pub fn arena_ratings_svg(lb: &Leaderboard, arena: &ArenaResults, q: &QuestionRat
             s,
             "<g class=\"point\" data-method=\"{}\"><title>{}{}: {}</title>\
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"12\">{}</text>{}{}</g>",
-            esc(&m.method),
-            esc(&m.method),
+            escape(&m.method),
+            escape(&m.method),
             if hollow { " (baseline)" } else { "" },
-            esc(&describe(m)),
+            escape(&describe(m)),
             left - 12.0,
             y + 4.0,
-            esc(&truncate(&m.method, 180.0, 12.0)),
+            escape(&truncate(&m.method, 180.0, 12.0)),
             whisker(clamp(xa.map(elo)), y, clamp(xa.map(ehi)), y, colour, 5.0),
             mark
         );

@@ -8,6 +8,8 @@
 
 use std::fmt::Write as _;
 
+use idforge_core::html::escape;
+
 use super::markdown::{
     CLIP_T, COST_COLUMNS, DASH, FACE_SIM, GROUPS_NOTE, SEPARATED_NOTE, agreement_sentence,
     any_separated, arena_definitions, arena_method_sentence, arena_votes_sentence,
@@ -23,23 +25,6 @@ const JS: &str = include_str!("../../assets/leaderboard.js");
 /// Only inline styles and script, and images from the page's own origin (or `data:`).
 const CSP: &str = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; \
                    script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'";
-
-/// Escapes text for HTML element content and quoted attribute values alike: method names,
-/// settings and prompts come from users' files and must never become markup.
-pub(crate) fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// The `src` of a thumbnail stored at `rel` (relative to the leaderboard folder), percent-encoded
 /// so spaces, `#`, `?` or `:` in names still resolve as a relative path, never as a URL scheme.

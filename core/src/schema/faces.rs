@@ -22,6 +22,8 @@ use crate::error::{CoreError, Result};
 pub const FACES_TABLE: &str = "faces";
 /// Version of the schema below. Version 1: first release.
 pub const FACES_SCHEMA_VERSION: u32 = 1;
+/// The curate stage's HTML report, beside the `faces` table in the stage folder.
+pub const REPORT_FILE: &str = "report.html";
 /// Points per face in the `landmarks` column (the 68-point iBUG layout, x then y).
 pub const LANDMARK_POINTS: usize = 68;
 

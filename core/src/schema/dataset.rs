@@ -1,4 +1,8 @@
-//! The exported columns as Hugging Face `datasets` features: one list that the Arrow schema, the
+//! The dataset export's table: the columns `idforge dataset export` writes and the folder layout
+//! of its shards, here in `core` so that readers of an export (the benchmark's references) use
+//! the same names and types as the writer instead of repeating them.
+//!
+//! The columns are Hugging Face `datasets` features: one list that the Arrow schema, the
 //! `huggingface` Parquet metadata and the dataset card's `dataset_info.features` are all derived
 //! from, so the three cannot disagree.
 //!
@@ -8,10 +12,90 @@
 //! `{"feature": {"dtype": "float32", "_type": "Value"}, "length": 4, "_type": "Sequence"}`.
 //! `datasets` ≥ 4 writes `"_type": "List"` there instead and reads `Sequence` as the same
 //! `List(Value('float32'), length=4)`; 3.x does not know `List`. `Sequence` is what both read.
+//!
+//! ```text
+//! <export>/data/train-NNNNN-of-MMMMM.parquet        the training split's shards
+//! <export>/data/validation-NNNNN-of-MMMMM.parquet   the held-out identities' shards
+//! ```
 
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+
+/// The export's table name (it is not stamped in the shards, which follow `datasets`' layout).
+pub const DATASET_TABLE: &str = "dataset";
+/// Version of [`COLUMNS`]: a change of the exported columns bumps it (with a migration note in
+/// `docs/ARCHITECTURE.md`). Version 1: first release.
+pub const DATASET_SCHEMA_VERSION: u32 = 1;
+/// Folder of the Parquet shards inside an export (the Hub's convention).
+pub const DATA_DIR: &str = "data";
+
+/// The export of a run, as a table type: `runs/<name>/dataset/data/` by default. It has no rows
+/// in memory (the export streams its shards); it exists to carry the export's [`TableSpec`].
+///
+/// [`TableSpec`]: super::TableSpec
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatasetExport;
+
+/// Column `image`: the training crop, an `Image`.
+pub const IMAGE: &str = "image";
+/// Column `identity`: who the face belongs to.
+pub const IDENTITY: &str = "identity";
+/// Column `class_word`: the identity's class word.
+pub const CLASS_WORD: &str = "class_word";
+/// Column `face_box`: the face box in the crop's pixels.
+pub const FACE_BOX: &str = "face_box";
+/// Column `ref_image`: the reference face crop, an `Image`.
+pub const REF_IMAGE: &str = "ref_image";
+/// Field of an `Image` struct holding the encoded bytes.
+pub const IMAGE_BYTES: &str = "bytes";
+/// Field of an `Image` struct holding the file name.
+pub const IMAGE_PATH: &str = "path";
+
+/// A split of the export. Validation holds whole identities never seen in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Split {
+    /// The training identities.
+    Train,
+    /// The held-out identities.
+    Validation,
+}
+
+impl Split {
+    /// Both splits, in the card's order.
+    pub const ALL: [Split; 2] = [Split::Train, Split::Validation];
+
+    /// The split's name in `datasets` and in its shards' file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Validation => "validation",
+        }
+    }
+
+    /// Shard `index` of `count` of this split, relative to the export folder:
+    /// `data/train-00000-of-00003.parquet`.
+    pub fn shard_path(self, index: usize, count: usize) -> String {
+        format!(
+            "{DATA_DIR}/{}-{index:05}-of-{count:05}.parquet",
+            self.as_str()
+        )
+    }
+
+    /// The split a shard file (its file name, in [`DATA_DIR`]) belongs to, if it is one.
+    pub fn of_shard_file(name: &str) -> Option<Split> {
+        Split::ALL.into_iter().find(|s| {
+            name.strip_prefix(s.as_str())
+                .is_some_and(|rest| rest.starts_with('-') && rest.ends_with(".parquet"))
+        })
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The Arrow schema-metadata key `datasets` reads its features from.
 pub const HF_METADATA_KEY: &str = "huggingface";
@@ -35,12 +119,12 @@ pub enum Feature {
 /// The exported columns in file order, with what each holds for the dataset card.
 pub const COLUMNS: [(&str, Feature, &str); 12] = [
     (
-        "image",
+        IMAGE,
         Feature::Image,
         "the training crop (square JPEG, as curate wrote it); `path` is its file name",
     ),
     (
-        "identity",
+        IDENTITY,
         Feature::Value("string"),
         "who the face belongs to: the source's label, or the group curate discovered \
          (`auto-NNNN`) for unlabeled images; splits never share an identity",
@@ -62,7 +146,7 @@ pub const COLUMNS: [(&str, Feature, &str); 12] = [
         "body, clothing and pose; null when the captioner does not describe bodies",
     ),
     (
-        "class_word",
+        CLASS_WORD,
         Feature::Value("string"),
         "the identity's class word (`man`, `woman`, ...), chosen per identity",
     ),
@@ -72,7 +156,7 @@ pub const COLUMNS: [(&str, Feature, &str); 12] = [
         "the token that stands for the identity in `prompt_general`",
     ),
     (
-        "face_box",
+        FACE_BOX,
         Feature::FixedList {
             dtype: "float32",
             length: 4,
@@ -80,7 +164,7 @@ pub const COLUMNS: [(&str, Feature, &str); 12] = [
         "the face box `[x0, y0, x1, y1]` in the crop's pixels (for a face-masked loss)",
     ),
     (
-        "ref_image",
+        REF_IMAGE,
         Feature::Image,
         "the reference face crop (the face box plus a margin) for ID encoders; null when curate \
          did not write one",
@@ -105,8 +189,8 @@ pub const COLUMNS: [(&str, Feature, &str); 12] = [
 /// The Arrow type `datasets` uses for an `Image` column.
 pub fn image_struct_type() -> DataType {
     DataType::Struct(Fields::from(vec![
-        Field::new("bytes", DataType::Binary, true),
-        Field::new("path", DataType::Utf8, true),
+        Field::new(IMAGE_BYTES, DataType::Binary, true),
+        Field::new(IMAGE_PATH, DataType::Utf8, true),
     ]))
 }
 
@@ -212,5 +296,23 @@ mod tests {
             schema.field_with_name("image").unwrap().data_type(),
             &image_struct_type()
         );
+    }
+
+    #[test]
+    fn shard_files_name_their_split() {
+        assert_eq!(
+            Split::Validation.shard_path(2, 10),
+            "data/validation-00002-of-00010.parquet"
+        );
+        assert_eq!(
+            Split::of_shard_file("train-00000-of-00001.parquet"),
+            Some(Split::Train)
+        );
+        assert_eq!(
+            Split::of_shard_file("validation-00000-of-00001.parquet"),
+            Some(Split::Validation)
+        );
+        assert_eq!(Split::of_shard_file("trainer-00000.parquet"), None);
+        assert_eq!(Split::of_shard_file("train-00000-of-00001.json"), None);
     }
 }
