@@ -10,6 +10,8 @@ pub mod error;
 pub mod hash;
 pub mod image_io;
 pub mod journal;
+pub mod limits;
+pub mod name;
 pub mod phash;
 pub mod progress;
 pub mod recipe;
@@ -19,4 +21,5 @@ pub mod schema;
 pub mod table;
 
 pub use error::{CoreError, Result};
+pub use name::Name;
 pub use run::{RunDir, Shard, Stage, StageStats};

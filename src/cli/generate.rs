@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use idforge_core::limits::{Count, Factor};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use idforge_core::progress::Progress;
@@ -34,25 +35,25 @@ pub struct GenerateArgs {
     /// What to steer away from (default: "" for SD; zeros for SDXL, as diffusers does).
     #[arg(long)]
     negative_prompt: Option<String>,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 30)]
-    steps: usize,
-    /// Classifier-free guidance scale; 1 turns guidance off (default: 7.5 for SD, 5 for SDXL,
-    /// diffusers' defaults).
+    /// Denoising steps (1 to 1000).
+    #[arg(long, default_value = "30")]
+    steps: Count<1, 1000>,
+    /// Classifier-free guidance scale, 0 to 1000; 1 turns guidance off (default: 7.5 for SD,
+    /// 5 for SDXL, diffusers' defaults).
     #[arg(long)]
-    cfg: Option<f32>,
+    cfg: Option<Factor>,
     /// The noise seed: the same seed, settings and model give the same image.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The sampler; the noise schedule (betas, prediction type, spacing) is the folder's.
     #[arg(long, value_enum, default_value_t = SamplerArg::Euler)]
     sampler: SamplerArg,
-    /// Image width in pixels (default: the model's native size).
+    /// Image width in pixels, 8 to 16384 (default: the model's native size).
     #[arg(long)]
-    width: Option<usize>,
-    /// Image height in pixels (default: the model's native size).
+    width: Option<Count<8, 16384>>,
+    /// Image height in pixels, 8 to 16384 (default: the model's native size).
     #[arg(long)]
-    height: Option<usize>,
+    height: Option<Count<8, 16384>>,
     /// Start from this initial noise instead of the seed's: a `.safetensors` file with an f32
     /// tensor `[1, 4, height/8, width/8]` (e.g. the `latents` a diffusers run was given), to
     /// reproduce another tool's image.
@@ -91,8 +92,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     let side = pipe.default_size();
-    let (w, h) = (a.width.unwrap_or(side), a.height.unwrap_or(side));
-    let guidance = a.cfg.unwrap_or(match pipe.family {
+    let (w, h) = (
+        a.width.map_or(side, |v| v.usize()),
+        a.height.map_or(side, |v| v.usize()),
+    );
+    let guidance = a.cfg.map(Factor::f32).unwrap_or(match pipe.family {
         Family::StableDiffusion => 7.5,
         Family::StableDiffusionXl => 5.0,
     });
@@ -107,7 +111,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let [_, _, lh, lw] = noise.dims();
     let (h, w) = (lh * pipe.vae_scale(), lw * pipe.vae_scale());
     let settings = SampleSettings {
-        steps: a.steps,
+        steps: a.steps.usize(),
         guidance,
         sampler: match a.sampler {
             SamplerArg::Euler => SamplerKind::Euler,
@@ -115,7 +119,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         },
         time_ids: [h as f32, w as f32, 0.0, 0.0, h as f32, w as f32],
     };
-    let progress = Progress::new("denoising", a.steps as u64);
+    let progress = Progress::new("denoising", a.steps.get());
     let sampling = Instant::now();
     let latents = pipe
         .sample(
