@@ -349,7 +349,10 @@ mod tests {
         let e = "100000".parse::<Threads>().unwrap_err().to_string();
         assert!(e.contains("from 0 to 1024"), "{e}");
         let e = "-1".parse::<Shards>().unwrap_err().to_string();
-        assert!(e.contains("-1 is out of range") && e.contains("from 1 to"), "{e}");
+        assert!(
+            e.contains("-1 is out of range") && e.contains("from 1 to"),
+            "{e}"
+        );
         let e = "2.5".parse::<Shards>().unwrap_err().to_string();
         assert!(e.contains("not a whole number"), "{e}");
         assert!("0".parse::<Shards>().is_err());
@@ -369,7 +372,10 @@ mod tests {
         let e = toml::from_str::<T>("timeout_s = nan\nthreads = 4")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("timeout_s") && e.contains("at most 86400"), "{e}");
+        assert!(
+            e.contains("timeout_s") && e.contains("at most 86400"),
+            "{e}"
+        );
         let e = toml::from_str::<T>("timeout_s = 1\nthreads = -3")
             .unwrap_err()
             .to_string();

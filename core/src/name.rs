@@ -21,7 +21,9 @@ pub struct Name(String);
 
 /// Why a text is not a [`Name`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{shown}` is not a valid name: {why} (it becomes a folder name: a plain name without `/`, `\\`, `..`, a leading `.` or control characters)")]
+#[error(
+    "`{shown}` is not a valid name: {why} (it becomes a folder name: a plain name without `/`, `\\`, `..`, a leading `.` or control characters)"
+)]
 pub struct NameError {
     shown: String,
     why: &'static str,

@@ -177,7 +177,7 @@ impl Fetcher {
                 return Fetched::failed(status, why, None);
             }
         }
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
             let result = {
                 let _permit = host

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use idforge_core::limits::{
-    ByteLimit, Concurrency, Delay, Hamming, PixelLimit, Rate, Redirects, Retries, Seconds,
-    Shards, Threads,
+    ByteLimit, Concurrency, Delay, Hamming, PixelLimit, Rate, Redirects, Retries, Seconds, Shards,
+    Threads,
 };
 use serde::{Deserialize, Serialize};
 

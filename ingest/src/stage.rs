@@ -387,7 +387,8 @@ impl Stage for IngestStage {
             extra.merge(&dir.shard_stats(shard)?);
         }
         table.rows.sort_by_key(|r| r.row_id);
-        let counts = crate::dedup::flag_duplicates(&mut table.rows, self.settings.phash_threshold.u32());
+        let counts =
+            crate::dedup::flag_duplicates(&mut table.rows, self.settings.phash_threshold.u32());
         table.write(&dir.path().join("images.parquet"))?;
         for &shard in shards {
             // The shard tables hold every row now; the journals are no longer needed.

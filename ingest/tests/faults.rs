@@ -560,10 +560,8 @@ fn local_paths_in_a_list_are_read_only_when_allowed_and_only_under_the_list() {
     use ImageStatus::*;
 
     let t = run_with("refuse", false, false);
-    assert_eq!(
-        statuses(&t),
-        vec![InvalidUrl, InvalidUrl, InvalidUrl, InvalidIdentity]
-    );
+    // The unusable URL is named first; the identity is checked once the source is usable.
+    assert_eq!(statuses(&t), vec![InvalidUrl; 4]);
     assert!(t.rows.iter().all(|r| r.image_id.is_none()));
 
     let t = run_with("under", true, false);
@@ -572,7 +570,11 @@ fn local_paths_in_a_list_are_read_only_when_allowed_and_only_under_the_list() {
         vec![Ok, InvalidUrl, InvalidUrl, InvalidIdentity]
     );
     assert!(
-        t.rows[1].error.as_deref().unwrap().contains("--allow-absolute-paths"),
+        t.rows[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("--allow-absolute-paths"),
         "{:?}",
         t.rows[1].error
     );
