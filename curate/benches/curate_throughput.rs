@@ -146,7 +146,7 @@ fn write_inputs(dir: &Path, photos: &[Vec<u8>], copies: usize) -> Vec<ImageRow> 
 
 fn settings(threads: usize) -> CurateSettings {
     let mut s = CurateSettings {
-        threads,
+        threads: idforge_core::limits::Threads::new(threads as u64).expect("a sane thread count"),
         ..Default::default()
     };
     s.faces.min_face_px = idforge_core::limits::Pixels::lit(100.0); // the group photos' faces are about 180 px wide

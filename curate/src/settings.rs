@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn the_demo_recipe_parses_and_validates() {
         let s: CurateSettings = recipe("demo.toml").stage("curate").unwrap();
-        assert_eq!(s.faces.min_face_px, 150.0);
+        assert_eq!(s.faces.min_face_px.get(), 150.0);
         s.validate().unwrap();
     }
 
