@@ -22,10 +22,14 @@ async fn rater_creation_is_limited_per_address_with_retry_after() {
     let server = ArenaServer::start(cfg, "127.0.0.1:0").unwrap();
     let http = Http::new(&server.url());
     for _ in 0..3 {
-        let r = http.send(Method::POST, "/api/raters", None, None, None).await;
+        let r = http
+            .send(Method::POST, "/api/raters", None, None, None)
+            .await;
         assert_eq!(r.status, 201, "{:?}", r.json);
     }
-    let r = http.send(Method::POST, "/api/raters", None, None, None).await;
+    let r = http
+        .send(Method::POST, "/api/raters", None, None, None)
+        .await;
     assert_eq!(r.status, 429, "{:?}", r.json);
     assert_eq!(r.code(), "too_many_raters");
     assert!(r.message().contains("3 rater ids"), "{}", r.message());
@@ -58,7 +62,10 @@ fn the_bucket_refills_over_the_hour_and_addresses_are_separate() {
     let e = arena.admit_new_rater(a, t0).unwrap_err();
     assert_eq!((e.status.as_u16(), e.code), (429, "too_many_raters"));
     let wait = e.retry_after.unwrap();
-    assert!((1800..=1801).contains(&wait), "one token every 30 minutes: {wait}");
+    assert!(
+        (1800..=1801).contains(&wait),
+        "one token every 30 minutes: {wait}"
+    );
     assert!(arena.admit_new_rater(b, t0).is_ok(), "another address");
     assert!(
         arena
@@ -90,7 +97,10 @@ fn a_moved_bench_folder_is_refused_with_the_fix_and_taken_over_with_rebind() {
     let db = tmp.path().join("votes.sqlite");
     let mut cfg = config(tmp.path(), &bench);
     cfg.db = db.clone();
-    ArenaServer::start(cfg, "127.0.0.1:0").unwrap().stop().unwrap();
+    ArenaServer::start(cfg, "127.0.0.1:0")
+        .unwrap()
+        .stop()
+        .unwrap();
 
     let moved = tmp.path().join("new");
     std::fs::rename(tmp.path().join("old"), &moved).unwrap();
@@ -123,7 +133,12 @@ fn a_moved_bench_folder_is_refused_with_the_fix_and_taken_over_with_rebind() {
 
 #[test]
 fn an_address_that_is_not_one_says_so_instead_of_blaming_the_port() {
-    for bad in ["notanaddress", "127.0.0.1", "127.0.0.1:http", "1.2.3.4.5:80"] {
+    for bad in [
+        "notanaddress",
+        "127.0.0.1",
+        "127.0.0.1:http",
+        "1.2.3.4.5:80",
+    ] {
         let e = resolve_addr(bad).unwrap_err().to_string();
         assert!(e.contains("not an address to listen on"), "{bad}: {e}");
         assert!(!e.contains("another server"), "{bad}: {e}");

@@ -53,7 +53,8 @@ macro_rules! float_kind {
                     Ok($name(value))
                 } else {
                     Err(LimitError::new(format!(
-                        "{value} is out of range: expected {}",
+                        // Debug prints 1e-300 as such, not as 300 digits.
+                        "{value:?} is out of range: expected {}",
                         Self::ACCEPTS
                     )))
                 }

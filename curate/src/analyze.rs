@@ -149,8 +149,12 @@ impl<B: Backend> Analyzer<B> {
             r.bbox = Some(bbox);
             r.score = Some(d.score);
             // The reference crop of every detection: the report shows even the rejected ones.
-            let rect =
-                crop::reference_rect(bbox, img.width, img.height, self.settings.crop.ref_margin.f32());
+            let rect = crop::reference_rect(
+                bbox,
+                img.width,
+                img.height,
+                self.settings.crop.ref_margin.f32(),
+            );
             let pixels = crop::reference_crop(img, rect);
             r.face_phash = Some(phash_rgb(pixels.width, pixels.height, &pixels.data));
             let rel = face_file(REFS_DIR, &image_id, i);

@@ -242,9 +242,9 @@ impl IdentitySettings {
         self.discover_threshold
             .map(Similarity::f32)
             .unwrap_or(match embedder {
-            EmbedderKind::FaceApi => 0.95,
-            EmbedderKind::Arcface => 0.45,
-        })
+                EmbedderKind::FaceApi => 0.95,
+                EmbedderKind::Arcface => 0.45,
+            })
     }
 }
 

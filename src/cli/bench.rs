@@ -7,8 +7,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
-use idforge_core::Name;
-use idforge_core::limits::{Amount, Resamples, Threads};
 use idforge_bench::aggregate::{LeaderboardOptions, build, write_files};
 use idforge_bench::baselines::{Baseline, COPY_REFERENCE, copy_reference_method, write_baseline};
 use idforge_bench::generations::import;
@@ -19,6 +17,8 @@ use idforge_bench::protocol::Protocol;
 use idforge_bench::ratings::{NeitherPolicy, RatingOptions};
 use idforge_bench::references::{References, copy_references, references_from_export};
 use idforge_bench::score::{ReferenceFeatures, ScoringModels, models_of};
+use idforge_core::Name;
+use idforge_core::limits::{Amount, Resamples, Threads};
 use idforge_core::schema::ScoresTable;
 use idforge_models::clip::{ClipCheckpoint, ClipSource};
 use idforge_models::dino::DinoEmbedder;

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use idforge_core::limits::{Amount, Count};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use idforge_core::limits::{Amount, Count};
 
 use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::face_api::{Detector, Face, FaceApi, Stages};

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use idforge_core::limits::{Count, Factor};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use idforge_core::limits::{Count, Factor};
 use idforge_core::progress::Progress;
 use idforge_diffusion::pipeline::to_rgb8;
 use idforge_diffusion::{Family, Pipeline, SampleSettings, SamplerKind};

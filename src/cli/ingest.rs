@@ -9,8 +9,7 @@ use clap::Args;
 
 use idforge_core::Name;
 use idforge_core::limits::{
-    ByteLimit, Concurrency, Hamming, PixelLimit, Rate, Redirects, Retries, Seconds, Shards,
-    Threads,
+    ByteLimit, Concurrency, Hamming, PixelLimit, Rate, Redirects, Retries, Seconds, Shards, Threads,
 };
 use idforge_core::recipe::Recipe;
 use idforge_core::run::{RunDir, ShardSelection, run_stage};

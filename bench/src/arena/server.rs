@@ -205,10 +205,7 @@ impl Arena {
         }
         let capacity = f64::from(per_hour);
         let per_second = capacity / 3600.0;
-        let mut buckets = self
-            .rater_buckets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut buckets = self.rater_buckets.lock().unwrap_or_else(|p| p.into_inner());
         let refill = |b: &Bucket| {
             (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_second)
                 .min(capacity)
