@@ -668,7 +668,7 @@ fn stage_run(dir: &tempfile::TempDir, base_url: &str, n: usize, concurrency: usi
     };
     s.openai.base_url = base_url.to_string();
     s.openai.model = "bench-vlm".into();
-    s.openai.concurrency = concurrency;
+    s.openai.concurrency = idforge_core::limits::Concurrency::new(concurrency as u64).unwrap();
     let resolve = |p: &Path| p.to_path_buf();
     let engine = Engine::from_settings::<Flex>(
         &s,

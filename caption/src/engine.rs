@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 
@@ -70,10 +69,10 @@ fn client(
     api_key: Option<String>,
 ) -> Result<ChatClient, CaptionError> {
     let policy = RetryPolicy {
-        max_retries: o.max_retries,
-        base_backoff: Duration::from_secs_f64(o.backoff_s),
-        max_backoff: Duration::from_secs_f64(o.max_backoff_s),
-        timeout: Duration::from_secs_f64(o.timeout_s),
+        max_retries: o.max_retries.u32(),
+        base_backoff: o.backoff_s.duration(),
+        max_backoff: o.max_backoff_s.duration(),
+        timeout: o.timeout_s.duration(),
     };
     ChatClient::new(&o.base_url, model, api_key, policy)
         .map_err(|e| CaptionError::Settings(format!("[caption.openai] {e}")))
@@ -114,9 +113,9 @@ impl Engine {
                         client(o, model, inputs.api_key.clone())?,
                         prompt(&o.split_prompt, PromptKind::Split, inputs.resolve)?,
                         o.schema,
-                        o.json_retries,
+                        o.json_retries.u32(),
                         o.max_tokens,
-                        o.min_coverage,
+                        o.min_coverage.get(),
                     )))
                 }
             })
@@ -132,7 +131,7 @@ impl Engine {
                         client(o, &o.model, inputs.api_key.clone())?,
                         prompt(&o.prompt, kind, inputs.resolve)?,
                         o.schema,
-                        o.json_retries,
+                        o.json_retries.u32(),
                         o.max_tokens,
                         o.temperature,
                     )),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use idforge_core::limits::{Concurrency, Delay, Fraction, Retries, Seconds, Shards, Threads};
 use serde::{Deserialize, Serialize};
 
 use crate::captioner::SchemaMode;
@@ -51,9 +52,9 @@ pub struct CaptionSettings {
     /// `auto`: the most frequent class word of each identity's captions; or a fixed word.
     pub class_word: String,
     /// Number of shards (each resumable on its own).
-    pub shards: usize,
+    pub shards: Shards,
     /// Worker threads for the offline captioner; 0 means one per core.
-    pub threads: usize,
+    pub threads: Threads,
     /// The server, for `openai` and the `llm` splitter.
     pub openai: OpenAiSettings,
     /// The offline captioner.
@@ -69,8 +70,8 @@ impl Default for CaptionSettings {
             splitter: SplitterKind::Rules,
             trigger: "img".into(),
             class_word: "auto".into(),
-            shards: 1,
-            threads: 0,
+            shards: Shards::lit(1),
+            threads: Threads::lit(0),
             openai: Default::default(),
             attributes: Default::default(),
             import: Default::default(),
@@ -101,23 +102,23 @@ pub struct OpenAiSettings {
     /// Model of the `llm` splitter; the captioning model when empty.
     pub split_model: String,
     /// Requests in flight at once.
-    pub concurrency: usize,
+    pub concurrency: Concurrency,
     /// Retries of 429 / 5xx / timeouts / connection errors per request.
-    pub max_retries: u32,
+    pub max_retries: Retries,
     /// Further requests when a reply is not the JSON asked for.
-    pub json_retries: u32,
+    pub json_retries: Retries,
     /// Per-request timeout, seconds.
-    pub timeout_s: f64,
+    pub timeout_s: Seconds,
     /// Backoff before the first retry, seconds (doubled each retry, with jitter).
-    pub backoff_s: f64,
+    pub backoff_s: Delay,
     /// Cap on any wait between retries, `Retry-After` included, seconds.
-    pub max_backoff_s: f64,
+    pub max_backoff_s: Delay,
     /// `max_tokens` of each request.
     pub max_tokens: u32,
     /// `temperature` of captioning requests (splitting always uses 0).
     pub temperature: f32,
     /// Minimum share of the caption's content words an `llm` split must keep.
-    pub min_coverage: f64,
+    pub min_coverage: Fraction,
 }
 
 impl Default for OpenAiSettings {
@@ -131,15 +132,15 @@ impl Default for OpenAiSettings {
             prompt: None,
             split_prompt: None,
             split_model: String::new(),
-            concurrency: 8,
-            max_retries: 5,
-            json_retries: 2,
-            timeout_s: 120.0,
-            backoff_s: 0.5,
-            max_backoff_s: 60.0,
+            concurrency: Concurrency::lit(8),
+            max_retries: Retries::lit(5),
+            json_retries: Retries::lit(2),
+            timeout_s: Seconds::lit(120.0),
+            backoff_s: Delay::lit(0.5),
+            max_backoff_s: Delay::lit(60.0),
             max_tokens: 512,
             temperature: 0.0,
-            min_coverage: 0.9,
+            min_coverage: Fraction::lit(0.9),
         }
     }
 }
@@ -164,9 +165,6 @@ pub struct ImportSettings {
 impl CaptionSettings {
     /// Checks values a typo could make meaningless, naming the key to fix.
     pub fn validate(&self) -> Result<(), String> {
-        if self.shards == 0 {
-            return Err("[caption] shards must be at least 1".into());
-        }
         if self.trigger.trim().is_empty() || self.trigger.contains(char::is_whitespace) {
             return Err(format!(
                 "[caption] trigger = {:?} must be one word without spaces",
@@ -187,18 +185,11 @@ impl CaptionSettings {
                         .into(),
                 );
             }
-            if o.concurrency == 0 {
-                return Err("[caption.openai] concurrency must be at least 1".into());
-            }
-            let ok = o.timeout_s > 0.0 && o.backoff_s >= 0.0 && o.max_backoff_s >= 0.0;
-            if !ok {
-                return Err(
-                    "[caption.openai] timeout_s must be > 0, backoff_s and max_backoff_s ≥ 0"
-                        .into(),
-                );
-            }
-            if !(0.0..=1.0).contains(&o.min_coverage) {
-                return Err("[caption.openai] min_coverage must be in [0, 1]".into());
+            if !(0.0..=2.0).contains(&o.temperature) {
+                return Err(format!(
+                    "[caption.openai] temperature = {} must be from 0 to 2",
+                    o.temperature
+                ));
             }
         }
         Ok(())

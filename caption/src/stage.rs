@@ -126,11 +126,7 @@ impl CaptionStage {
         settings.validate().map_err(CaptionError::Settings)?;
         let run = RunDir::at(run_root);
         let items = load_items(&run)?;
-        let threads = if settings.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            settings.threads
-        };
+        let threads = idforge_core::limits::threads_or_cores(settings.threads);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("caption-{i}"))
@@ -554,7 +550,7 @@ impl Stage for CaptionStage {
                     .build()
                     .map_err(|e| CaptionError::Settings(format!("tokio runtime: {e}")))?;
                 let limit = Arc::new(tokio::sync::Semaphore::new(
-                    self.settings.openai.concurrency,
+                    self.settings.openai.concurrency.usize(),
                 ));
                 rt.block_on(async {
                     let tasks = items.iter().map(|item| {

@@ -2,6 +2,7 @@
 //! good JSON, malformed JSON, 429 with Retry-After, 500, a slow answer, a server without
 //! JSON-schema support; retries, validation, caching and the failure records.
 
+use idforge_core::limits::{Concurrency, Delay, Retries, Seconds};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -72,9 +73,9 @@ fn settings(server: &ChatServer) -> CaptionSettings {
     };
     s.openai.base_url = server.base_url();
     s.openai.model = "test-vlm".into();
-    s.openai.backoff_s = 0.01;
-    s.openai.max_backoff_s = 3.0;
-    s.openai.timeout_s = 10.0;
+    s.openai.backoff_s = Delay::lit(0.01);
+    s.openai.max_backoff_s = Delay::lit(3.0);
+    s.openai.timeout_s = Seconds::lit(10.0);
     s
 }
 
@@ -115,7 +116,7 @@ fn one_call_captions_every_crop_from_its_own_image_and_records_costs() {
     .unwrap();
     let (_dir, root) = make_run(4);
     let mut s = settings(&server);
-    s.openai.concurrency = 4;
+    s.openai.concurrency = Concurrency::lit(4);
     let (rows, note) = run(&stage(&s, &root, Some("sk-test")), &root, false);
     assert_eq!(note, None);
     assert_eq!(
@@ -205,8 +206,8 @@ fn retry_after_and_5xx_are_retried_and_invalid_json_is_retried_then_recorded() {
     let server = ChatServer::start(ServerOptions::default()).unwrap();
     let (_dir, root) = make_run(3);
     let mut s = settings(&server);
-    s.openai.concurrency = 1;
-    s.openai.json_retries = 2;
+    s.openai.concurrency = Concurrency::lit(1);
+    s.openai.json_retries = Retries::lit(2);
     server.push_faults([
         // Face 0: 429 (wait 1 s as told), 500, then a good answer.
         Fault::RateLimited("1".into()),
@@ -263,7 +264,7 @@ fn a_slow_answer_times_out_and_is_retried() {
     let server = ChatServer::start(ServerOptions::default()).unwrap();
     let (_dir, root) = make_run(1);
     let mut s = settings(&server);
-    s.openai.timeout_s = 0.5;
+    s.openai.timeout_s = Seconds::lit(0.5);
     server.push_faults([Fault::Slow(Duration::from_millis(1500)), Fault::Pass]);
     let (rows, _) = run(&stage(&s, &root, None), &root, false);
     assert_eq!(rows[0].status, CaptionStatus::Ok, "{:?}", rows[0].error);
@@ -279,7 +280,7 @@ fn a_server_without_schema_support_gets_instructions_and_validation() {
     .unwrap();
     let (_dir, root) = make_run(3);
     let mut s = settings(&server);
-    s.openai.concurrency = 1;
+    s.openai.concurrency = Concurrency::lit(1);
     let (rows, _) = run(&stage(&s, &root, None), &root, false);
     assert!(rows.iter().all(|r| r.status == CaptionStatus::Ok));
     let requests = server.requests();

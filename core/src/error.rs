@@ -78,6 +78,9 @@ pub enum CoreError {
         /// Where it should be.
         path: PathBuf,
     },
+    /// A run, identity or method name that cannot be a folder name.
+    #[error("{0}")]
+    Name(String),
     /// A shard specification like `3/8` could not be understood.
     #[error("invalid shard `{spec}`: {message}")]
     Shard {

@@ -11,6 +11,8 @@ pub mod hash;
 pub mod html;
 pub mod image_io;
 pub mod journal;
+pub mod limits;
+pub mod name;
 pub mod phash;
 pub mod progress;
 pub mod recipe;
@@ -20,4 +22,5 @@ pub mod schema;
 pub mod table;
 
 pub use error::{CoreError, Result};
+pub use name::Name;
 pub use run::{RunDir, Shard, Stage, StageStats};

@@ -49,12 +49,10 @@ impl Recipe {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         expand_table(&mut table).map_err(err)?;
         let name = match table.remove("name") {
-            Some(toml::Value::String(s)) if valid_name(&s) => s,
-            Some(toml::Value::String(s)) => {
-                return Err(err(format!(
-                    "name `{s}` must be a plain folder name (letters, digits, `-`, `_`, `.`)"
-                )));
-            }
+            Some(toml::Value::String(s)) => match crate::name::Name::new(s) {
+                Ok(n) => n.into_string(),
+                Err(e) => return Err(err(format!("`name` must be a plain folder name: {e}"))),
+            },
             Some(_) => return Err(err("`name` must be a string".into())),
             None => {
                 return Err(err(
@@ -105,14 +103,6 @@ impl Recipe {
                 }),
         }
     }
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s != "."
-        && s != ".."
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn expand_table(t: &mut toml::Table) -> std::result::Result<(), String> {

@@ -42,6 +42,14 @@ impl RunDir {
         }
     }
 
+    /// The run `name` under `runs_root`, with `name` checked to be one plain path component
+    /// ([`crate::Name`]): what to call with a name a user typed, so that `../escape` is an
+    /// error naming the problem instead of a folder outside `runs_root`.
+    pub fn named(runs_root: impl AsRef<Path>, name: &str) -> Result<Self> {
+        let name = crate::Name::new(name).map_err(|e| CoreError::Name(e.to_string()))?;
+        Ok(Self::new(runs_root, name.as_str()))
+    }
+
     /// A run directory given by its own path.
     pub fn at(root: impl Into<PathBuf>) -> Self {
         RunDir { root: root.into() }

@@ -146,10 +146,10 @@ fn write_inputs(dir: &Path, photos: &[Vec<u8>], copies: usize) -> Vec<ImageRow> 
 
 fn settings(threads: usize) -> CurateSettings {
     let mut s = CurateSettings {
-        threads,
+        threads: idforge_core::limits::Threads::new(threads as u64).expect("a sane thread count"),
         ..Default::default()
     };
-    s.faces.min_face_px = 100.0; // the group photos' faces are about 180 px wide
+    s.faces.min_face_px = idforge_core::limits::Pixels::lit(100.0); // the group photos' faces are about 180 px wide
     s
 }
 
@@ -252,8 +252,8 @@ fn ms(secs: f64) -> f64 {
 fn split_per_image(photos: &[Vec<u8>], models: &Path, rounds: usize) -> serde_json::Value {
     let s = settings(1);
     let detector = Detector::SsdMobilenetV1 {
-        min_confidence: s.faces.detector_floor,
-        max_results: s.faces.max_faces,
+        min_confidence: s.faces.detector_floor.f32(),
+        max_results: s.faces.max_faces.usize(),
     };
     let api = FaceApi::<Flex>::load(models, detector, Stages::Descriptors, &Default::default())
         .expect("face-api weights");
@@ -276,9 +276,9 @@ fn split_per_image(photos: &[Vec<u8>], models: &Path, rounds: usize) -> serde_js
             t[1] += s0.elapsed().as_secs_f64();
             faces.retain(|f| {
                 let d = &f.detection;
-                d.score >= s.faces.min_score
-                    && d.width as f32 >= s.faces.min_face_px
-                    && d.height as f32 >= s.faces.min_face_px
+                d.score >= s.faces.min_score.f32()
+                    && d.width as f32 >= s.faces.min_face_px.f32()
+                    && d.height as f32 >= s.faces.min_face_px.f32()
             });
             let s0 = Instant::now();
             api.add_landmarks(img, &mut faces);

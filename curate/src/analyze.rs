@@ -98,7 +98,7 @@ impl<B: Backend> Analyzer<B> {
             Ok(d) => d,
             Err(e) => return reject(Reason::Unreadable, format!("{}: {e}", path.display())),
         };
-        let min_side = self.settings.resolution.min_short_side;
+        let min_side = self.settings.resolution.min_short_side.u32();
         let short = decoded.width.min(decoded.height);
         if short < min_side {
             return reject(
@@ -151,20 +151,25 @@ impl<B: Backend> Analyzer<B> {
             r.bbox = Some(bbox);
             r.score = Some(d.score);
             // The reference crop of every detection: the report shows even the rejected ones.
-            let rect =
-                crop::reference_rect(bbox, img.width, img.height, self.settings.crop.ref_margin);
+            let rect = crop::reference_rect(
+                bbox,
+                img.width,
+                img.height,
+                self.settings.crop.ref_margin.f32(),
+            );
             let pixels = crop::reference_crop(img, rect);
             r.face_phash = Some(phash_rgb(pixels.width, pixels.height, &pixels.data));
             let rel = face_file(REFS_DIR, &image_id, i);
             save(stage_dir, &rel, &pixels, self.settings.crop.jpeg_quality)?;
             r.ref_path = Some(stage_relative(stage_dir, &rel));
             r.ref_box = Some(rect.map(|v| v as f32));
-            if d.score < f.min_score {
+            let (min_score, min_px) = (f.min_score.f32(), f.min_face_px.f32());
+            if d.score < min_score {
                 r.reject(
                     Reason::LowScore,
                     format!("detector score {:.3} < {}", d.score, f.min_score),
                 );
-            } else if (d.width as f32) < f.min_face_px || (d.height as f32) < f.min_face_px {
+            } else if (d.width as f32) < min_px || (d.height as f32) < min_px {
                 r.reject(
                     Reason::FaceTooSmall,
                     format!(
@@ -191,7 +196,7 @@ impl<B: Backend> Analyzer<B> {
                 .map(|p| p.iter().flat_map(|&(x, y)| [x as f32, y as f32]).collect());
             r.embedding = face.descriptor.as_deref().map(l2_normalized);
             let bbox = r.bbox.expect("set above");
-            let sq = crop::training_square(bbox, img.width, img.height, c.face_share);
+            let sq = crop::training_square(bbox, img.width, img.height, c.face_share.f32());
             let pixels = crop::training_crop(img, sq, c.resolution as usize);
             let rel = face_file(CROPS_DIR, &image_id, i);
             save(stage_dir, &rel, &pixels, c.jpeg_quality)?;
@@ -207,12 +212,12 @@ impl<B: Backend> Analyzer<B> {
 fn detector(s: &CurateSettings) -> Detector {
     match s.faces.detector {
         DetectorKind::Ssd => Detector::SsdMobilenetV1 {
-            min_confidence: s.faces.detector_floor,
-            max_results: s.faces.max_faces,
+            min_confidence: s.faces.detector_floor.f32(),
+            max_results: s.faces.max_faces.usize(),
         },
         DetectorKind::Tiny => Detector::Tiny {
             input_size: 416,
-            score_threshold: s.faces.detector_floor,
+            score_threshold: s.faces.detector_floor.f32(),
         },
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use idforge_core::limits::{Amount, Factor, Fraction, Pixels, Shards, Side, Similarity, Threads};
 use serde::{Deserialize, Serialize};
 
 /// Settings of the curate stage, one sub-table per filter, in the order the filters run.
@@ -10,9 +11,9 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct CurateSettings {
     /// Number of shards the `ok` images are split into (each resumable on its own).
-    pub shards: usize,
+    pub shards: Shards,
     /// Worker threads for images; 0 means one per core.
-    pub threads: usize,
+    pub threads: Threads,
     /// Folder with the face-api weights; the asset cache by default.
     pub weights: Option<PathBuf>,
     /// Filter 1.
@@ -32,8 +33,8 @@ pub struct CurateSettings {
 impl Default for CurateSettings {
     fn default() -> Self {
         CurateSettings {
-            shards: 1,
-            threads: 0,
+            shards: Shards::lit(1),
+            threads: Threads::lit(0),
             weights: None,
             resolution: Default::default(),
             faces: Default::default(),
@@ -49,9 +50,9 @@ impl CurateSettings {
     /// Checks values a typo could make meaningless, naming the key to fix.
     pub fn validate(&self) -> Result<(), String> {
         let c = &self.crop;
-        if !(c.face_share > 0.0 && c.face_share <= 1.0) {
+        if c.face_share.get() <= 0.0 {
             return Err(format!(
-                "[curate.crop] face_share = {} must be in (0, 1]",
+                "[curate.crop] face_share = {} must be above 0",
                 c.face_share
             ));
         }
@@ -67,14 +68,8 @@ impl CurateSettings {
                 c.jpeg_quality
             ));
         }
-        if c.ref_margin < 0.0 {
-            return Err("[curate.crop] ref_margin must not be negative".into());
-        }
-        if self.identity.k <= 0.0 {
+        if self.identity.k.get() <= 0.0 {
             return Err("[curate.identity] k must be positive".into());
-        }
-        if !(0.0..=1.0).contains(&self.faces.min_score) {
-            return Err("[curate.faces] min_score must be in [0, 1]".into());
         }
         if self.faces.detector_floor > self.faces.min_score {
             return Err(format!(
@@ -99,13 +94,13 @@ impl CurateSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct ResolutionSettings {
     /// Smallest short side in pixels (after EXIF orientation).
-    pub min_short_side: u32,
+    pub min_short_side: Side,
 }
 
 impl Default for ResolutionSettings {
     fn default() -> Self {
         ResolutionSettings {
-            min_short_side: 512,
+            min_short_side: Side::lit(512),
         }
     }
 }
@@ -127,24 +122,24 @@ pub struct FaceSettings {
     /// The detector.
     pub detector: DetectorKind,
     /// Faces scoring at least this are kept.
-    pub min_score: f32,
+    pub min_score: Fraction,
     /// Faces scoring between this and `min_score` are recorded as `low_score`, so that the
     /// report shows what a lower threshold would add; below it they are not recorded.
-    pub detector_floor: f32,
+    pub detector_floor: Fraction,
     /// Most faces per image.
-    pub max_faces: usize,
+    pub max_faces: Amount,
     /// Smallest face box side in source pixels: both width and height must reach it.
-    pub min_face_px: f32,
+    pub min_face_px: Pixels,
 }
 
 impl Default for FaceSettings {
     fn default() -> Self {
         FaceSettings {
             detector: DetectorKind::Ssd,
-            min_score: 0.5,
-            detector_floor: 0.3,
-            max_faces: 100,
-            min_face_px: 256.0,
+            min_score: Fraction::lit(0.5),
+            detector_floor: Fraction::lit(0.3),
+            max_faces: Amount::lit(100),
+            min_face_px: Pixels::lit(256.0),
         }
     }
 }
@@ -203,31 +198,31 @@ pub struct IdentitySettings {
     pub mode: IdentityMode,
     /// The relative rule: a face is an outlier when its `id_score` is more than `k` robust
     /// standard deviations below the group's median.
-    pub k: f32,
+    pub k: Factor,
     /// Lower bound of the robust σ̂, so that a group of near-identical photos does not make
     /// every small difference an outlier.
-    pub sigma_floor: f32,
+    pub sigma_floor: Fraction,
     /// The absolute rule: `id_score` below this is rejected. Default per embedder: 0.90 for
     /// face-api's compressed cosine scale, 0.30 for ArcFace.
-    pub floor: Option<f32>,
+    pub floor: Option<Similarity>,
     /// An identity that keeps fewer images than this is flagged as a whole (one image cannot
     /// be both the reference and the target of a training pair).
-    pub min_images: usize,
+    pub min_images: Amount,
     /// Discovery: two clusters merge while their average-linkage cosine similarity is at least
     /// this. Default per embedder: 0.95 for face-api (on the package's sample photographs its
     /// descriptor puts different people up to 0.953 apart and mirrored copies of one face at
     /// 0.959 or more: a narrow gap, use ArcFace on real data), 0.45 for ArcFace.
-    pub discover_threshold: Option<f32>,
+    pub discover_threshold: Option<Similarity>,
 }
 
 impl Default for IdentitySettings {
     fn default() -> Self {
         IdentitySettings {
             mode: IdentityMode::Auto,
-            k: 8.0,
-            sigma_floor: 0.005,
+            k: Factor::lit(8.0),
+            sigma_floor: Fraction::lit(0.005),
             floor: None,
-            min_images: 2,
+            min_images: Amount::lit(2),
             discover_threshold: None,
         }
     }
@@ -236,7 +231,7 @@ impl Default for IdentitySettings {
 impl IdentitySettings {
     /// The absolute floor in force for `embedder`.
     pub fn floor_for(&self, embedder: EmbedderKind) -> f32 {
-        self.floor.unwrap_or(match embedder {
+        self.floor.map(Similarity::f32).unwrap_or(match embedder {
             EmbedderKind::FaceApi => 0.90,
             EmbedderKind::Arcface => 0.30,
         })
@@ -244,10 +239,12 @@ impl IdentitySettings {
 
     /// The discovery threshold in force for `embedder`.
     pub fn discover_threshold_for(&self, embedder: EmbedderKind) -> f32 {
-        self.discover_threshold.unwrap_or(match embedder {
-            EmbedderKind::FaceApi => 0.95,
-            EmbedderKind::Arcface => 0.45,
-        })
+        self.discover_threshold
+            .map(Similarity::f32)
+            .unwrap_or(match embedder {
+                EmbedderKind::FaceApi => 0.95,
+                EmbedderKind::Arcface => 0.45,
+            })
     }
 }
 
@@ -271,11 +268,11 @@ impl Default for DuplicateSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct CropSettings {
     /// Share of the square crop's area the face box covers (PhotoMaker: at least 10 %).
-    pub face_share: f32,
+    pub face_share: Fraction,
     /// Side of the saved crop in pixels (512, or 1024 for SDXL-class models).
     pub resolution: u32,
     /// The reference crop is the face box enlarged by this fraction of its size (0.2 = 20 %).
-    pub ref_margin: f32,
+    pub ref_margin: Factor,
     /// JPEG quality of the saved crops.
     pub jpeg_quality: u8,
 }
@@ -283,9 +280,9 @@ pub struct CropSettings {
 impl Default for CropSettings {
     fn default() -> Self {
         CropSettings {
-            face_share: 0.10,
+            face_share: Fraction::lit(0.10),
             resolution: 512,
-            ref_margin: 0.2,
+            ref_margin: Factor::lit(0.2),
             jpeg_quality: 95,
         }
     }
@@ -317,20 +314,20 @@ mod tests {
     #[test]
     fn the_demo_recipe_parses_and_validates() {
         let s: CurateSettings = recipe("demo.toml").stage("curate").unwrap();
-        assert_eq!(s.faces.min_face_px, 150.0);
+        assert_eq!(s.faces.min_face_px.get(), 150.0);
         s.validate().unwrap();
     }
 
     #[test]
     fn meaningless_values_name_the_key_to_fix() {
         let mut s = CurateSettings::default();
-        s.crop.face_share = 0.0;
+        s.crop.face_share = Fraction::lit(0.0);
         assert!(s.validate().unwrap_err().contains("face_share"));
         let mut s = CurateSettings::default();
         s.embedder.kind = EmbedderKind::Arcface;
         assert!(s.validate().unwrap_err().contains("arcface_onnx"));
         let mut s = CurateSettings::default();
-        s.faces.detector_floor = 0.6;
+        s.faces.detector_floor = Fraction::lit(0.6);
         assert!(s.validate().unwrap_err().contains("detector_floor"));
     }
 }

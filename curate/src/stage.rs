@@ -72,11 +72,6 @@ where
         device: &B::Device,
     ) -> Result<Self, CurateError> {
         settings.validate().map_err(CurateError::Settings)?;
-        if settings.shards == 0 {
-            return Err(CurateError::Settings(
-                "[curate] shards must be at least 1".into(),
-            ));
-        }
         let run = RunDir::at(run_root);
         let table = ImagesTable::read(&run.require::<ImagesTable>()?)?;
         let images: Vec<ImageRow> = table
@@ -84,11 +79,7 @@ where
             .into_iter()
             .filter(|r| r.status == ImageStatus::Ok)
             .collect();
-        let threads = if settings.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            settings.threads
-        };
+        let threads = idforge_core::limits::threads_or_cores(settings.threads);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("curate-{i}"))
@@ -319,8 +310,8 @@ pub fn group_filters(rows: &mut [FaceRow], settings: &CurateSettings) -> Vec<Gro
         }
     }
     let rules = Rules {
-        k: id.k,
-        sigma_floor: id.sigma_floor,
+        k: id.k.f32(),
+        sigma_floor: id.sigma_floor.f32(),
         floor: id.floor_for(kind),
     };
     let mut out = Vec::new();
@@ -407,7 +398,7 @@ pub fn group_filters(rows: &mut [FaceRow], settings: &CurateSettings) -> Vec<Gro
             .collect();
         kept_images.dedup();
         let kept = kept_images.len();
-        if kept > 0 && kept < id.min_images {
+        if kept > 0 && (kept as u64) < id.min_images.get() {
             for &i in &idx {
                 if rows[i].verdict == Verdict::Kept {
                     rows[i].reject(

@@ -6,6 +6,7 @@
 //! ground truth is known by construction: a mirrored face is the same person, two faces of one
 //! photograph are two people.
 
+use idforge_core::limits::{Amount, Pixels, Side};
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
@@ -198,8 +199,8 @@ fn threshold_boundaries_on_resolution_and_face_size() {
         ],
     );
     let mut settings = CurateSettings::default();
-    settings.identity.min_images = 1;
-    settings.faces.min_face_px = limit;
+    settings.identity.min_images = Amount::lit(1);
+    settings.faces.min_face_px = Pixels::new(limit as f64).unwrap();
     let table = curate(tmp.path(), settings);
 
     let r511 = rows_of(&table, 0);
@@ -314,7 +315,7 @@ fn discovery_separates_the_people_of_the_group_photos() {
         .collect();
     ingest(tmp.path(), &images);
     let mut settings = CurateSettings::default();
-    settings.faces.min_face_px = 100.0; // the group photos' faces are about 180 px wide
+    settings.faces.min_face_px = Pixels::lit(100.0); // the group photos' faces are about 180 px wide
     let table = curate(tmp.path(), settings);
     // A person is (photo, face centre in the original's coordinates).
     let person = |r: &FaceRow| -> (u64, i32) {
@@ -382,9 +383,9 @@ fn arcface_embeddings_match_onnx_runtime_through_the_stage() {
     };
     ingest(tmp.path(), &[("s1", Some("group"), &plane)]);
     let mut settings = CurateSettings::default();
-    settings.resolution.min_short_side = 400; // the fixture is 640 × 427
-    settings.faces.min_face_px = 30.0;
-    settings.identity.min_images = 1;
+    settings.resolution.min_short_side = Side::lit(400); // the fixture is 640 × 427
+    settings.faces.min_face_px = Pixels::lit(30.0);
+    settings.identity.min_images = Amount::lit(1);
     settings.embedder.kind = idforge_curate::settings::EmbedderKind::Arcface;
     settings.embedder.arcface_onnx = Some(fixtures.join("iresnet/iresnet50_w4.onnx"));
     let table = curate(tmp.path(), settings);

@@ -63,8 +63,8 @@ fn main() {
         sources: vec![SourceSpec::from_cli(list)],
         ..Default::default()
     };
-    settings.fetch.concurrency = 64;
-    settings.fetch.per_host_concurrency = 64;
+    settings.fetch.concurrency = idforge_core::limits::Concurrency::lit(64);
+    settings.fetch.per_host_concurrency = idforge_core::limits::Concurrency::lit(64);
     let run = RunDir::new(tmp.path().join("runs"), "bench");
     let stage = IngestStage::new(settings, run.root()).expect("stage");
     let start = Instant::now();

@@ -93,19 +93,18 @@ struct AttemptError {
 }
 
 impl Fetcher {
-    /// Builds the client from the settings.
+    /// Builds the client from the settings. Their numbers are validated types
+    /// ([`idforge_core::limits`]), so every timeout is a valid duration and every limit at
+    /// least 1 here.
     pub fn new(settings: FetchSettings) -> Result<Self, IngestError> {
-        if settings.per_host_concurrency == 0 || settings.concurrency == 0 {
-            return Err(IngestError::Settings(
-                "concurrency limits must be at least 1".into(),
-            ));
-        }
         let client = reqwest::Client::builder()
             .user_agent(&settings.user_agent)
-            .connect_timeout(Duration::from_secs_f64(settings.connect_timeout_s))
-            .timeout(Duration::from_secs_f64(settings.timeout_s))
-            .redirect(reqwest::redirect::Policy::limited(settings.max_redirects))
-            .pool_max_idle_per_host(settings.per_host_concurrency)
+            .connect_timeout(settings.connect_timeout_s.duration())
+            .timeout(settings.timeout_s.duration())
+            .redirect(reqwest::redirect::Policy::limited(
+                settings.max_redirects.usize(),
+            ))
+            .pool_max_idle_per_host(settings.per_host_concurrency.usize())
             .tcp_nodelay(true)
             .build()
             .map_err(|e| IngestError::Client(e.to_string()))?;
@@ -130,7 +129,7 @@ impl Fetcher {
             .entry(key.to_string())
             .or_insert_with(|| {
                 Arc::new(Host {
-                    permits: Semaphore::new(self.settings.per_host_concurrency),
+                    permits: Semaphore::new(self.settings.per_host_concurrency.usize()),
                     next_slot: tokio::sync::Mutex::new(Instant::now()),
                     robots: OnceCell::new(),
                 })
@@ -140,10 +139,9 @@ impl Fetcher {
 
     /// Waits for the host's next rate-limit slot.
     async fn pace(&self, host: &Host) {
-        if self.settings.per_host_rate <= 0.0 {
+        let Some(interval) = self.settings.per_host_rate.interval() else {
             return;
-        }
-        let interval = Duration::from_secs_f64(1.0 / self.settings.per_host_rate);
+        };
         let at = {
             let mut next = host.next_slot.lock().await;
             let at = (*next).max(Instant::now());
@@ -179,7 +177,7 @@ impl Fetcher {
                 return Fetched::failed(status, why, None);
             }
         }
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
             let result = {
                 let _permit = host
@@ -194,7 +192,7 @@ impl Fetcher {
                 Ok(body) => return body,
                 Err(e) => e,
             };
-            if !e.retryable || attempt >= self.settings.retries {
+            if !e.retryable || u64::from(attempt) >= self.settings.retries.get() {
                 let mut error = e.error;
                 if attempt > 0 {
                     error = format!("{error} (after {} attempts)", attempt + 1);
@@ -206,12 +204,12 @@ impl Fetcher {
                 };
             }
             let backoff = {
-                let cap = (self.settings.backoff_s * 2f64.powi(attempt as i32))
-                    .min(self.settings.max_backoff_s);
+                let cap = (self.settings.backoff_s.get() * 2f64.powi(attempt as i32))
+                    .min(self.settings.max_backoff_s.get());
                 Duration::from_secs_f64(rand::rng().random_range(0.0..=cap.max(0.0)))
             };
             let wait = match e.retry_after {
-                Some(ra) if ra.as_secs_f64() > self.settings.max_retry_after_s => {
+                Some(ra) if ra.as_secs_f64() > self.settings.max_retry_after_s.get() => {
                     return Fetched::failed(
                         e.status,
                         format!(
@@ -273,7 +271,7 @@ impl Fetcher {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let max = self.settings.max_bytes;
+        let max = self.settings.max_bytes.get();
         if let Some(len) = announced.filter(|&l| l > max) {
             return Ok(Fetched::failed(
                 ImageStatus::TooLarge,

@@ -6,13 +6,15 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use arrow::array::{Array, StringArray};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
+use idforge_core::Name;
+use idforge_core::schema::ImageStatus;
 use idforge_core::schema::images::FIXED_COLUMNS;
 
 use crate::error::IngestError;
@@ -144,6 +146,45 @@ pub enum Origin {
     Url,
     /// Read from a local file.
     File,
+    /// Nowhere: the row itself is unusable (an empty or non-URL `url` cell, a local path that
+    /// is not allowed, an identity that cannot be a name). It ends in the table with this
+    /// status and reason; one bad row never stops the run.
+    Invalid {
+        /// The row's status (`invalid_url`, `invalid_identity`).
+        status: ImageStatus,
+        /// Why, naming the row.
+        error: String,
+    },
+}
+
+/// Whether rows of a URL list that are local paths are read.
+///
+/// A URL list may come from a third party; reading whatever path it names could pull any
+/// readable image on this machine into a dataset that may be published. So local paths are
+/// refused unless the user says so, and then only under the list's own folder unless
+/// absolute paths are allowed too. Folder sources are not affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LocalPaths {
+    /// Every row must be an http(s) URL; a path is an `invalid_url` row.
+    #[default]
+    Refuse,
+    /// Relative paths under the list's folder (no `..`, no absolute paths, no symbolic link
+    /// leading out).
+    UnderList,
+    /// Any path: relative to the list's folder, or absolute.
+    Anywhere,
+}
+
+impl LocalPaths {
+    /// From the `allow_local_paths` and `allow_absolute_paths` settings (the second implies
+    /// the first).
+    pub fn from_flags(allow_local: bool, allow_absolute: bool) -> Self {
+        match (allow_local, allow_absolute) {
+            (_, true) => LocalPaths::Anywhere,
+            (true, false) => LocalPaths::UnderList,
+            (false, false) => LocalPaths::Refuse,
+        }
+    }
 }
 
 /// One row to ingest.
@@ -184,8 +225,16 @@ struct RawRow {
 }
 
 impl Inputs {
-    /// Reads every source in order.
+    /// Reads every source in order; local paths in URL lists are refused (each such row is
+    /// `invalid_url`). See [`Inputs::read_with`].
     pub fn read(sources: &[SourceSpec]) -> Result<Self, IngestError> {
+        Self::read_with(sources, LocalPaths::Refuse)
+    }
+
+    /// Reads every source in order, taking local paths in URL lists as `local` says. Only
+    /// problems with a list itself (unreadable, unknown format, missing column) are errors;
+    /// a bad row becomes a row with an [`Origin::Invalid`] status.
+    pub fn read_with(sources: &[SourceSpec], local: LocalPaths) -> Result<Self, IngestError> {
         let mut inputs = Inputs::default();
         let mut column_index: HashMap<String, usize> = HashMap::new();
         for spec in sources {
@@ -212,7 +261,7 @@ impl Inputs {
                         identity: identity_column,
                         caption: caption_column,
                     };
-                    (read_list(path, format, &cols)?, 0)
+                    (read_list(path, format, &cols, local)?, 0)
                 }
                 SourceSpec::Folder { path, identity } => read_folder(path, *identity)?,
             };
@@ -257,6 +306,25 @@ struct Columns<'a> {
 struct RowBuilder<'a> {
     path: &'a Path,
     cols: &'a Columns<'a>,
+    local: LocalPaths,
+}
+
+/// A row that cannot be used, with its status and reason.
+fn invalid_row(status: ImageStatus, source: String, error: String) -> RawRow {
+    RawRow {
+        source,
+        origin: Origin::Invalid { status, error },
+        identity: None,
+        caption: None,
+        extra: Vec::new(),
+    }
+}
+
+/// `identity`, or the reason it cannot be a name.
+fn check_identity(identity: &str) -> Result<(), String> {
+    Name::new(identity)
+        .map(drop)
+        .map_err(|e| format!("identity: {e}"))
 }
 
 impl RowBuilder<'_> {
@@ -297,12 +365,8 @@ impl RowBuilder<'_> {
         Ok(())
     }
 
-    /// `line` is 1-based, for messages.
-    fn build(
-        &self,
-        line: usize,
-        fields: Vec<(String, Option<String>)>,
-    ) -> Result<RawRow, IngestError> {
+    /// `line` is 1-based, for messages. Never fails: a bad row is an [`Origin::Invalid`] row.
+    fn build(&self, line: usize, fields: Vec<(String, Option<String>)>) -> RawRow {
         let mut url = None;
         let mut identity = None;
         let mut caption = None;
@@ -319,28 +383,89 @@ impl RowBuilder<'_> {
                 extra.push((name, v));
             }
         }
-        let source = url.ok_or_else(|| {
-            IngestError::source(self.path, format!("row {line}: empty `{}`", self.cols.url))
-        })?;
-        let (source, origin) = if source.contains("://") {
-            (source, Origin::Url)
-        } else {
-            // A local path in a list is relative to the list's folder, not the working directory.
-            let base = self.path.parent().unwrap_or(Path::new(""));
-            (base.join(&source).display().to_string(), Origin::File)
+        let (source, origin) = match url.filter(|u| !u.is_empty()) {
+            None => (
+                String::new(),
+                Origin::Invalid {
+                    status: ImageStatus::InvalidUrl,
+                    error: format!("row {line}: empty `{}`", self.cols.url),
+                },
+            ),
+            Some(u) if u.contains("://") => (u, Origin::Url),
+            Some(text) => self.local_path(line, text),
         };
-        Ok(RawRow {
+        let origin = match (&origin, identity.as_deref().map(check_identity)) {
+            (Origin::Invalid { .. }, _) | (_, None | Some(Ok(()))) => origin,
+            (_, Some(Err(e))) => Origin::Invalid {
+                status: ImageStatus::InvalidIdentity,
+                error: format!("row {line}: {e}"),
+            },
+        };
+        RawRow {
             source,
             origin,
             identity,
             caption,
             extra,
-        })
+        }
+    }
+
+    /// A `url` cell that is not a URL: a local path if the policy allows it, else a row
+    /// status saying how to allow it.
+    fn local_path(&self, line: usize, text: String) -> (String, Origin) {
+        // A local path in a list is relative to the list's folder, not the working directory.
+        let base = self.path.parent().unwrap_or(Path::new(""));
+        let refuse = |error: String| {
+            let origin = Origin::Invalid {
+                status: ImageStatus::InvalidUrl,
+                error,
+            };
+            (text.clone(), origin)
+        };
+        let rel = Path::new(&text);
+        match self.local {
+            LocalPaths::Refuse => refuse(format!(
+                "row {line}: `{text}` is not an http(s) URL; local paths in a URL list are read \
+                 only with --allow-local-paths (recipe: allow_local_paths = true)"
+            )),
+            LocalPaths::UnderList
+                if !rel
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) =>
+            {
+                refuse(format!(
+                    "row {line}: local path `{text}` leaves the list's folder {} (absolute or \
+                     `..`); add --allow-absolute-paths to read it",
+                    base.display()
+                ))
+            }
+            LocalPaths::UnderList => {
+                let joined = base.join(rel);
+                // A symbolic link under the folder may still lead out of it.
+                if let (Ok(real), Ok(root)) = (joined.canonicalize(), base.canonicalize())
+                    && !real.starts_with(&root)
+                {
+                    return refuse(format!(
+                        "row {line}: local path `{text}` leads out of the list's folder {} \
+                         (to {}); add --allow-absolute-paths to read it",
+                        base.display(),
+                        real.display()
+                    ));
+                }
+                (joined.display().to_string(), Origin::File)
+            }
+            LocalPaths::Anywhere => (base.join(rel).display().to_string(), Origin::File),
+        }
     }
 }
 
-fn read_list(path: &Path, format: ListFormat, cols: &Columns) -> Result<Vec<RawRow>, IngestError> {
-    let b = RowBuilder { path, cols };
+fn read_list(
+    path: &Path,
+    format: ListFormat,
+    cols: &Columns,
+    local: LocalPaths,
+) -> Result<Vec<RawRow>, IngestError> {
+    let b = RowBuilder { path, cols, local };
     let open = || File::open(path).map_err(|e| IngestError::source(path, e.to_string()));
     let mut rows = Vec::new();
     match format {
@@ -352,7 +477,8 @@ fn read_list(path: &Path, format: ListFormat, cols: &Columns) -> Result<Vec<RawR
             };
             let mut reader = csv::ReaderBuilder::new()
                 .delimiter(delimiter)
-                .flexible(false)
+                // Rows with the wrong number of fields are that row's status, checked below.
+                .flexible(true)
                 .from_reader(open()?);
             let header: Vec<String> = reader
                 .headers()
@@ -362,13 +488,43 @@ fn read_list(path: &Path, format: ListFormat, cols: &Columns) -> Result<Vec<RawR
                 .collect();
             b.check_header(&header)?;
             for (i, rec) in reader.records().enumerate() {
-                let rec = rec.map_err(|e| IngestError::source(path, e.to_string()))?;
+                let line = i + 2;
+                let rec = match rec {
+                    Ok(r) => r,
+                    Err(e) if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) => {
+                        rows.push(invalid_row(
+                            ImageStatus::InvalidUrl,
+                            String::new(),
+                            format!("row {line}: {e}"),
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(IngestError::source(path, e.to_string())),
+                };
+                if rec.len() != header.len() {
+                    let source = rec
+                        .iter()
+                        .zip(&header)
+                        .find(|(_, h)| *h == cols.url)
+                        .map(|(v, _)| v.trim().to_string())
+                        .unwrap_or_default();
+                    rows.push(invalid_row(
+                        ImageStatus::InvalidUrl,
+                        source,
+                        format!(
+                            "row {line}: {} fields, the header has {}",
+                            rec.len(),
+                            header.len()
+                        ),
+                    ));
+                    continue;
+                }
                 let fields = header
                     .iter()
                     .cloned()
                     .zip(rec.iter().map(|v| Some(v.to_string())))
                     .collect();
-                rows.push(b.build(i + 2, fields)?);
+                rows.push(b.build(line, fields));
             }
         }
         ListFormat::Jsonl => {
@@ -379,8 +535,18 @@ fn read_list(path: &Path, format: ListFormat, cols: &Columns) -> Result<Vec<RawR
                 if line.trim().is_empty() {
                     continue;
                 }
-                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
-                    .map_err(|e| IngestError::source(path, format!("line {}: {e}", i + 1)))?;
+                let obj: serde_json::Map<String, serde_json::Value> =
+                    match serde_json::from_str(line) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            rows.push(invalid_row(
+                                ImageStatus::InvalidUrl,
+                                String::new(),
+                                format!("row {}: not a JSON object: {e}", i + 1),
+                            ));
+                            continue;
+                        }
+                    };
                 if !header_checked {
                     // Later lines may add keys; the required ones must be on the first.
                     b.check_header(&obj.keys().cloned().collect::<Vec<_>>())?;
@@ -397,7 +563,13 @@ fn read_list(path: &Path, format: ListFormat, cols: &Columns) -> Result<Vec<RawR
                         (k, v)
                     })
                     .collect();
-                rows.push(b.build(i + 1, fields)?);
+                rows.push(b.build(i + 1, fields));
+            }
+            if !header_checked && !rows.is_empty() {
+                return Err(IngestError::source(
+                    path,
+                    "no line is a JSON object: is this a JSON-lines list?",
+                ));
             }
         }
         ListFormat::Parquet => {
@@ -439,7 +611,7 @@ fn read_list(path: &Path, format: ListFormat, cols: &Columns) -> Result<Vec<RawR
                             (name.clone(), v)
                         })
                         .collect();
-                    rows.push(b.build(line, fields)?);
+                    rows.push(b.build(line, fields));
                 }
             }
         }
@@ -496,9 +668,16 @@ fn read_folder(root: &Path, identity: FolderIdentity) -> Result<(Vec<RawRow>, u6
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
+        let origin = match label.as_deref().map(check_identity) {
+            Some(Err(e)) => Origin::Invalid {
+                status: ImageStatus::InvalidIdentity,
+                error: format!("{}: {e}", rel.display()),
+            },
+            _ => Origin::File,
+        };
         rows.push(RawRow {
             source: entry.path().display().to_string(),
-            origin: Origin::File,
+            origin,
             identity: label,
             caption,
             extra: Vec::new(),
@@ -608,13 +787,88 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let csv = dir.path().join("a.csv");
         std::fs::write(&csv, "url,identity\nphotos/1.jpg,ann\n/abs/2.jpg,bob\n").unwrap();
-        let inputs = Inputs::read(&[urls(csv)]).unwrap();
+        let inputs = Inputs::read_with(&[urls(csv)], LocalPaths::Anywhere).unwrap();
         assert_eq!(
             inputs.rows[0].source,
             dir.path().join("photos/1.jpg").display().to_string()
         );
         assert_eq!(inputs.rows[1].source, "/abs/2.jpg");
         assert!(inputs.rows.iter().all(|r| r.origin == Origin::File));
+    }
+
+    fn invalid(r: &InputRow) -> Option<(ImageStatus, &str)> {
+        match &r.origin {
+            Origin::Invalid { status, error } => Some((*status, error.as_str())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn local_paths_are_refused_by_default_and_kept_under_the_list_when_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let lists = dir.path().join("lists");
+        std::fs::create_dir_all(lists.join("photos")).unwrap();
+        let csv = lists.join("a.csv");
+        std::fs::write(
+            &csv,
+            "url,identity\nphotos/1.jpg,ann\n/etc/hostname,bob\n../secret.jpg,cy\nnot a url,dee\n",
+        )
+        .unwrap();
+        let inputs = Inputs::read(&[urls(csv.clone())]).unwrap();
+        assert_eq!(inputs.rows.len(), 4);
+        for r in &inputs.rows {
+            let (status, error) = invalid(r).expect("refused");
+            assert_eq!(status, ImageStatus::InvalidUrl);
+            assert!(error.contains("--allow-local-paths"), "{error}");
+        }
+        let inputs = Inputs::read_with(&[urls(csv)], LocalPaths::UnderList).unwrap();
+        assert_eq!(inputs.rows[0].origin, Origin::File);
+        assert_eq!(
+            inputs.rows[0].source,
+            lists.join("photos/1.jpg").display().to_string()
+        );
+        for r in &inputs.rows[1..3] {
+            let (status, error) = invalid(r).expect("outside the list's folder");
+            assert_eq!(status, ImageStatus::InvalidUrl);
+            assert!(error.contains("--allow-absolute-paths"), "{error}");
+        }
+        // With local paths allowed, any other text is a path (and fails to read later).
+        assert_eq!(inputs.rows[3].origin, Origin::File);
+    }
+
+    #[test]
+    fn bad_rows_are_row_statuses_and_the_rest_of_the_list_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("a.csv");
+        std::fs::write(
+            &csv,
+            "url,identity\nhttp://h/1.jpg,ann\n,bob\nhttp://h/3.jpg,../up\nhttp://h/4.jpg\nhttp://h/5.jpg,cy\n",
+        )
+        .unwrap();
+        let inputs = Inputs::read(&[urls(csv)]).unwrap();
+        assert_eq!(inputs.rows.len(), 5);
+        assert_eq!(inputs.rows[0].origin, Origin::Url);
+        let (s, e) = invalid(&inputs.rows[1]).unwrap();
+        assert_eq!(s, ImageStatus::InvalidUrl);
+        assert!(e.contains("row 3: empty `url`"), "{e}");
+        let (s, e) = invalid(&inputs.rows[2]).unwrap();
+        assert_eq!(s, ImageStatus::InvalidIdentity);
+        assert!(e.contains("row 4") && e.contains("identity"), "{e}");
+        let (s, e) = invalid(&inputs.rows[3]).unwrap();
+        assert_eq!(s, ImageStatus::InvalidUrl);
+        assert!(e.contains("row 5: 1 fields, the header has 2"), "{e}");
+        assert_eq!(inputs.rows[4].origin, Origin::Url);
+
+        let jsonl = dir.path().join("b.jsonl");
+        std::fs::write(
+            &jsonl,
+            "{\"url\":\"http://h/1.jpg\",\"identity\":\"a\"}\n{not json\n{\"url\":\"\",\"identity\":\"b\"}\n",
+        )
+        .unwrap();
+        let inputs = Inputs::read(&[urls(jsonl)]).unwrap();
+        assert_eq!(inputs.rows.len(), 3);
+        assert!(invalid(&inputs.rows[1]).unwrap().1.contains("row 2"));
+        assert!(invalid(&inputs.rows[2]).unwrap().1.contains("empty `url`"));
     }
 
     #[test]

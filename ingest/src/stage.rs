@@ -27,7 +27,7 @@ use idforge_core::{RunDir, Shard, Stage, StageStats};
 use crate::error::IngestError;
 use crate::fetch::{Fetched, Fetcher};
 use crate::settings::IngestSettings;
-use crate::source::{InputRow, Inputs, Origin};
+use crate::source::{InputRow, Inputs, LocalPaths, Origin};
 use crate::store::Store;
 use crate::validate::{Inspected, inspect};
 
@@ -72,21 +72,17 @@ impl IngestStage {
                 "no sources: add [[ingest.sources]] to the recipe or pass --source".into(),
             ));
         }
-        if settings.shards == 0 {
-            return Err(IngestError::Settings("shards must be at least 1".into()));
-        }
-        let inputs = Inputs::read(&settings.sources)?;
+        let inputs = Inputs::read_with(
+            &settings.sources,
+            LocalPaths::from_flags(settings.allow_local_paths, settings.allow_absolute_paths),
+        )?;
         let run = RunDir::at(run_root);
         let store_root = settings
             .store
             .clone()
             .unwrap_or_else(|| run.stage(ImagesTable::STAGE).path().join("store"));
         let store_prefix = format!("{}/", run.stored(&store_root));
-        let threads = if settings.decode_threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            settings.decode_threads
-        };
+        let threads = idforge_core::limits::threads_or_cores(settings.decode_threads);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("ingest-decode-{i}"))
@@ -161,6 +157,15 @@ impl IngestStage {
                 }
             },
             Origin::File => None,
+            Origin::Invalid { status, error } => {
+                // A row the list itself got wrong (empty or unusable URL, a local path without
+                // --allow-local-paths, a bad identity): its status, not a stopped run.
+                out.status = status;
+                out.error = Some(error);
+                out.fetched_at = Some(Utc::now());
+                journal.append(&out)?;
+                return Ok(out);
+            }
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (journal, store, prefix) = (
@@ -168,7 +173,10 @@ impl IngestStage {
             self.store.clone(),
             self.store_prefix.clone(),
         );
-        let (max_pixels, max_bytes) = (self.settings.max_pixels, self.settings.fetch.max_bytes);
+        let (max_pixels, max_bytes) = (
+            self.settings.max_pixels.get(),
+            self.settings.fetch.max_bytes.get(),
+        );
         self.pool.spawn(move || {
             let result = (|| {
                 let bytes = match body {
@@ -323,7 +331,7 @@ impl Stage for IngestStage {
             .thread_name("ingest-net")
             .build()
             .at(dir.path())?;
-        let concurrency = self.settings.fetch.concurrency;
+        let concurrency = self.settings.fetch.concurrency.usize();
         runtime.block_on(async {
             let mut results = futures_util::stream::iter(todo)
                 .map(|row| self.process(row, &journal))
@@ -372,7 +380,8 @@ impl Stage for IngestStage {
             extra.merge(&dir.shard_stats(shard)?);
         }
         table.rows.sort_by_key(|r| r.row_id);
-        let counts = crate::dedup::flag_duplicates(&mut table.rows, self.settings.phash_threshold);
+        let counts =
+            crate::dedup::flag_duplicates(&mut table.rows, self.settings.phash_threshold.u32());
         table.write(&dir.table::<ImagesTable>())?;
         for &shard in shards {
             // The shard tables hold every row now; the journals are no longer needed.

@@ -5,6 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use idforge_core::Shard;
+use idforge_core::limits::{
+    ByteLimit, Concurrency, Delay, Rate, Redirects, Retries, Seconds, Shards,
+};
 use idforge_core::run::{RunDir, ShardSelection, run_stage};
 use idforge_core::schema::{ImageRow, ImageStatus, ImagesTable};
 use idforge_ingest::testkit::{FixtureServer, synthetic_jpeg};
@@ -40,12 +43,12 @@ fn test_settings(list: &Path) -> IngestSettings {
         sources: vec![SourceSpec::from_cli(list.to_path_buf())],
         ..Default::default()
     };
-    s.fetch.retries = 2;
-    s.fetch.backoff_s = 0.01;
-    s.fetch.timeout_s = 1.5;
-    s.fetch.connect_timeout_s = 1.0;
-    s.fetch.max_bytes = 5_000_000;
-    s.fetch.max_redirects = 3;
+    s.fetch.retries = Retries::lit(2);
+    s.fetch.backoff_s = Delay::lit(0.01);
+    s.fetch.timeout_s = Seconds::lit(1.5);
+    s.fetch.connect_timeout_s = Seconds::lit(1.0);
+    s.fetch.max_bytes = ByteLimit::lit(5_000_000);
+    s.fetch.max_redirects = Redirects::lit(3);
     s
 }
 
@@ -102,6 +105,10 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
     };
     let u = |p: &str| srv.url(p);
     let refused = format!("http://127.0.0.1:{closed_port}/a.jpg");
+    // A readable image on this machine, named by a third party's list.
+    let local_image = tmp.path().join("elsewhere.jpg");
+    std::fs::write(&local_image, synthetic_jpeg(64, 64, 9)).unwrap();
+    let local_image = local_image.display().to_string();
     let rows = vec![
         (u("/img/a.jpg"), "ann"),
         (u("/status/404"), "ann"),
@@ -124,6 +131,11 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
         (u("/private/a.jpg"), "ann"),
         ("ftp://example.invalid/a.jpg".to_string(), "ann"),
         (refused.clone(), "ann"),
+        // Rows the list got wrong: each its own status, none stops the run.
+        (String::new(), "ann"),
+        ("not a url".to_string(), "ann"),
+        (local_image.clone(), "ann"),
+        ("../elsewhere.jpg".to_string(), "ann"),
         // Duplicates and conflicts.
         (u("/img/a.jpg?copy=1"), "ann"),
         (u("/img/g.jpg"), "ann"),
@@ -286,6 +298,19 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
         None,
     );
 
+    expect(&t, "", InvalidUrl, Some("empty `url`"), None);
+    expect(
+        &t,
+        "not a url",
+        InvalidUrl,
+        Some("`not a url` is not an http(s) URL"),
+        None,
+    );
+    for path in [local_image.as_str(), "../elsewhere.jpg"] {
+        expect(&t, path, InvalidUrl, Some("--allow-local-paths"), None);
+        assert_eq!(find(&t, path).image_id, None, "{path} was not read");
+    }
+
     let a_id = a.row_id;
     expect(
         &t,
@@ -366,7 +391,7 @@ fn per_host_concurrency_and_rate_are_respected() {
         .collect();
     let start = Instant::now();
     ingest(tmp.path(), &rows, |s| {
-        s.fetch.per_host_concurrency = 2;
+        s.fetch.per_host_concurrency = Concurrency::lit(2);
         s.fetch.robots_txt = false;
     });
     assert_eq!(srv.max_in_flight(), 2);
@@ -383,7 +408,7 @@ fn per_host_concurrency_and_rate_are_respected() {
         .collect();
     let start = Instant::now();
     ingest(tmp.path(), &rows, |s| {
-        s.fetch.per_host_rate = 20.0;
+        s.fetch.per_host_rate = Rate::lit(20.0);
         s.fetch.robots_txt = false;
     });
     // 11 requests at 20/s: the last one starts 0.5 s after the first.
@@ -424,7 +449,7 @@ fn shards_run_separately_merge_into_the_same_table_as_one_run() {
     }
     let run = RunDir::new(tmp.path().join("runs"), "sharded");
     let mut settings = test_settings(&list);
-    settings.shards = 3;
+    settings.shards = Shards::lit(3);
     let stage = IngestStage::new(settings.clone(), run.root()).unwrap();
     let r = run_stage(&stage, &run, ShardSelection::One(Shard::new(2, 3).unwrap())).unwrap();
     assert_eq!(r.waiting_for.len(), 2);
@@ -503,4 +528,62 @@ fn folder_sources_read_files_with_the_same_validation() {
         ]
     );
     assert_eq!(t.rows[0].http_status, None);
+}
+
+#[test]
+fn local_paths_in_a_list_are_read_only_when_allowed_and_only_under_the_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lists = tmp.path().join("lists");
+    std::fs::create_dir_all(lists.join("photos")).unwrap();
+    std::fs::write(lists.join("photos/1.jpg"), synthetic_jpeg(64, 48, 1)).unwrap();
+    let outside = tmp.path().join("outside.jpg");
+    std::fs::write(&outside, synthetic_jpeg(64, 48, 2)).unwrap();
+    let list = lists.join("urls.csv");
+    std::fs::write(
+        &list,
+        format!(
+            "url,identity\nphotos/1.jpg,ann\n../outside.jpg,ann\n{},ann\nphotos/2.jpg,ann/../x\n",
+            outside.display()
+        ),
+    )
+    .unwrap();
+    let run_with = |name: &str, local: bool, absolute: bool| {
+        let mut s = test_settings(&list);
+        s.allow_local_paths = local;
+        s.allow_absolute_paths = absolute;
+        let run = RunDir::new(tmp.path().join("runs"), name);
+        let stage = IngestStage::new(s, run.root()).unwrap();
+        run_stage(&stage, &run, ShardSelection::All(1)).unwrap();
+        ImagesTable::read(&run.stage("ingest").path().join("images.parquet")).unwrap()
+    };
+    let statuses = |t: &ImagesTable| t.rows.iter().map(|r| r.status).collect::<Vec<_>>();
+    use ImageStatus::*;
+
+    let t = run_with("refuse", false, false);
+    // The unusable URL is named first; the identity is checked once the source is usable.
+    assert_eq!(statuses(&t), vec![InvalidUrl; 4]);
+    assert!(t.rows.iter().all(|r| r.image_id.is_none()));
+
+    let t = run_with("under", true, false);
+    assert_eq!(
+        statuses(&t),
+        vec![Ok, InvalidUrl, InvalidUrl, InvalidIdentity]
+    );
+    assert!(
+        t.rows[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("--allow-absolute-paths"),
+        "{:?}",
+        t.rows[1].error
+    );
+    assert!(
+        t.rows[3].error.as_deref().unwrap().contains("identity"),
+        "{:?}",
+        t.rows[3].error
+    );
+
+    let t = run_with("anywhere", true, true);
+    assert_eq!(statuses(&t), vec![Ok, Ok, Duplicate, InvalidIdentity]);
 }

@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use idforge_bench::arena::export::default_output;
 use idforge_bench::arena::{
     ArenaConfig, SimulateOptions, Store, export_votes, serve_until_signal, simulate_blocking,
 };
+use idforge_core::limits::Count;
 use idforge_core::schema::Question;
 
 #[derive(Debug, Args)]
@@ -51,7 +52,7 @@ struct ServeArgs {
     db: PathBuf,
     /// Address to listen on. Use 0.0.0.0:<port> to let other machines in (put it behind a
     /// TLS proxy when raters come over the Internet).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     addr: String,
     /// Also show copy-reference (the reference photo itself) as a contestant. Off by default:
     /// it wins every fidelity vote and says nothing about a method.
@@ -60,18 +61,26 @@ struct ServeArgs {
     /// The questions to ask, in block order.
     #[arg(long, value_delimiter = ',', default_value = "fidelity,adherence", value_parser = parse_question)]
     questions: Vec<Question>,
-    /// Practice pairs at the start of each question (stored, not rated).
-    #[arg(long, default_value_t = 2)]
-    practice: u32,
-    /// Pairs of one question in a row before switching to the other.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    block: u32,
-    /// Seconds a shown pair may be answered.
-    #[arg(long, default_value_t = 3600)]
-    task_ttl_secs: u64,
-    /// Days a rater id stays valid.
-    #[arg(long, default_value_t = 30)]
-    rater_ttl_days: u64,
+    /// Practice pairs at the start of each question (stored, not rated); 0 to 1000.
+    #[arg(long, default_value = "2")]
+    practice: Count<0, 1000>,
+    /// Pairs of one question in a row before switching to the other; 1 to 1000.
+    #[arg(long, default_value = "10")]
+    block: Count<1, 1000>,
+    /// Seconds a shown pair may be answered; 1 to 604800 (a week).
+    #[arg(long, default_value = "3600")]
+    task_ttl_secs: Count<1, 604_800>,
+    /// Days a rater id stays valid; 1 to 3650.
+    #[arg(long, default_value = "30")]
+    rater_ttl_days: Count<1, 3650>,
+    /// New rater ids one IP address may obtain per hour (`POST /api/raters`); 0 turns the
+    /// limit off. Behind a proxy every rater shares its address: raise it there.
+    #[arg(long, default_value = "100")]
+    raters_per_ip_per_hour: Count<0, 1_000_000>,
+    /// The bench folder was moved or copied: take over a --db made for it at its old path
+    /// (the database then records the new path). Without it such a database is refused.
+    #[arg(long)]
+    rebind: bool,
 }
 
 #[derive(Debug, Args)]
@@ -90,15 +99,26 @@ struct SimulateArgs {
     /// The arena's URL (as `arena serve` prints it).
     #[arg(long)]
     url: String,
-    /// Raters working at the same time.
-    #[arg(long, default_value_t = 8)]
-    raters: usize,
-    /// Counted votes per rater (practice pairs come on top).
-    #[arg(long, default_value_t = 15)]
-    votes: usize,
+    /// Raters working at the same time (1 to 10000).
+    #[arg(long, default_value = "8")]
+    raters: Count<1, 10_000>,
+    /// Counted votes per rater, practice pairs come on top (1 to 1000000).
+    #[arg(long, default_value = "15")]
+    votes: Count<1, 1_000_000>,
     /// Seed of the raters' answers.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+/// `HOST:PORT` that resolves to an address, checked before anything else so that a typo is
+/// not reported as a busy port.
+fn parse_addr(s: &str) -> Result<String, String> {
+    idforge_bench::arena::server::resolve_addr(s)
+        .map(|_| s.to_string())
+        .map_err(|e| match e {
+            idforge_bench::arena::ArenaError::Serve { message, .. } => message,
+            other => other.to_string(),
+        })
 }
 
 fn parse_question(s: &str) -> Result<Question, String> {
@@ -118,10 +138,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     config.include_copy_reference = a.include_copy_reference;
     config.questions = a.questions;
     config.questions.dedup();
-    config.practice = a.practice;
-    config.block = a.block;
-    config.task_ttl = Duration::from_secs(a.task_ttl_secs);
-    config.rater_ttl = Duration::from_secs(a.rater_ttl_days * 24 * 3600);
+    config.practice = a.practice.u32();
+    config.block = a.block.u32();
+    config.task_ttl = Duration::from_secs(a.task_ttl_secs.get());
+    config.rater_ttl = Duration::from_secs(a.rater_ttl_days.get() * 24 * 3600);
+    config.raters_per_ip_per_hour = a.raters_per_ip_per_hour.u32();
+    config.rebind = a.rebind;
     let db = a.db.clone();
     serve_until_signal(config, &a.addr, |arena, addr| {
         let items = arena.items();
@@ -185,13 +207,10 @@ fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
-    if a.raters == 0 || a.votes == 0 {
-        bail!("--raters and --votes must be at least 1");
-    }
     let opts = SimulateOptions {
         url: a.url.clone(),
-        raters: a.raters,
-        votes: a.votes,
+        raters: a.raters.usize(),
+        votes: a.votes.usize(),
         seed: a.seed,
     };
     let r = simulate_blocking(&opts).context("simulated raters")?;

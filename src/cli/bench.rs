@@ -17,6 +17,8 @@ use idforge_bench::protocol::Protocol;
 use idforge_bench::ratings::{NeitherPolicy, RatingOptions};
 use idforge_bench::references::{References, copy_references, references_from_export};
 use idforge_bench::score::{ReferenceFeatures, ScoringModels, models_of};
+use idforge_core::Name;
+use idforge_core::limits::{Amount, Resamples, Threads};
 use idforge_core::schema::ScoresTable;
 use idforge_models::clip::{ClipCheckpoint, ClipSource};
 use idforge_models::dino::DinoEmbedder;
@@ -78,7 +80,7 @@ struct InitArgs {
     from_dataset: Option<PathBuf>,
     /// With --from-dataset: keep the first N identities (by name) of each set.
     #[arg(long)]
-    identities_per_set: Option<usize>,
+    identities_per_set: Option<Amount>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -166,11 +168,11 @@ enum NeitherArg {
 #[derive(Debug, Args)]
 struct AggregateArgs {
     /// Bootstrap resamples for the per-image means.
-    #[arg(long, default_value_t = 1000)]
-    resamples: usize,
+    #[arg(long, default_value = "1000")]
+    resamples: Resamples,
     /// Bootstrap resamples for FID, KID, IS and CMMD.
-    #[arg(long, default_value_t = 200)]
-    set_resamples: usize,
+    #[arg(long, default_value = "200")]
+    set_resamples: Resamples,
     /// Seed of the resampling (the arena's too).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -182,8 +184,8 @@ struct AggregateArgs {
     #[arg(long, value_enum, default_value_t = NeitherArg::Tie)]
     neither: NeitherArg,
     /// Bootstrap resamples for the arena ratings' intervals (each refits the ratings; 0: none).
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    arena_bootstrap: usize,
+    #[arg(long, default_value = "1000", value_name = "N")]
+    arena_bootstrap: Resamples,
 }
 
 #[derive(Debug, Args)]
@@ -191,7 +193,7 @@ struct ScoreArgs {
     /// The bench folder.
     bench: PathBuf,
     /// Score only these imported methods (repeat); copy-reference is always scored.
-    #[arg(long = "method")]
+    #[arg(long = "method", value_parser = parse_method)]
     methods: Vec<String>,
     #[command(flatten)]
     models: ModelArgs,
@@ -199,7 +201,7 @@ struct ScoreArgs {
     aggregate: AggregateArgs,
     /// Worker threads (default: every core).
     #[arg(long)]
-    threads: Option<usize>,
+    threads: Option<Threads>,
 }
 
 #[derive(Debug, Args)]
@@ -257,7 +259,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
                     export,
                     &bench,
                     protocol.references_per_identity,
-                    a.identities_per_set,
+                    a.identities_per_set.map(Amount::usize),
                 )?;
                 for (set, n) in counts {
                     eprintln!("{set}: {n} identities from {}", export.display());
@@ -406,10 +408,15 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// A method name as `--method` takes it: one plain folder name ([`Name`]).
+fn parse_method(s: &str) -> Result<String, idforge_core::name::NameError> {
+    Name::new(s).map(Name::into_string)
+}
+
 fn options(a: &AggregateArgs) -> LeaderboardOptions {
     LeaderboardOptions {
-        resamples: a.resamples,
-        set_resamples: a.set_resamples,
+        resamples: a.resamples.usize(),
+        set_resamples: a.set_resamples.usize(),
         seed: a.seed,
         votes: a.votes.clone(),
         arena: RatingOptions {
@@ -417,7 +424,7 @@ fn options(a: &AggregateArgs) -> LeaderboardOptions {
                 NeitherArg::Tie => NeitherPolicy::Tie,
                 NeitherArg::Drop => NeitherPolicy::Drop,
             },
-            resamples: a.arena_bootstrap,
+            resamples: a.arena_bootstrap.usize(),
             seed: a.seed,
             ..RatingOptions::default()
         },
@@ -428,7 +435,7 @@ fn options(a: &AggregateArgs) -> LeaderboardOptions {
 fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = a.threads {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
+            .num_threads(n.usize())
             .build_global()
             .context("setting the thread count")?;
     }

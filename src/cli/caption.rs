@@ -13,6 +13,8 @@ use idforge_caption::captioner::SchemaMode;
 use idforge_caption::engine::{Engine, EngineInputs};
 use idforge_caption::settings::{CallMode, CaptionerKind, SplitterKind};
 use idforge_caption::stage::{CaptionStage, OfflineCaptioner};
+use idforge_core::Name;
+use idforge_core::limits::{Concurrency, Retries, Seconds, Shards, Threads};
 use idforge_core::recipe::Recipe;
 use idforge_core::run::{RunDir, ShardSelection};
 use idforge_core::schema::{CaptionStatus, CaptionsTable};
@@ -46,7 +48,7 @@ pub struct CaptionArgs {
     recipe: Option<PathBuf>,
     /// Run name (folder under --runs-dir); required without a recipe.
     #[arg(long)]
-    name: Option<String>,
+    name: Option<Name>,
     /// Folder holding runs.
     #[arg(long, env = "IDFORGE_RUNS")]
     runs_dir: Option<PathBuf>,
@@ -56,10 +58,10 @@ pub struct CaptionArgs {
     shard: Option<String>,
     /// Number of shards the faces are split into.
     #[arg(long)]
-    shards: Option<usize>,
-    /// Faces captioned in parallel by an offline captioner (0 = one per core).
+    shards: Option<Shards>,
+    /// Faces captioned in parallel by an offline captioner (0 = one per core, at most 1024).
     #[arg(long)]
-    threads: Option<usize>,
+    threads: Option<Threads>,
     /// Where the attributes captioner's networks run.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
@@ -95,15 +97,15 @@ pub struct CaptionArgs {
     /// Model of the llm splitter (default: --model).
     #[arg(long)]
     split_model: Option<String>,
-    /// Requests in flight at once.
+    /// Requests in flight at once (1 to 4096).
     #[arg(long)]
-    concurrency: Option<usize>,
-    /// Per-request timeout, seconds.
+    concurrency: Option<Concurrency>,
+    /// Per-request timeout, seconds (above 0, at most 86400).
     #[arg(long)]
-    timeout: Option<f64>,
-    /// Retries of 429 / 5xx / timeouts per request.
+    timeout: Option<Seconds>,
+    /// Retries of 429 / 5xx / timeouts per request (0 to 100).
     #[arg(long)]
-    max_retries: Option<u32>,
+    max_retries: Option<Retries>,
     /// CSV / JSONL of captions for --captioner import (default: the ingest caption column).
     #[arg(long)]
     import_file: Option<PathBuf>,
@@ -170,7 +172,7 @@ fn resolve(args: &CaptionArgs) -> anyhow::Result<Resolved> {
         None => CaptionSettings::default(),
     };
     let name = match (&args.name, &recipe) {
-        (Some(n), _) => n.clone(),
+        (Some(n), _) => n.to_string(),
         (None, Some(r)) => r.name.clone(),
         (None, None) => bail!("give --recipe, or --name of a run that has been curated"),
     };
@@ -236,6 +238,8 @@ fn resolve(args: &CaptionArgs) -> anyhow::Result<Resolved> {
         };
     }
     let selection = super::shard_selection(args.shard.as_deref(), &mut s.shards)?;
+    // Checked here, before any model or server is set up, so a bad value is the error shown.
+    s.validate().map_err(anyhow::Error::msg)?;
     Ok(Resolved {
         name,
         runs_dir,
@@ -268,7 +272,7 @@ fn run_on<B: burn::tensor::backend::Backend>(
 where
     AttributesCaptioner<B>: OfflineCaptioner + 'static,
 {
-    let run = RunDir::new(&r.runs_dir, &r.name);
+    let run = RunDir::named(&r.runs_dir, &r.name)?;
     let base = r.base_dir.clone();
     let resolve = move |p: &Path| {
         if p.is_absolute() {

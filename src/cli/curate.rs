@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
+use idforge_core::Name;
+use idforge_core::limits::{Amount, Factor, Fraction, Pixels, Shards, Side, Similarity, Threads};
 use idforge_core::recipe::Recipe;
 use idforge_core::run::{RunDir, ShardSelection, run_stage};
 use idforge_core::schema::faces::REPORT_FILE;
@@ -35,7 +37,7 @@ pub struct CurateArgs {
     recipe: Option<PathBuf>,
     /// Run name (folder under --runs-dir); required without a recipe.
     #[arg(long)]
-    name: Option<String>,
+    name: Option<Name>,
     /// Folder holding runs.
     #[arg(long, env = "IDFORGE_RUNS")]
     runs_dir: Option<PathBuf>,
@@ -45,10 +47,10 @@ pub struct CurateArgs {
     shard: Option<String>,
     /// Number of shards the images are split into.
     #[arg(long)]
-    shards: Option<usize>,
-    /// Images analysed in parallel (0 = one per core).
+    shards: Option<Shards>,
+    /// Images analysed in parallel (0 = one per core, at most 1024).
     #[arg(long)]
-    threads: Option<usize>,
+    threads: Option<Threads>,
     /// Where the networks run.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
@@ -57,13 +59,13 @@ pub struct CurateArgs {
     weights: Option<PathBuf>,
     /// Smallest short side of an image, in pixels.
     #[arg(long)]
-    min_short_side: Option<u32>,
-    /// Smallest detector score of a kept face.
+    min_short_side: Option<Side>,
+    /// Smallest detector score of a kept face (0 to 1).
     #[arg(long)]
-    min_score: Option<f32>,
-    /// Smallest face box side, in source pixels (width and height).
+    min_score: Option<Fraction>,
+    /// Smallest face box side, in source pixels (width and height; 0 to 65536).
     #[arg(long)]
-    min_face_px: Option<f32>,
+    min_face_px: Option<Pixels>,
     /// Identity embedder: face-api's descriptor, or an ArcFace ONNX (needs --arcface-onnx).
     #[arg(long, value_enum)]
     embedder: Option<Embedder>,
@@ -73,21 +75,22 @@ pub struct CurateArgs {
     /// How images are grouped into identities.
     #[arg(long, value_enum)]
     mode: Option<Mode>,
-    /// Relative rule: robust standard deviations below the group median.
+    /// Relative rule: robust standard deviations below the group median (above 0, at most
+    /// 1000).
     #[arg(long)]
-    k: Option<f32>,
-    /// Absolute floor on a face's mean cosine similarity to its group.
+    k: Option<Factor>,
+    /// Absolute floor on a face's mean cosine similarity to its group (-1 to 1).
     #[arg(long)]
-    floor: Option<f32>,
+    floor: Option<Similarity>,
     /// Fewest images an identity must keep.
     #[arg(long)]
-    min_images: Option<usize>,
-    /// Discovery: average-linkage cosine similarity at which clusters merge.
+    min_images: Option<Amount>,
+    /// Discovery: average-linkage cosine similarity at which clusters merge (-1 to 1).
     #[arg(long)]
-    discover_threshold: Option<f32>,
-    /// Share of the square crop's area covered by the face box.
+    discover_threshold: Option<Similarity>,
+    /// Share of the square crop's area covered by the face box (above 0, at most 1).
     #[arg(long)]
-    face_share: Option<f32>,
+    face_share: Option<Fraction>,
     /// Side of the training crops in pixels (512, or 1024 for SDXL-class models).
     #[arg(long)]
     resolution: Option<u32>,
@@ -137,7 +140,7 @@ fn resolve(args: &CurateArgs) -> anyhow::Result<Resolved> {
         s.embedder.arcface_onnx = s.embedder.arcface_onnx.map(|p| r.resolve(&p));
     }
     let name = match (&args.name, &recipe) {
-        (Some(n), _) => n.clone(),
+        (Some(n), _) => n.to_string(),
         (None, Some(r)) => r.name.clone(),
         (None, None) => bail!("give --recipe, or --name of a run that has been ingested"),
     };
@@ -188,6 +191,8 @@ fn resolve(args: &CurateArgs) -> anyhow::Result<Resolved> {
         };
     }
     let selection = super::shard_selection(args.shard.as_deref(), &mut s.shards)?;
+    // Checked here, before the weights are looked for, so a bad value is the error shown.
+    s.validate().map_err(anyhow::Error::msg)?;
     Ok(Resolved {
         name,
         runs_dir,
@@ -217,7 +222,7 @@ fn run_on<B: burn::tensor::backend::Backend>(
 where
     idforge_curate::analyze::Analyzer<B>: Sync,
 {
-    let run = RunDir::new(&r.runs_dir, &r.name);
+    let run = RunDir::named(&r.runs_dir, &r.name)?;
     let models = super::face_api_models(r.settings.weights.clone())?;
     let stage = CurateStage::<B>::new(r.settings, run.root(), &models, device)
         .with_context(|| format!("preparing the curate stage of run `{}`", r.name))?;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
+use idforge_core::limits::{Amount, Fraction};
 use idforge_dataset::{ExportOptions, ExportSummary, default_out, export};
 
 /// `idforge dataset <command>`.
@@ -60,8 +61,8 @@ pub struct ExportArgs {
     out: Option<PathBuf>,
     /// Share of the identities held out as the validation split (0 for none), rounded up; at
     /// least one identity when there are two or more, never all.
-    #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
-    val_fraction: f64,
+    #[arg(long, default_value = "0.1", value_name = "FRACTION")]
+    val_fraction: Fraction,
     /// The validation identities by name, comma-separated, instead of drawing them.
     #[arg(
         long,
@@ -74,8 +75,8 @@ pub struct ExportArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Most rows per Parquet shard (a 512 px crop and its reference take about 60 KB).
-    #[arg(long, default_value_t = 2000, value_name = "ROWS")]
-    rows_per_shard: usize,
+    #[arg(long, default_value = "2000", value_name = "ROWS")]
+    rows_per_shard: Amount,
     /// The card's license identifier (cc-by-4.0, mit, ...). The images' terms are their
     /// sources'; `other` until you set what they allow.
     #[arg(long, default_value = "other")]
@@ -124,10 +125,10 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let out = args.out.clone().unwrap_or_else(|| default_out(&run));
     let opts = ExportOptions {
         out,
-        val_fraction: args.val_fraction,
+        val_fraction: args.val_fraction.get(),
         val_identities: args.val_identities,
         seed: args.seed,
-        rows_per_shard: args.rows_per_shard,
+        rows_per_shard: args.rows_per_shard.usize(),
         license: args.license,
         pretty_name: args.pretty_name,
         include_uncaptioned: args.include_uncaptioned,

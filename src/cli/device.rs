@@ -1,5 +1,6 @@
 //! `idforge device`: which burn backend this build uses, and a matmul to prove it works.
 
+use idforge_core::limits::Count;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -15,18 +16,18 @@ pub type Backend = burn::backend::Cuda;
 
 #[derive(Debug, Args)]
 pub struct DeviceArgs {
-    /// Side of the square matrices multiplied.
-    #[arg(long, default_value_t = 512)]
-    size: usize,
-    /// Timed repetitions (after one warm-up).
-    #[arg(long, default_value_t = 10)]
-    reps: usize,
+    /// Side of the square matrices multiplied (1 to 8192).
+    #[arg(long, default_value = "512")]
+    size: Count<1, 8192>,
+    /// Timed repetitions after one warm-up (1 to 10000).
+    #[arg(long, default_value = "10")]
+    reps: Count<1, 10_000>,
 }
 
 pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
     use burn::tensor::backend::Backend as _;
     let device = Default::default();
-    let n = args.size;
+    let n = args.size.usize();
     let a = Tensor::<Backend, 2>::random([n, n], Distribution::Normal(0.0, 1.0), &device);
     let b = Tensor::<Backend, 2>::random([n, n], Distribution::Normal(0.0, 1.0), &device);
     // Warm-up (kernel compilation on CUDA), then check the result against a scalar reference.
@@ -42,11 +43,11 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
     );
     Backend::sync(&device)?;
     let start = Instant::now();
-    for _ in 0..args.reps {
+    for _ in 0..args.reps.get() {
         let _ = a.clone().matmul(b.clone());
     }
     Backend::sync(&device)?;
-    let secs = start.elapsed().as_secs_f64() / args.reps.max(1) as f64;
+    let secs = start.elapsed().as_secs_f64() / args.reps.get() as f64;
     let gflops = 2.0 * (n as f64).powi(3) / secs / 1e9;
     println!("backend: {}", Backend::name(&device));
     println!(

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use idforge_core::limits::{Amount, Count};
 
 use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::face_api::{Detector, Face, FaceApi, Stages};
@@ -61,12 +62,12 @@ struct DetectArgs {
     #[arg(long, default_value_t = 0.5)]
     min_score: f32,
     /// At most this many faces per image (SSD only).
-    #[arg(long, default_value_t = 100)]
-    max_faces: usize,
+    #[arg(long, default_value = "100")]
+    max_faces: Amount,
     /// Network input size of the tiny detector (multiples of 32, face-api uses 128 to 608;
     /// larger finds smaller faces). SSD always runs at 512.
-    #[arg(long, default_value_t = 416)]
-    input_size: usize,
+    #[arg(long, default_value = "416")]
+    input_size: Count<32, 2048>,
     /// Folder with the face-api `*-weights_manifest.json` files (default: the asset cache that
     /// tools/fetch-assets fills).
     #[arg(long)]
@@ -75,7 +76,7 @@ struct DetectArgs {
 
 pub fn run(args: FacesArgs) -> anyhow::Result<ExitCode> {
     let FacesCommand::Detect(args) = args.command;
-    if args.input_size == 0 || args.input_size % 32 != 0 {
+    if args.input_size.get() % 32 != 0 {
         bail!(
             "--input-size {} must be a positive multiple of 32 (face-api uses 128 to 608)",
             args.input_size
@@ -87,10 +88,10 @@ pub fn run(args: FacesArgs) -> anyhow::Result<ExitCode> {
     let detector = match args.detector {
         DetectorName::Ssd => Detector::SsdMobilenetV1 {
             min_confidence: args.min_score,
-            max_results: args.max_faces,
+            max_results: args.max_faces.usize(),
         },
         DetectorName::Tiny => Detector::Tiny {
-            input_size: args.input_size,
+            input_size: args.input_size.usize(),
             score_threshold: args.min_score,
         },
     };

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::tensor::Tensor;
 use clap::{Args, ValueEnum};
+use idforge_core::limits::{Count, Factor};
 use idforge_core::progress::Progress;
 use idforge_diffusion::adapters::ip_adapter::{IpAdapter, IpScale, ProjectionInput};
 use idforge_diffusion::pipeline::to_rgb8;
@@ -39,25 +40,25 @@ pub struct GenerateArgs {
     /// What to steer away from (default: "" for SD; zeros for SDXL, as diffusers does).
     #[arg(long)]
     negative_prompt: Option<String>,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 30)]
-    steps: usize,
-    /// Classifier-free guidance scale; 1 turns guidance off (default: 7.5 for SD, 5 for SDXL,
-    /// diffusers' defaults).
+    /// Denoising steps (1 to 1000).
+    #[arg(long, default_value = "30")]
+    steps: Count<1, 1000>,
+    /// Classifier-free guidance scale, 0 to 1000; 1 turns guidance off (default: 7.5 for SD,
+    /// 5 for SDXL, diffusers' defaults).
     #[arg(long)]
-    cfg: Option<f32>,
+    cfg: Option<Factor>,
     /// The noise seed: the same seed, settings and model give the same image.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The sampler; the noise schedule (betas, prediction type, spacing) is the folder's.
     #[arg(long, value_enum, default_value_t = SamplerArg::Euler)]
     sampler: SamplerArg,
-    /// Image width in pixels (default: the model's native size).
+    /// Image width in pixels, 8 to 16384 (default: the model's native size).
     #[arg(long)]
-    width: Option<usize>,
-    /// Image height in pixels (default: the model's native size).
+    width: Option<Count<8, 16384>>,
+    /// Image height in pixels, 8 to 16384 (default: the model's native size).
     #[arg(long)]
-    height: Option<usize>,
+    height: Option<Count<8, 16384>>,
     /// Start from this initial noise instead of the seed's: a `.safetensors` file with an f32
     /// tensor `[1, 4, height/8, width/8]` (e.g. the `latents` a diffusers run was given), to
     /// reproduce another tool's image.
@@ -84,15 +85,17 @@ pub struct GenerateArgs {
     /// The unconditional branch uses zeros, as the references do.
     #[arg(long, requires = "adapter")]
     id_embeds: Option<PathBuf>,
-    /// The adapter's scale on every cross-attention layer (diffusers' `set_ip_adapter_scale`).
-    #[arg(long, default_value_t = 1.0, requires = "adapter")]
-    adapter_scale: f32,
+    /// The adapter's scale on every cross-attention layer, 0 to 1000 (diffusers'
+    /// `set_ip_adapter_scale`; 1 is the adapter as trained).
+    #[arg(long, default_value = "1", requires = "adapter")]
+    adapter_scale: Factor,
     /// FaceID-Plus V2: add the resampled tokens to FaceID's (`shortcut`), as the V2 files need.
     #[arg(long, requires = "adapter")]
     plus_v2: bool,
-    /// The first denoising step that sees the adapter (0: all; PhotoMaker-style late start).
-    #[arg(long, default_value_t = 0, requires = "adapter")]
-    id_start_step: usize,
+    /// The first denoising step that sees the adapter, 0 to 1000 (0: all; a PhotoMaker-style
+    /// late start), at most --steps.
+    #[arg(long, default_value = "0", requires = "adapter")]
+    id_start_step: Count<0, 1000>,
     /// The PNG to write.
     #[arg(short, long)]
     output: PathBuf,
@@ -123,8 +126,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     let side = pipe.default_size();
-    let (w, h) = (a.width.unwrap_or(side), a.height.unwrap_or(side));
-    let guidance = a.cfg.unwrap_or(match pipe.family {
+    let (w, h) = (
+        a.width.map_or(side, |v| v.usize()),
+        a.height.map_or(side, |v| v.usize()),
+    );
+    let guidance = a.cfg.map(Factor::f32).unwrap_or(match pipe.family {
         Family::StableDiffusion => 7.5,
         Family::StableDiffusionXl => 5.0,
     });
@@ -139,7 +145,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let [_, _, lh, lw] = noise.dims();
     let (h, w) = (lh * pipe.vae_scale(), lw * pipe.vae_scale());
     let settings = SampleSettings {
-        steps: a.steps,
+        steps: a.steps.usize(),
         guidance,
         sampler: match a.sampler {
             SamplerArg::Euler => SamplerKind::Euler,
@@ -147,13 +153,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         },
         time_ids: [h as f32, w as f32, 0.0, 0.0, h as f32, w as f32],
     };
-    if !(a.adapter_scale.is_finite()) {
-        bail!(
-            "--adapter-scale {}: give a finite number (1 is the adapter as trained)",
-            a.adapter_scale
-        );
-    }
-    if a.id_start_step > a.steps {
+    if a.id_start_step.get() > a.steps.get() {
         bail!(
             "--id-start-step {}: at most --steps ({})",
             a.id_start_step,
@@ -195,7 +195,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
             } else {
                 tokens
             };
-            Some(adapter.hook(tokens, IpScale::uniform(a.adapter_scale)))
+            Some(adapter.hook(tokens, IpScale::uniform(a.adapter_scale.f32())))
         }
         None => None,
     };
@@ -213,9 +213,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
             ..base.clone()
         },
         before: base,
-        start: a.id_start_step,
+        start: a.id_start_step.usize(),
     };
-    let progress = Progress::new("denoising", a.steps as u64);
+    let progress = Progress::new("denoising", a.steps.get());
     let sampling = Instant::now();
     let latents = pipe
         .sample_with(&plan, &settings, noise, &mut |_, _| progress.inc(1))

@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use idforge_core::Name;
+use idforge_core::limits::{
+    ByteLimit, Concurrency, Hamming, PixelLimit, Rate, Redirects, Retries, Seconds, Shards, Threads,
+};
 use idforge_core::recipe::Recipe;
 use idforge_core::run::{RunDir, ShardSelection, run_stage};
 use idforge_core::schema::{ImagesTable, TableSpec};
@@ -29,7 +33,7 @@ pub struct IngestArgs {
     recipe: Option<PathBuf>,
     /// Run name (folder under --runs-dir); required without a recipe.
     #[arg(long)]
-    name: Option<String>,
+    name: Option<Name>,
     /// Folder holding runs.
     #[arg(long, env = "IDFORGE_RUNS")]
     runs_dir: Option<PathBuf>,
@@ -43,37 +47,37 @@ pub struct IngestArgs {
     shard: Option<String>,
     /// Number of shards the rows are split into.
     #[arg(long)]
-    shards: Option<usize>,
+    shards: Option<Shards>,
     /// Content-addressed store folder (default: runs/<name>/ingest/store).
     #[arg(long)]
     store: Option<PathBuf>,
-    /// Requests in flight across all hosts.
+    /// Requests in flight across all hosts (1 to 4096).
     #[arg(long)]
-    concurrency: Option<usize>,
-    /// Requests in flight to one host.
+    concurrency: Option<Concurrency>,
+    /// Requests in flight to one host (1 to 4096).
     #[arg(long)]
-    per_host_concurrency: Option<usize>,
-    /// Requests per second to one host (0 = unlimited).
+    per_host_concurrency: Option<Concurrency>,
+    /// Requests per second to one host: 0 = unlimited, else 0.001 to 10000.
     #[arg(long)]
-    per_host_rate: Option<f64>,
-    /// Seconds to connect.
+    per_host_rate: Option<Rate>,
+    /// Seconds to connect (above 0, at most 86400).
     #[arg(long)]
-    connect_timeout: Option<f64>,
-    /// Seconds for a whole request, body included.
+    connect_timeout: Option<Seconds>,
+    /// Seconds for a whole request, body included (above 0, at most 86400).
     #[arg(long)]
-    timeout: Option<f64>,
-    /// Retries after the first attempt (408, 429, 5xx, timeouts, resets).
+    timeout: Option<Seconds>,
+    /// Retries after the first attempt (408, 429, 5xx, timeouts, resets); 0 to 100.
     #[arg(long)]
-    retries: Option<u32>,
+    retries: Option<Retries>,
     /// Largest body in bytes.
     #[arg(long)]
-    max_bytes: Option<u64>,
+    max_bytes: Option<ByteLimit>,
     /// Largest image in pixels (decompression-bomb guard).
     #[arg(long)]
-    max_pixels: Option<u64>,
-    /// Redirects to follow.
+    max_pixels: Option<PixelLimit>,
+    /// Redirects to follow (0 to 100).
     #[arg(long)]
-    max_redirects: Option<usize>,
+    max_redirects: Option<Redirects>,
     /// User agent; its first token is matched against robots.txt and X-Robots-Tag scopes.
     #[arg(long)]
     user_agent: Option<String>,
@@ -85,10 +89,18 @@ pub struct IngestArgs {
     ignore_x_robots_tag: bool,
     /// pHash Hamming distance at or below which two images are the same photograph.
     #[arg(long)]
-    phash_threshold: Option<u32>,
-    /// Threads for decoding and hashing (0 = one per core).
+    phash_threshold: Option<Hamming>,
+    /// Threads for decoding and hashing (0 = one per core, at most 1024).
     #[arg(long)]
-    decode_threads: Option<usize>,
+    decode_threads: Option<Threads>,
+    /// Read rows of URL lists that are local paths, under the list's own folder only. Off by
+    /// default: a list from a third party could otherwise pull any readable image on this
+    /// machine into the dataset. Folders given with --source are not affected.
+    #[arg(long)]
+    allow_local_paths: bool,
+    /// With local paths: also read absolute paths and paths leaving the list's folder.
+    #[arg(long)]
+    allow_absolute_paths: bool,
 }
 
 /// The arguments resolved against the recipe: what to run, where, with which settings.
@@ -113,7 +125,7 @@ fn resolve(args: IngestArgs) -> anyhow::Result<Resolved> {
         .sources
         .extend(args.sources.into_iter().map(SourceSpec::from_cli));
     let name = match (args.name, &recipe) {
-        (Some(n), _) => n,
+        (Some(n), _) => n.into_string(),
         (None, Some(r)) => r.name.clone(),
         (None, None) => bail!("give --recipe, or --name for a run without one"),
     };
@@ -144,6 +156,12 @@ fn resolve(args: IngestArgs) -> anyhow::Result<Resolved> {
     if args.ignore_x_robots_tag {
         f.x_robots_tag = false;
     }
+    if args.allow_local_paths {
+        settings.allow_local_paths = true;
+    }
+    if args.allow_absolute_paths {
+        settings.allow_absolute_paths = true;
+    }
     set!(settings.max_pixels, args.max_pixels);
     set!(settings.phash_threshold, args.phash_threshold);
     set!(settings.decode_threads, args.decode_threads);
@@ -162,7 +180,7 @@ fn resolve(args: IngestArgs) -> anyhow::Result<Resolved> {
 
 pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let r = resolve(args)?;
-    let run = RunDir::new(&r.runs_dir, &r.name);
+    let run = RunDir::named(&r.runs_dir, &r.name)?;
     let stage = IngestStage::new(r.settings, run.root())
         .with_context(|| format!("preparing the ingest stage of run `{}`", r.name))?;
     let f = &stage.settings().fetch;

@@ -101,17 +101,22 @@ fn face_api_models(given: Option<std::path::PathBuf>) -> anyhow::Result<std::pat
 
 /// Which shards this process runs: `--shard i/N`, else the cluster scheduler's variables, else
 /// all `shards` of the stage. A single shard fixes the stage's shard count to its `N`.
-fn shard_selection(spec: Option<&str>, shards: &mut usize) -> anyhow::Result<ShardSelection> {
+fn shard_selection(
+    spec: Option<&str>,
+    shards: &mut idforge_core::limits::Shards,
+) -> anyhow::Result<ShardSelection> {
+    use anyhow::Context;
     let shard = match spec {
-        Some(s) => Some(Shard::parse(s)?),
+        Some(s) => Some(Shard::parse(s).context("--shard")?),
         None => Shard::from_env()?,
     };
     Ok(match shard {
         Some(s) => {
-            *shards = s.count;
+            *shards = idforge_core::limits::Shards::new(s.count as u64)
+                .context("the shard count of --shard (or the scheduler's variables)")?;
             ShardSelection::One(s)
         }
-        None => ShardSelection::All(*shards),
+        None => ShardSelection::All(shards.usize()),
     })
 }
 

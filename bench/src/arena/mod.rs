@@ -110,11 +110,20 @@ pub struct ArenaConfig {
     pub task_ttl: Duration,
     /// How long a rater id stays valid after it was issued.
     pub rater_ttl: Duration,
+    /// Rater ids one IP address may obtain per hour (`POST /api/raters`), as a token bucket
+    /// of this size refilled over the hour; 0 turns the limit off. Without it a script could
+    /// mint raters without bound, each a fresh identity for the per-rater rules. Behind a
+    /// proxy every rater shares the proxy's address: raise it or turn it off there.
+    pub raters_per_ip_per_hour: u32,
+    /// Accept a database made for the bench folder at another path (the folder was moved or
+    /// copied): its recorded path is updated to this one. Without it such a database is
+    /// refused, so that votes on two benchmarks never mix.
+    pub rebind: bool,
 }
 
 impl ArenaConfig {
     /// The defaults for `bench` and `db`: both questions, 2 practice tasks each, blocks of 10,
-    /// pairs valid for an hour, raters for 30 days.
+    /// pairs valid for an hour, raters for 30 days, 100 new raters per IP address per hour.
     pub fn new(bench: impl Into<PathBuf>, db: impl Into<PathBuf>) -> Self {
         ArenaConfig {
             bench: bench.into(),
@@ -125,6 +134,8 @@ impl ArenaConfig {
             block: 10,
             task_ttl: Duration::from_secs(3600),
             rater_ttl: Duration::from_secs(30 * 24 * 3600),
+            raters_per_ip_per_hour: 100,
+            rebind: false,
         }
     }
 }

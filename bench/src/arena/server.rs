@@ -19,13 +19,14 @@
 //! | 413 | `body_too_large` | a body over 16 KiB |
 //! | 415 | `unsupported_media_type` | a vote that is not `application/json` |
 //! | 422 | `unknown_question`, `unknown_answer`, `wrong_question`, `bad_answer_ms` | values out of range |
+//! | 429 | `too_many_raters` | this IP address asked for more rater ids than `raters_per_ip_per_hour` (with `Retry-After`) |
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -78,6 +79,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// For people.
     pub message: String,
+    /// Seconds to wait before asking again (`Retry-After`), for 429.
+    pub retry_after: Option<u64>,
 }
 
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
@@ -85,6 +88,7 @@ fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) ->
         status,
         code,
         message: message.into(),
+        retry_after: None,
     }
 }
 
@@ -116,7 +120,20 @@ pub struct Arena {
     /// Image path relative to the bench folder → opaque id.
     image_ids: HashMap<String, String>,
     inner: Mutex<Inner>,
+    /// New-rater allowance per client address (token buckets).
+    rater_buckets: Mutex<HashMap<IpAddr, Bucket>>,
 }
+
+/// A token bucket: `tokens` left as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Buckets kept before idle (full) ones are dropped, so that many addresses cannot grow the
+/// map without bound either.
+const MAX_BUCKETS: usize = 10_000;
 
 impl std::fmt::Debug for Arena {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,7 +157,7 @@ impl Arena {
         }
         let bench = BenchDir::new(&config.bench);
         let items = ArenaItems::load(&bench, config.include_copy_reference)?;
-        let store = Store::open(&config.db, &config.bench)?;
+        let store = Store::open_rebinding(&config.db, &config.bench, config.rebind)?;
         let signer = Signer::new(store.secret());
         let mut scheduler = Scheduler::new(&items);
         let tasks = store.tasks()?;
@@ -175,7 +192,51 @@ impl Arena {
                 answered,
                 rng: StdRng::from_os_rng(),
             }),
+            rater_buckets: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Takes one new-rater token for `ip`, or refuses with 429 and the seconds until the next
+    /// token (`raters_per_ip_per_hour` per hour, as a bucket of that size; 0 = no limit).
+    pub fn admit_new_rater(&self, ip: IpAddr, now: Instant) -> Result<(), ApiError> {
+        let per_hour = self.config.raters_per_ip_per_hour;
+        if per_hour == 0 {
+            return Ok(());
+        }
+        let capacity = f64::from(per_hour);
+        let per_second = capacity / 3600.0;
+        let mut buckets = self.rater_buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let refill = |b: &Bucket| {
+            (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_second)
+                .min(capacity)
+        };
+        if buckets.len() >= MAX_BUCKETS {
+            buckets.retain(|_, b| refill(b) < capacity);
+        }
+        let bucket = buckets.entry(ip).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
+        });
+        let tokens = refill(bucket);
+        if tokens < 1.0 {
+            let wait = ((1.0 - tokens) / per_second).ceil() as u64;
+            return Err(ApiError {
+                retry_after: Some(wait),
+                ..refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_raters",
+                    format!(
+                        "this address has asked for {per_hour} rater ids within the hour; try \
+                         again in {wait} s (or keep the rater id you have)"
+                    ),
+                )
+            });
+        }
+        *bucket = Bucket {
+            tokens: tokens - 1.0,
+            at: now,
+        };
+        Ok(())
     }
 
     /// The items being compared.
@@ -545,6 +606,7 @@ fn json(status: StatusCode, v: &impl Serialize) -> Response<Body> {
 }
 
 fn error(e: ApiError) -> Response<Body> {
+    let retry_after = e.retry_after;
     let mut r = json(
         e.status,
         &ErrorBody {
@@ -554,6 +616,10 @@ fn error(e: ApiError) -> Response<Body> {
             },
         },
     );
+    if let Some(secs) = retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if e.status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -621,7 +687,11 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
 }
 
-async fn route(arena: Arc<Arena>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(
+    arena: Arc<Arena>,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let not_allowed = |allowed: &'static str| {
@@ -658,6 +728,7 @@ async fn route(arena: Arc<Arena>, req: Request<Incoming>) -> Result<Response<Bod
         }
         "/api/raters" => match method {
             Method::POST => {
+                arena.admit_new_rater(peer, Instant::now())?;
                 let r = blocking(&arena, |a| a.new_rater()).await?;
                 Ok(json(StatusCode::CREATED, &r))
             }
@@ -732,8 +803,12 @@ async fn route(arena: Arc<Arena>, req: Request<Incoming>) -> Result<Response<Bod
     }
 }
 
-async fn handle(arena: Arc<Arena>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let r = route(arena, req).await.unwrap_or_else(error);
+async fn handle(
+    arena: Arc<Arena>,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let r = route(arena, peer, req).await.unwrap_or_else(error);
     Ok(with_common_headers(r))
 }
 
@@ -749,8 +824,8 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
+                let (stream, peer) = match accepted {
+                    Ok((s, peer)) => (s, peer.ip()),
                     Err(_) => {
                         // Out of file descriptors or a reset during accept: back off briefly.
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -764,7 +839,7 @@ pub async fn serve(
                     .header_read_timeout(Duration::from_secs(30))
                     .serve_connection(
                         TokioIo::new(stream),
-                        service_fn(move |req| handle(Arc::clone(&arena), req)),
+                        service_fn(move |req| handle(Arc::clone(&arena), peer, req)),
                     );
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -807,8 +882,9 @@ impl ArenaServer {
             addr: addr.to_string(),
             message: m,
         };
+        let resolved = resolve_addr(addr)?;
         let arena = Arc::new(Arena::open(config)?);
-        let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        let listener = std::net::TcpListener::bind(&resolved[..]).map_err(|e| {
             serve_err(format!(
                 "{e}: is another server using the port? pick another with --addr"
             ))
@@ -906,6 +982,7 @@ pub fn serve_until_signal(
         addr: addr.to_string(),
         message: m,
     };
+    let resolved = resolve_addr(addr)?;
     let arena = Arc::new(Arena::open(config)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -913,7 +990,7 @@ pub fn serve_until_signal(
         .build()
         .map_err(|e| serve_err(format!("starting the runtime: {e}")))?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
+        let listener = TcpListener::bind(&resolved[..]).await.map_err(|e| {
             serve_err(format!(
                 "{e}: is another server using the port? pick another with --addr"
             ))
@@ -924,6 +1001,26 @@ pub fn serve_until_signal(
         ready(&arena, local);
         serve(arena, listener, shutdown_signal()).await
     })
+}
+
+/// `addr` as socket addresses, or an error saying it is not an address at all (rather than
+/// the bind error's hint that the port is in use).
+pub fn resolve_addr(addr: &str) -> Result<Vec<SocketAddr>, ArenaError> {
+    let bad = |why: String| ArenaError::Serve {
+        addr: addr.to_string(),
+        message: format!(
+            "not an address to listen on ({why}): give HOST:PORT, e.g. 127.0.0.1:8080, or \
+             0.0.0.0:8080 to let other machines in"
+        ),
+    };
+    let found: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .collect();
+    if found.is_empty() {
+        return Err(bad("it resolves to no address".into()));
+    }
+    Ok(found)
 }
 
 async fn shutdown_signal() {

@@ -182,6 +182,12 @@ impl Store {
     /// Opens (or creates) the database at `path` for the arena of `bench`. A database made for
     /// another bench folder is refused, so votes on two benchmarks never mix.
     pub fn open(path: &Path, bench: &Path) -> Result<Self, ArenaError> {
+        Self::open_rebinding(path, bench, false)
+    }
+
+    /// As [`Store::open`]; with `rebind`, a database made for the bench folder at another path
+    /// (the folder was moved) is taken over: its recorded path becomes `bench`.
+    pub fn open_rebinding(path: &Path, bench: &Path, rebind: bool) -> Result<Self, ArenaError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| ArenaError::Io {
                 path: parent.to_path_buf(),
@@ -213,7 +219,7 @@ impl Store {
             path: path.to_path_buf(),
             secret: [0; SECRET_LEN],
         };
-        store.init_meta(bench)?;
+        store.init_meta(bench, rebind)?;
         Ok(store)
     }
 
@@ -266,7 +272,7 @@ impl Store {
         }
     }
 
-    fn init_meta(&mut self, bench: &Path) -> Result<(), ArenaError> {
+    fn init_meta(&mut self, bench: &Path, rebind: bool) -> Result<(), ArenaError> {
         let bench_abs = std::path::absolute(bench)
             .unwrap_or_else(|_| bench.to_path_buf())
             .to_string_lossy()
@@ -308,12 +314,19 @@ impl Store {
             }
             Some(_) => {
                 let stored = get("bench").map_err(err)?.unwrap_or_default();
-                if stored != bench_abs {
+                if stored != bench_abs && rebind {
+                    tx.execute(
+                        "UPDATE meta SET value = ?1 WHERE key = 'bench'",
+                        params![bench_abs],
+                    )
+                    .map_err(err)?;
+                } else if stored != bench_abs {
                     return Err(ArenaError::db(
                         &self.path,
                         format!(
                             "it holds the votes of the bench folder {stored}, not {bench_abs}: \
-                             give each benchmark its own --db"
+                             give each benchmark its own --db, or pass --rebind if the bench \
+                             folder was moved there"
                         ),
                     ));
                 }

@@ -64,6 +64,9 @@ pub enum ImageStatus {
     TooManyRedirects,
     /// The URL (or path) could not be used at all.
     InvalidUrl,
+    /// The row's identity cannot be used as a name (a path separator, `..`, a control
+    /// character, …): the row is kept with this status rather than stopping the run.
+    InvalidIdentity,
     /// A local file could not be read.
     ReadError,
     /// The bytes are not an image in a supported format.
@@ -80,7 +83,7 @@ pub enum ImageStatus {
 
 impl ImageStatus {
     /// Every status, in declaration order.
-    pub const ALL: [ImageStatus; 14] = [
+    pub const ALL: [ImageStatus; 15] = [
         Self::Ok,
         Self::HttpError,
         Self::Timeout,
@@ -89,6 +92,7 @@ impl ImageStatus {
         Self::TooLarge,
         Self::TooManyRedirects,
         Self::InvalidUrl,
+        Self::InvalidIdentity,
         Self::ReadError,
         Self::NotImage,
         Self::DecodeError,
@@ -108,6 +112,7 @@ impl ImageStatus {
             Self::TooLarge => "too_large",
             Self::TooManyRedirects => "too_many_redirects",
             Self::InvalidUrl => "invalid_url",
+            Self::InvalidIdentity => "invalid_identity",
             Self::ReadError => "read_error",
             Self::NotImage => "not_image",
             Self::DecodeError => "decode_error",
