@@ -154,8 +154,12 @@ fn generate_refuses_bad_input_with_a_message() {
         "-o",
         png.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    assert!(text(&out).contains("sampling steps"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--steps") && text(&out).contains("1 to 1000"),
+        "{}",
+        text(&out)
+    );
 
     std::fs::write(&png, b"keep me").unwrap();
     let out = generate(&[
