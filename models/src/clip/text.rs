@@ -264,16 +264,20 @@ mod tests {
         assert_eq!(pool_position(&[1, 2, 3], TextPooling::FirstEos(9)), 0);
     }
 
-    #[test]
-    fn output_shapes() {
-        let config = ClipTextConfig::new()
+    fn tiny_config() -> ClipTextConfig {
+        ClipTextConfig::new()
             .with_vocab_size(50)
             .with_context_length(7)
             .with_width(16)
             .with_heads(2)
             .with_layers(2)
             .with_mlp_width(32)
-            .with_projection_dim(Some(8));
+            .with_projection_dim(Some(8))
+    }
+
+    #[test]
+    fn output_shapes() {
+        let config = tiny_config();
         let device = Default::default();
         let tower = config.init::<Flex>(&device);
         let out = tower.forward(Tensor::from_data(
@@ -288,14 +292,7 @@ mod tests {
 
     #[test]
     fn embeddings_input_equals_ids_input() {
-        let config = ClipTextConfig::new()
-            .with_vocab_size(50)
-            .with_context_length(7)
-            .with_width(16)
-            .with_heads(2)
-            .with_layers(2)
-            .with_mlp_width(32)
-            .with_projection_dim(Some(8));
+        let config = tiny_config();
         let device = Default::default();
         let tower = config.init::<Flex>(&device);
         let ids = Tensor::<Flex, 2, Int>::from_data(
