@@ -376,6 +376,16 @@ fn bad_input_is_a_clear_error_everywhere() {
     ] {
         s.refuse(&generate(arg), flag);
     }
+    // The adapter's numbers (checked before any file is read).
+    for (arg, flag) in [
+        ("--adapter-scale=nan", "--adapter-scale"),
+        ("--adapter-scale=-1", "--adapter-scale"),
+        ("--id-start-step=100000", "--id-start-step"),
+    ] {
+        let mut args = generate("--adapter=a.bin").to_vec();
+        args.push(arg);
+        s.refuse(&args, flag);
+    }
     for (arg, flag) in [
         ("--min-score=nan", "--min-score"),
         ("--max-faces=0", "--max-faces"),
