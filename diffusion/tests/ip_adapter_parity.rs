@@ -239,3 +239,61 @@ fn sdxl_plain_and_faceid_match_diffusers() {
     let (diff, effect) = run_sdxl("faceid", faceid);
     assert!(diff < 1e-4 && effect > 1e-2, "{diff} {effect}");
 }
+
+#[test]
+fn references_pool_by_mean_or_max_before_projection() {
+    use idforge_diffusion::adapters::ip_adapter::ReferencePooling;
+    let p = Parity::open();
+    let device = Default::default();
+    let unet = UNet::<B>::load(&fixtures().join("tiny-sd/unet"), &device).unwrap();
+    let adapter = IpAdapter::load(
+        &fixtures().join("ip-adapter/faceid.safetensors"),
+        &unet,
+        &device,
+    )
+    .unwrap();
+    // Two references per row, two rows.
+    let ids = p.per_image::<3, 2>("faceid.id_embeds");
+    let input = ProjectionInput {
+        id_embeds: Some(ids.clone()),
+        ..none()
+    };
+    let concat = adapter.tokens(&input, 2).unwrap();
+    assert_eq!(concat.dims(), [2, 8, 8]);
+    let mean = adapter
+        .pooled_tokens(&input, 2, ReferencePooling::Mean)
+        .unwrap();
+    assert_eq!(mean.dims(), [2, 4, 8]);
+    // The mean pooling is the projection of the averaged embedding.
+    let averaged = ids.clone().reshape([2, 2, 16]).mean_dim(1).reshape([2, 16]);
+    let want = adapter
+        .tokens(
+            &ProjectionInput {
+                id_embeds: Some(averaged),
+                ..none()
+            },
+            2,
+        )
+        .unwrap();
+    assert!((mean - want).abs().max().into_scalar() < 1e-6);
+    let max = adapter
+        .pooled_tokens(&input, 2, ReferencePooling::Max)
+        .unwrap();
+    let maxed = ids.reshape([2, 2, 16]).max_dim(1).reshape([2, 16]);
+    let want = adapter
+        .tokens(
+            &ProjectionInput {
+                id_embeds: Some(maxed),
+                ..none()
+            },
+            2,
+        )
+        .unwrap();
+    assert!((max - want).abs().max().into_scalar() < 1e-6);
+    // Three inputs do not split into two rows.
+    let three = ProjectionInput {
+        id_embeds: Some(Tensor::zeros([3, 16], &device)),
+        ..none()
+    };
+    assert!(adapter.tokens(&three, 2).is_err());
+}

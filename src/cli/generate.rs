@@ -10,7 +10,9 @@ use burn::tensor::Tensor;
 use clap::{Args, ValueEnum};
 use idforge_core::limits::{Count, Factor};
 use idforge_core::progress::Progress;
-use idforge_diffusion::adapters::ip_adapter::{IpAdapter, IpScale, ProjectionInput};
+use idforge_diffusion::adapters::ip_adapter::{
+    IpAdapter, IpScale, ProjectionInput, ReferencePooling,
+};
 use idforge_diffusion::pipeline::to_rgb8;
 use idforge_diffusion::{
     Family, NoHook, Pipeline, SampleSettings, SamplerKind, StepInputs, SwitchAt,
@@ -25,6 +27,16 @@ enum SamplerArg {
     Euler,
     /// DDIM with η = 0 (deterministic).
     Ddim,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PoolingArg {
+    /// Every reference's tokens in one sequence (diffusers' multi-image rule).
+    Concat,
+    /// The references' embeddings averaged, then projected once.
+    Mean,
+    /// The element-wise maximum of the references' embeddings, projected once.
+    Max,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +101,9 @@ pub struct GenerateArgs {
     /// `set_ip_adapter_scale`; 1 is the adapter as trained).
     #[arg(long, default_value = "1", requires = "adapter")]
     adapter_scale: Factor,
+    /// How several references (rows of --id-embeds / --image-embeds) are combined.
+    #[arg(long, value_enum, default_value_t = PoolingArg::Concat, requires = "adapter")]
+    ref_pooling: PoolingArg,
     /// FaceID-Plus V2: add the resampled tokens to FaceID's (`shortcut`), as the V2 files need.
     #[arg(long, requires = "adapter")]
     plus_v2: bool,
@@ -184,12 +199,17 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let hook = match &adapter {
         Some(adapter) => {
             let (pos, neg) = adapter_inputs(&a, &device)?;
+            let pooling = match a.ref_pooling {
+                PoolingArg::Concat => ReferencePooling::Concat,
+                PoolingArg::Mean => ReferencePooling::Mean,
+                PoolingArg::Max => ReferencePooling::Max,
+            };
             let tokens = adapter
-                .tokens(&pos, 1)
+                .pooled_tokens(&pos, 1, pooling)
                 .context("projecting the adapter's input")?;
             let tokens = if uncond.is_some() {
                 let negative = adapter
-                    .tokens(&neg, 1)
+                    .pooled_tokens(&neg, 1, pooling)
                     .context("projecting the unconditional input")?;
                 Tensor::cat(vec![negative, tokens], 0)
             } else {

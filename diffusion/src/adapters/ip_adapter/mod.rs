@@ -17,7 +17,7 @@ use burn::tensor::backend::Backend;
 use idforge_models::WeightStore;
 use idforge_models::nn::{Init, Linear, multi_head_attention, split_heads};
 
-pub use projection::{ImageProjection, ProjectionInput, ProjectionSpec};
+pub use projection::{ImageProjection, ProjectionInput, ProjectionSpec, ReferencePooling};
 
 use super::lora::{Lora, LoraLayer};
 use crate::attention::{AttentionHook, AttentionLayer, LinearSite, Projection};
@@ -175,13 +175,35 @@ impl<B: Backend> IpAdapter<B> {
         input: &ProjectionInput<B>,
         batch: usize,
     ) -> Result<Tensor<B, 3>, DiffusionError> {
-        let t = self.projection.forward(input)?;
-        let [n, k, c] = t.dims();
-        if batch == 0 || n % batch != 0 {
+        self.pooled_tokens(input, batch, ReferencePooling::Concat)
+    }
+
+    /// [`IpAdapter::tokens`] with the references of a row pooled before projection (mean or
+    /// max) instead of concatenated after it.
+    pub fn pooled_tokens(
+        &self,
+        input: &ProjectionInput<B>,
+        batch: usize,
+        pooling: ReferencePooling,
+    ) -> Result<Tensor<B, 3>, DiffusionError> {
+        let rows = [
+            &input.image_embeds.as_ref().map(|t| t.dims()[0]),
+            &input.id_embeds.as_ref().map(|t| t.dims()[0]),
+            &input.hidden_states.as_ref().map(|t| t.dims()[0]),
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+        .next()
+        .unwrap_or(0);
+        if batch == 0 || rows % batch != 0 {
             return Err(DiffusionError::Setting(format!(
-                "{n} reference inputs do not split into {batch} rows"
+                "{rows} reference inputs do not split into {batch} rows"
             )));
         }
+        let input = input.pooled(rows / batch, pooling);
+        let t = self.projection.forward(&input)?;
+        let [n, k, c] = t.dims();
         Ok(t.reshape([batch, (n / batch) * k, c]))
     }
 

@@ -209,6 +209,62 @@ pub struct ProjectionInput<B: Backend> {
     pub id_embeds: Option<Tensor<B, 2>>,
 }
 
+/// How several references of one row become the adapter's condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReferencePooling {
+    /// Each reference projected, the tokens concatenated into one sequence (diffusers'
+    /// multi-image rule: one joint softmax over every reference's tokens).
+    #[default]
+    Concat,
+    /// The inputs averaged over the references, then projected once (the MIPT seed's pooling).
+    Mean,
+    /// The element-wise maximum over the references, then projected once.
+    Max,
+}
+
+impl<B: Backend> ProjectionInput<B> {
+    /// Each input pooled over its `references` consecutive rows: `[batch·references, …]` →
+    /// `[batch, …]`.
+    pub fn pooled(&self, references: usize, pooling: ReferencePooling) -> Self {
+        fn pool<B: Backend, const D: usize, const E: usize>(
+            t: &Tensor<B, D>,
+            refs: usize,
+            pooling: ReferencePooling,
+        ) -> Tensor<B, D> {
+            let dims = t.dims();
+            let mut grouped = [0usize; E];
+            grouped[0] = dims[0] / refs;
+            grouped[1] = refs;
+            grouped[2..].copy_from_slice(&dims[1..]);
+            let g: Tensor<B, E> = t.clone().reshape(grouped);
+            let reduced = match pooling {
+                ReferencePooling::Max => g.max_dim(1),
+                _ => g.mean_dim(1),
+            };
+            let mut out = dims;
+            out[0] = dims[0] / refs;
+            reduced.reshape(out)
+        }
+        if pooling == ReferencePooling::Concat || references <= 1 {
+            return self.clone();
+        }
+        Self {
+            image_embeds: self
+                .image_embeds
+                .as_ref()
+                .map(|t| pool::<B, 2, 3>(t, references, pooling)),
+            hidden_states: self
+                .hidden_states
+                .as_ref()
+                .map(|t| pool::<B, 3, 4>(t, references, pooling)),
+            id_embeds: self
+                .id_embeds
+                .as_ref()
+                .map(|t| pool::<B, 2, 3>(t, references, pooling)),
+        }
+    }
+}
+
 /// One of the family's projections.
 // One projection per adapter is built, so the variants' size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
