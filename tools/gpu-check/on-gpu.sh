@@ -134,7 +134,8 @@ for dev in cpu cuda; do
   # The CLI prints its own summary; the JSON line is written here from the wall time.
   cat >"$WORK/curate-$dev.sh" <<EOF
 s=\$(date +%s.%N)
-"$BIN/idforge" curate --recipe "$BUNDLE/demo.toml" --runs-dir "$runs" --device $dev --threads 0 >&2 || exit \$?
+"$BIN/idforge" curate --recipe "$BUNDLE/demo.toml" --runs-dir "$runs" --device $dev --threads 0 \\
+  --weights "$BUNDLE/cache/face-api-1.7.15/model" >&2 || exit \$?
 e=\$(date +%s.%N)
 kept=\$(find "$runs/demo/curate/crops" -type f 2>/dev/null | wc -l)
 secs=\$(awk -v a="\$s" -v b="\$e" 'BEGIN { printf "%.2f", b - a }')
