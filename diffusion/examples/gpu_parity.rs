@@ -168,11 +168,23 @@ impl Run {
         if !ok && self.precision == "f32" {
             self.failed_f32 += 1;
         }
+        // JSON has no NaN or infinity: a broken output (or a shape mismatch) prints null.
+        let num = |x: f32| {
+            if x.is_finite() {
+                format!("{x:e}")
+            } else {
+                "null".into()
+            }
+        };
         println!(
-            "{{\"check\":\"{check}\",\"backend\":\"{}\",\"precision\":\"{}\",\"max_abs\":{max_abs:e},\
-             \"scale\":{scale:e},\"rel\":{rel:e},\"tol\":{tol:e},\"ok\":{ok},\"finite\":{finite},\
-             \"ms\":{ms:.1}}}",
-            self.backend, self.precision
+            "{{\"check\":\"{check}\",\"backend\":\"{}\",\"precision\":\"{}\",\"max_abs\":{},\
+             \"scale\":{scale:e},\"rel\":{},\"tol\":{tol:e},\"ok\":{ok},\"finite\":{finite},\
+             \"same_shape\":{},\"ms\":{ms:.1}}}",
+            self.backend,
+            self.precision,
+            num(max_abs),
+            num(rel),
+            g.len() == want.len(),
         );
     }
 }
