@@ -1,12 +1,16 @@
 //! Time of one UNet forward (the cost of a sampling step and of a training step's forward) at
-//! Stable Diffusion 1.5 size with random weights (the speed does not depend on the values).
+//! Stable Diffusion 1.5 or SDXL size with random weights (the speed does not depend on the
+//! values).
 //!
-//! `cargo bench -p idforge-diffusion --bench unet_forward -- [--latent 32] [--batch 2]
+//! `cargo bench -p idforge-diffusion --bench unet_forward -- [--sdxl] [--latent 32] [--batch 2]
 //! [--rounds 3]` prints one JSON line: ms per forward (best of N timed rounds after a warm-up)
-//! at `batch` × 4 × `latent`² latents, 77 text tokens. Batch 2 is one classifier-free-guided
-//! step. `--features flex-rayon` lets the CPU backend use every core; `--features cuda` runs
-//! on CUDA, `--precision f16` in half precision there.
-//! `tools/diffusers-reference/time_unet.py` times diffusers' UNet on the same shapes.
+//! at `batch` × 4 × `latent`² latents, 77 text tokens (SDXL: 2048 wide, with the pooled
+//! embedding and time ids). Batch 2 is one classifier-free-guided step; SD1.5 at 512 px is
+//! `--latent 64`, SDXL at 1024 px `--sdxl --latent 128`. `--features flex-rayon` lets the CPU
+//! backend use every core; `--features cuda` runs on CUDA, `--precision f16|bf16` in half
+//! precision there (weights and activations in that type, as diffusers' `torch_dtype`).
+//! `tools/diffusers-reference/time_unet.py` times diffusers' UNet on the same shapes;
+//! `tools/gpu-check/` runs both on a GPU.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it is a smoke test: one forward of
 //! the tiny fixture UNet.
@@ -17,7 +21,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use idforge_core::bench::{BenchArgs, cpu_model, loadavg};
-use idforge_diffusion::{UNet, UNetConfig, UNetInput};
+use idforge_diffusion::{AddedConditions, UNet, UNetConfig, UNetInput};
 
 fn run<B: Backend>(args: &BenchArgs, backend: &str) {
     let device = B::Device::default();
@@ -39,7 +43,12 @@ fn run<B: Backend>(args: &BenchArgs, backend: &str) {
         })
     };
     let (latent, batch, rounds) = (get("--latent", 32), get("--batch", 2), get("--rounds", 3));
-    let config = UNetConfig::sd15();
+    let sdxl = std::env::args().any(|a| a == "--sdxl");
+    let (model, config) = if sdxl {
+        ("unet-sdxl", UNetConfig::sdxl())
+    } else {
+        ("unet-sd15", UNetConfig::sd15())
+    };
     let cross = config.levels()[0].cross_attention_dim;
     let t0 = Instant::now();
     let unet = UNet::<B>::random(&config, &device);
@@ -52,7 +61,12 @@ fn run<B: Backend>(args: &BenchArgs, backend: &str) {
         ),
         timesteps: Tensor::from_floats([500.0], &device),
         context: Tensor::random([batch, 77, cross], Distribution::Normal(0.0, 1.0), &device),
-        added: None,
+        // SDXL's `text_time` conditions: the pooled embedding (1280) and the six size ids.
+        added: sdxl.then(|| AddedConditions {
+            text_embeds: Tensor::random([batch, 1280], Distribution::Normal(0.0, 1.0), &device),
+            time_ids: Tensor::from_floats([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]], &device)
+                .repeat_dim(0, batch),
+        }),
     };
     let once = || {
         // Reading one value back waits for the device (CUDA runs asynchronously).
@@ -70,7 +84,7 @@ fn run<B: Backend>(args: &BenchArgs, backend: &str) {
         })
         .fold(f64::INFINITY, f64::min);
     println!(
-        "{{\"model\":\"unet-sd15\",\"backend\":\"{backend}\",\"latent\":{latent},\"batch\":{batch},\
+        "{{\"model\":\"{model}\",\"backend\":\"{backend}\",\"latent\":{latent},\"batch\":{batch},\
          \"rounds\":{rounds},\"ms_per_forward\":{best:.1},\"init_s\":{init_s:.1},\"cpu\":{:?},\"loadavg\":{}}}",
         cpu_model().unwrap_or_default(),
         loadavg().map_or("null".into(), |l| format!("{l:.2}")),
@@ -81,10 +95,12 @@ fn main() {
     let args = BenchArgs::from_env();
     #[cfg(feature = "cuda")]
     {
-        if args.value("--precision").as_deref() == Some("f16") {
-            return run::<burn::backend::Cuda<half::f16>>(&args, "cuda-f16");
+        match args.value("--precision").as_deref() {
+            Some("f16") => run::<burn::backend::Cuda<half::f16>>(&args, "cuda-f16"),
+            Some("bf16") => run::<burn::backend::Cuda<half::bf16>>(&args, "cuda-bf16"),
+            None | Some("f32") => run::<burn::backend::Cuda>(&args, "cuda-f32"),
+            Some(other) => panic!("--precision f32|f16|bf16, not {other}"),
         }
-        run::<burn::backend::Cuda>(&args, "cuda-f32")
     }
     #[cfg(not(feature = "cuda"))]
     run::<burn::backend::Flex>(&args, "flex")

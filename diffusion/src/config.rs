@@ -174,6 +174,23 @@ impl UNetConfig {
         .expect("the SD1.5 preset parses")
     }
 
+    /// Stable Diffusion XL's base UNet (`stabilityai/stable-diffusion-xl-base-1.0`,
+    /// `unet/config.json`), for timing at 1024 px with random weights: no attention in the
+    /// first level, 1 / 2 / 10 transformer layers, 2048-wide text context and the `text_time`
+    /// added conditions (1280-d pooled embedding + six 256-d time ids = 2816).
+    pub fn sdxl() -> Self {
+        Self::from_json(
+            r#"{"block_out_channels": [320, 640, 1280], "cross_attention_dim": 2048,
+            "attention_head_dim": [5, 10, 20], "transformer_layers_per_block": [1, 2, 10],
+            "layers_per_block": 2, "sample_size": 128, "use_linear_projection": true,
+            "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+            "projection_class_embeddings_input_dim": 2816,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}"#,
+        )
+        .expect("the SDXL preset parses")
+    }
+
     /// Refuses the options this port does not implement, naming them.
     pub fn check(&self) -> Result<(), String> {
         let n = self.block_out_channels.len();
@@ -488,4 +505,25 @@ fn silu_str() -> String {
 }
 fn positional() -> String {
     "positional".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdxl_preset_has_sdxl_base_levels() {
+        let c = UNetConfig::sdxl();
+        let levels = c.levels();
+        assert_eq!(levels.len(), 3);
+        assert!(!levels[0].attention && levels[1].attention && levels[2].attention);
+        // diffusers' `attention_head_dim` is the head count: 64-wide heads everywhere.
+        let widths: Vec<usize> = levels.iter().map(|l| l.channels / l.heads).collect();
+        assert_eq!(widths, [64, 64, 64]);
+        let layers: Vec<usize> = levels.iter().map(|l| l.transformer_layers).collect();
+        assert_eq!(layers, [1, 2, 10]);
+        assert_eq!(c.up_transformer_layers(), [10, 2, 1]);
+        assert!(levels.iter().all(|l| l.cross_attention_dim == 2048));
+        assert_eq!(c.projection_class_embeddings_input_dim, Some(2816));
+    }
 }
