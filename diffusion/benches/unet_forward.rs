@@ -21,7 +21,9 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use idforge_core::bench::{BenchArgs, cpu_model, loadavg};
-use idforge_diffusion::{AddedConditions, UNet, UNetConfig, UNetInput};
+use idforge_diffusion::adapters::ip_adapter::{IpAdapter, IpScale, ProjectionSpec};
+use idforge_diffusion::nn::Init;
+use idforge_diffusion::{AddedConditions, AttentionHook, NoHook, UNet, UNetConfig, UNetInput};
 
 fn run<B: Backend>(args: &BenchArgs, backend: &str) {
     let device = B::Device::default();
@@ -68,24 +70,53 @@ fn run<B: Backend>(args: &BenchArgs, backend: &str) {
                 .repeat_dim(0, batch),
         }),
     };
-    let once = || {
-        // Reading one value back waits for the device (CUDA runs asynchronously).
-        let _ = unet
-            .forward(&input)
-            .slice([0..1, 0..1, 0..1, 0..1])
-            .into_data();
+    let time = |hook: &dyn AttentionHook<B>| {
+        let once = || {
+            // Reading one value back waits for the device (CUDA runs asynchronously).
+            let _ = unet
+                .forward_with(&input, hook)
+                .slice([0..1, 0..1, 0..1, 0..1])
+                .into_data();
+        };
+        once();
+        (0..rounds)
+            .map(|_| {
+                let t = Instant::now();
+                once();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
     };
-    once();
-    let best = (0..rounds)
-        .map(|_| {
-            let t = Instant::now();
-            once();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::INFINITY, f64::min);
+    let best = time(&NoHook);
+    // `--adapter faceid`: the cost of IP-Adapter-FaceID per step (4 tokens on every attn2 and
+    // its rank-128 LoRA on every attention projection), random weights, beside the base UNet.
+    let adapter = match args.value("--adapter").as_deref() {
+        None => None,
+        Some("faceid") => {
+            let spec = ProjectionSpec::FaceId {
+                id_dim: 512,
+                mlp: 1024,
+                tokens: 4,
+                cross,
+            };
+            let adapter = IpAdapter::new(&Init::Random, spec, &unet, &device)
+                .and_then(|a| a.with_random_lora(&unet, 128, &device))
+                .expect("a random FaceID adapter fits the UNet");
+            let tokens = Tensor::random([batch, 4, cross], Distribution::Normal(0.0, 1.0), &device);
+            let hook = adapter.hook(tokens, IpScale::uniform(1.0));
+            Some(time(&hook))
+        }
+        Some(other) => panic!("--adapter faceid, not {other}"),
+    };
+    let adapter_json = adapter.map_or(String::new(), |ms| {
+        format!(
+            ",\"adapter\":\"faceid\",\"ms_with_adapter\":{ms:.1},\"adapter_overhead\":{:.3}",
+            ms / best - 1.0
+        )
+    });
     println!(
         "{{\"model\":\"{model}\",\"backend\":\"{backend}\",\"latent\":{latent},\"batch\":{batch},\
-         \"rounds\":{rounds},\"ms_per_forward\":{best:.1},\"init_s\":{init_s:.1},\"cpu\":{:?},\"loadavg\":{}}}",
+         \"rounds\":{rounds},\"ms_per_forward\":{best:.1},\"init_s\":{init_s:.1}{adapter_json},\"cpu\":{:?},\"loadavg\":{}}}",
         cpu_model().unwrap_or_default(),
         loadavg().map_or("null".into(), |l| format!("{l:.2}")),
     );

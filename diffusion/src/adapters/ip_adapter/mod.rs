@@ -119,7 +119,7 @@ impl<B: Backend> IpAdapter<B> {
         }
         let lora = match init {
             Init::Load(store) if store.contains("ip_adapter.0.to_q_lora.down.weight") => {
-                Some(faceid_lora(store, &layers_all, device)?)
+                Some(faceid_lora(init, &layers_all, 0, device)?)
             }
             _ => None,
         };
@@ -152,6 +152,24 @@ impl<B: Backend> IpAdapter<B> {
             layer_index,
             lora,
         })
+    }
+
+    /// Adds FaceID's LoRA of `rank` on every attention projection, initialised for training
+    /// (down N(0, 1/rank²), up zero: the base model's output until trained); FaceID trains
+    /// rank 128.
+    pub fn with_random_lora(
+        mut self,
+        unet: &UNet<B>,
+        rank: usize,
+        device: &B::Device,
+    ) -> Result<Self, DiffusionError> {
+        self.lora = Some(faceid_lora(
+            &Init::Random,
+            &unet.attention_layers(),
+            rank,
+            device,
+        )?);
+        Ok(self)
     }
 
     /// The kind, as idforge prints it (`ip-adapter-faceid`, …).
@@ -220,8 +238,9 @@ impl<B: Backend> IpAdapter<B> {
 
 /// FaceID's LoRA: `ip_adapter.{i}.to_{q,k,v,out}_lora.{down,up}.weight` for every processor.
 fn faceid_lora<B: Backend>(
-    store: &WeightStore,
+    init: &Init<'_>,
     layers: &[AttentionLayer],
+    random_rank: usize,
     device: &B::Device,
 ) -> Result<Lora<B>, DiffusionError> {
     let mut out = Vec::new();
@@ -233,14 +252,17 @@ fn faceid_lora<B: Backend>(
             (Projection::Out, "out"),
         ] {
             let prefix = format!("ip_adapter.{}.to_{short}_lora", l.index);
-            let down = store
-                .shape(&format!("{prefix}.down.weight"))
-                .map(<[usize]>::to_vec)
-                .ok_or_else(|| idforge_models::ModelError::MissingTensor {
-                    path: store.origin().to_path_buf(),
-                    name: format!("{prefix}.down.weight"),
-                    available: store.len(),
-                })?;
+            let rank = match init {
+                Init::Load(store) => store
+                    .shape(&format!("{prefix}.down.weight"))
+                    .and_then(|s| s.first().copied())
+                    .ok_or_else(|| idforge_models::ModelError::MissingTensor {
+                        path: store.origin().to_path_buf(),
+                        name: format!("{prefix}.down.weight"),
+                        available: store.len(),
+                    })?,
+                Init::Random => random_rank,
+            };
             let hidden = l.heads * l.head_dim;
             let inp = match which {
                 Projection::Key | Projection::Value => l.cross_attention_dim.unwrap_or(l.query_dim),
@@ -251,8 +273,7 @@ fn faceid_lora<B: Backend>(
                 Projection::Out => l.query_dim,
                 _ => hidden,
             };
-            let rank = down.first().copied().unwrap_or(0);
-            let layer = LoraLayer::new(&Init::Load(store), &prefix, inp, outw, rank, device)?;
+            let layer = LoraLayer::new(init, &prefix, inp, outw, rank, device)?;
             out.push((format!("{}.{}", l.name, which.module()), layer));
         }
     }
