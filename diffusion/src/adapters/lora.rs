@@ -32,20 +32,23 @@ impl<B: Backend> LoraLayer<B> {
         device: &B::Device,
     ) -> Result<Self, DiffusionError> {
         let child = |n| idforge_models::nn::child(prefix, n);
-        let mut down = Linear::new(init, &child("down"), inp, rank, false, device)?;
-        let mut up = Linear::new(init, &child("up"), rank, out, false, device)?;
-        if matches!(init, Init::Random) {
-            let std = 1.0 / rank as f64;
-            down = Linear::from_tensors(
-                Tensor::random(
-                    [inp, rank],
-                    burn::tensor::Distribution::Normal(0.0, std),
-                    device,
+        let (down, up) = match init {
+            Init::Load(_) => (
+                Linear::new(init, &child("down"), inp, rank, false, device)?,
+                Linear::new(init, &child("up"), rank, out, false, device)?,
+            ),
+            Init::Random => (
+                Linear::from_tensors(
+                    Tensor::random(
+                        [inp, rank],
+                        burn::tensor::Distribution::Normal(0.0, 1.0 / rank as f64),
+                        device,
+                    ),
+                    None,
                 ),
-                None,
-            );
-            up = Linear::from_tensors(Tensor::zeros([rank, out], device), None);
-        }
+                Linear::from_tensors(Tensor::zeros([rank, out], device), None),
+            ),
+        };
         Ok(Self { down, up })
     }
 

@@ -44,6 +44,9 @@ pub struct IpAdapter<B: Backend> {
     /// The `attn_processors` index of each entry of `layers`.
     #[module(skip)]
     layer_index: Vec<usize>,
+    /// The kind and shape the projection was built for.
+    #[module(skip)]
+    spec: ProjectionSpec,
     /// FaceID's LoRA on every attention projection.
     pub lora: Option<Lora<B>>,
 }
@@ -150,6 +153,7 @@ impl<B: Backend> IpAdapter<B> {
             projection,
             layers,
             layer_index,
+            spec,
             lora,
         })
     }
@@ -174,7 +178,7 @@ impl<B: Backend> IpAdapter<B> {
 
     /// The kind, as idforge prints it (`ip-adapter-faceid`, …).
     pub fn kind(&self) -> &'static str {
-        self.projection.kind()
+        self.spec.kind()
     }
 
     /// Sets FaceID-Plus V2's shortcut (`tokens + scale · resampled`); no effect on other kinds.
@@ -220,7 +224,9 @@ impl<B: Backend> IpAdapter<B> {
             )));
         }
         let input = input.pooled(rows / batch, pooling);
-        let t = self.projection.forward(&input)?;
+        let t = self.projection.forward(&input).map_err(|e| {
+            DiffusionError::Setting(format!("this IP-Adapter ({}) {e}", self.kind()))
+        })?;
         let [n, k, c] = t.dims();
         Ok(t.reshape([batch, (n / batch) * k, c]))
     }

@@ -580,9 +580,7 @@ impl<B: Backend> ImageProjection<B> {
 
     /// The tokens for a batch of references, `[n, tokens, cross]`.
     pub fn forward(&self, input: &ProjectionInput<B>) -> Result<Tensor<B, 3>, DiffusionError> {
-        let need = |what: &str| {
-            DiffusionError::Setting(format!("this IP-Adapter ({}) needs {what}", self.kind()))
-        };
+        let need = |what: &str| DiffusionError::Setting(format!("needs {what}"));
         Ok(match self {
             ImageProjection::Plain(p) => {
                 let e = input
@@ -634,16 +632,5 @@ impl<B: Backend> ImageProjection<B> {
                 }
             }
         })
-    }
-
-    /// The kind's name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ImageProjection::Plain(_) => "ip-adapter",
-            ImageProjection::FullFace(_) => "ip-adapter-full-face",
-            ImageProjection::FaceId(_) => "ip-adapter-faceid",
-            ImageProjection::Plus(_) => "ip-adapter-plus",
-            ImageProjection::FaceIdPlus(_) => "ip-adapter-faceid-plus",
-        }
     }
 }
