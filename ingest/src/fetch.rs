@@ -2,6 +2,10 @@
 //! concurrency limit (the caller's), a per-host limit and rate, retries with exponential
 //! backoff and full jitter that honour `Retry-After`, connect and total timeouts, a body limit
 //! enforced while streaming, a redirect limit, and the opt-outs of [`crate::opt_out`].
+//!
+//! Redirects are followed here, hop by hop, rather than by the HTTP client: a hop to another
+//! origin is checked against that origin's robots.txt before it is requested, and the final
+//! response's `X-Robots-Tag` before its body is kept.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rand::Rng;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_LENGTH, RETRY_AFTER};
+use reqwest::header::{CONTENT_LENGTH, LOCATION, RETRY_AFTER};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 
@@ -23,6 +27,9 @@ use crate::settings::FetchSettings;
 
 /// Largest robots.txt read (RFC 9309 asks parsers to read at least 500 KiB).
 const ROBOTS_MAX_BYTES: u64 = 512 * 1024;
+
+/// Redirects followed for robots.txt (RFC 9309 §2.3.1.2: at least five).
+const ROBOTS_MAX_REDIRECTS: usize = 5;
 
 /// The result of fetching one URL.
 #[derive(Debug)]
@@ -75,7 +82,10 @@ pub struct FetchCounters {
 
 /// A shared HTTP fetcher; clone the `Arc` into tasks.
 pub struct Fetcher {
+    /// Follows no redirect: [`Fetcher::attempt`] does, checking each new origin's robots.txt.
     client: reqwest::Client,
+    /// For robots.txt itself, which RFC 9309 §2.3.1.2 says to follow through redirects.
+    robots_client: reqwest::Client,
     settings: FetchSettings,
     agent_token: String,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
@@ -97,20 +107,23 @@ impl Fetcher {
     /// ([`idforge_core::limits`]), so every timeout is a valid duration and every limit at
     /// least 1 here.
     pub fn new(settings: FetchSettings) -> Result<Self, IngestError> {
-        let client = reqwest::Client::builder()
-            .user_agent(&settings.user_agent)
-            .connect_timeout(settings.connect_timeout_s.duration())
-            .timeout(settings.timeout_s.duration())
-            .redirect(reqwest::redirect::Policy::limited(
-                settings.max_redirects.usize(),
-            ))
-            .pool_max_idle_per_host(settings.per_host_concurrency.usize())
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| IngestError::Client(e.to_string()))?;
+        let build = |redirect| {
+            reqwest::Client::builder()
+                .user_agent(&settings.user_agent)
+                .connect_timeout(settings.connect_timeout_s.duration())
+                .timeout(settings.timeout_s.duration())
+                .redirect(redirect)
+                .pool_max_idle_per_host(settings.per_host_concurrency.usize())
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| IngestError::Client(e.to_string()))
+        };
+        let client = build(reqwest::redirect::Policy::none())?;
+        let robots_client = build(reqwest::redirect::Policy::limited(ROBOTS_MAX_REDIRECTS))?;
         let agent_token = settings.agent_token();
         Ok(Fetcher {
             client,
+            robots_client,
             settings,
             agent_token,
             hosts: Mutex::new(HashMap::new()),
@@ -171,11 +184,8 @@ impl Fetcher {
         };
         let origin = parsed.origin().ascii_serialization();
         let host = self.host(&origin);
-        if self.settings.robots_txt {
-            let rules = host.robots.get_or_init(|| self.fetch_robots(&origin)).await;
-            if let Some((status, why)) = rules.check(url) {
-                return Fetched::failed(status, why, None);
-            }
+        if let Some((status, why)) = self.robots_opt_out(&host, &origin, url).await {
+            return Fetched::failed(status, why, None);
         }
         let mut attempt: u32 = 0;
         loop {
@@ -230,9 +240,88 @@ impl Fetcher {
         }
     }
 
+    /// What `origin`'s robots.txt says of `url`, when robots.txt is honoured: `None` if allowed.
+    async fn robots_opt_out(
+        &self,
+        host: &Host,
+        origin: &str,
+        url: &str,
+    ) -> Option<(ImageStatus, String)> {
+        if !self.settings.robots_txt {
+            return None;
+        }
+        let rules = host.robots.get_or_init(|| self.fetch_robots(origin)).await;
+        rules.check(url)
+    }
+
+    /// One request, following redirects hop by hop up to `max_redirects`: a hop to another
+    /// origin must be allowed by that origin's robots.txt before it is requested.
     async fn attempt(&self, url: &str) -> Result<Fetched, AttemptError> {
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let response = self.client.get(url).send().await.map_err(classify)?;
+        let max_redirects = self.settings.max_redirects.usize();
+        let mut current = url::Url::parse(url).map_err(|e| AttemptError {
+            status: ImageStatus::InvalidUrl,
+            error: format!("invalid URL: {e}"),
+            http_status: None,
+            retryable: false,
+            retry_after: None,
+        })?;
+        let mut hops = 0usize;
+        let response = loop {
+            self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            let response = self
+                .client
+                .get(current.as_str())
+                .send()
+                .await
+                .map_err(classify)?;
+            if !response.status().is_redirection() {
+                break response;
+            }
+            let code = response.status().as_u16();
+            let Some(location) = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+            else {
+                break response;
+            };
+            let next = match current.join(location) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+                _ => {
+                    return Ok(Fetched::failed(
+                        ImageStatus::InvalidUrl,
+                        format!("HTTP {code} redirect to an unusable location `{location}`"),
+                        Some(code),
+                    ));
+                }
+            };
+            hops += 1;
+            if hops > max_redirects {
+                return Err(AttemptError {
+                    status: ImageStatus::TooManyRedirects,
+                    error: format!(
+                        "more than max_redirects = {max_redirects} redirects (last to {next})"
+                    ),
+                    http_status: Some(code),
+                    retryable: false,
+                    retry_after: None,
+                });
+            }
+            let origin = next.origin().ascii_serialization();
+            if origin != current.origin().ascii_serialization() {
+                let host = self.host(&origin);
+                if let Some((status, why)) =
+                    self.robots_opt_out(&host, &origin, next.as_str()).await
+                {
+                    return Ok(Fetched::failed(
+                        status,
+                        format!("redirected to {next}: {why}"),
+                        Some(code),
+                    ));
+                }
+            }
+            current = next;
+        };
         let status = response.status();
         let code = status.as_u16();
         if !status.is_success() {
@@ -315,7 +404,7 @@ impl Fetcher {
             };
             (None, Vec::new(), status, error_chain(&e))
         };
-        let (status, body, failure, why) = match self.client.get(&url).send().await {
+        let (status, body, failure, why) = match self.robots_client.get(&url).send().await {
             Ok(resp) => {
                 let code = resp.status().as_u16();
                 if resp.status() == StatusCode::OK {

@@ -21,6 +21,7 @@
 //! | `/oversized-chunked/<bytes>` | that many bytes, chunked, no length |
 //! | `/loop` | 302 to itself |
 //! | `/redirect/<name>` | 302 to `/img/<name>` |
+//! | `/away/<port>/<path…>` | 302 to `http://127.0.0.1:<port>/<path…>`, another origin (a second server) |
 //! | `/bomb.png` | a valid 1-bit PNG of 32768×32768 pixels in about 850 KB |
 //! | `/noai/<name>` | the image with `X-Robots-Tag: noai` |
 //! | `/scoped-noai/<name>` | the image with `X-Robots-Tag: idforge: noimageai` |
@@ -109,6 +110,11 @@ impl FixtureServer {
     /// `http://127.0.0.1:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The loopback port it listens on (to point one server's redirects at another).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     /// Requests received for `path` (query string excluded).
@@ -367,6 +373,18 @@ async fn respond(
                 sock,
                 "302 Found",
                 &[("Location", format!("/img/{name}"))],
+                b"",
+            )
+            .await?
+        }
+        ["away", port, rest @ ..] => {
+            send(
+                sock,
+                "302 Found",
+                &[(
+                    "Location",
+                    format!("http://127.0.0.1:{port}/{}", rest.join("/")),
+                )],
                 b"",
             )
             .await?

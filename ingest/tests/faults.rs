@@ -103,6 +103,9 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    // Another origin (another port): redirects to it answer to its own robots.txt.
+    let other = FixtureServer::start(vec![("z.jpg".into(), synthetic_jpeg(320, 240, 99))]).unwrap();
+    let away = |p: &str| srv.url(&format!("/away/{}{p}", other.port()));
     let u = |p: &str| srv.url(p);
     let refused = format!("http://127.0.0.1:{closed_port}/a.jpg");
     // A readable image on this machine, named by a third party's list.
@@ -112,6 +115,9 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
     let rows = vec![
         (u("/img/a.jpg"), "ann"),
         (u("/status/404"), "ann"),
+        (away("/img/z.jpg"), "ann"),
+        (away("/private/z.jpg"), "ann"),
+        (away("/noai/z.jpg"), "ann"),
         (u("/status/500"), "ann"),
         (u("/retry/2/1/b.jpg"), "ann"),
         (u("/retry/1/3600/a.jpg"), "ann"),
@@ -237,7 +243,13 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
         Some("body passed max_bytes = 5000000"),
         Some(200),
     );
-    expect(&t, &u("/loop"), TooManyRedirects, Some("redirect"), None);
+    expect(
+        &t,
+        &u("/loop"),
+        TooManyRedirects,
+        Some("more than max_redirects = 3 redirects"),
+        Some(302),
+    );
     assert_eq!(
         srv.hits("/loop"),
         4,
@@ -282,6 +294,38 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
         srv.hits("/robots.txt"),
         1,
         "robots.txt is fetched once per host"
+    );
+    expect(&t, &away("/img/z.jpg"), Ok, None, Some(200));
+    expect(
+        &t,
+        &away("/private/z.jpg"),
+        OptedOut,
+        Some("redirected to http://127.0.0.1"),
+        Some(302),
+    );
+    assert!(
+        find(&t, &away("/private/z.jpg"))
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("robots.txt disallows this path")),
+        "the other origin's robots.txt is the reason"
+    );
+    assert_eq!(
+        other.hits("/private/z.jpg"),
+        0,
+        "a redirect to a path the other origin disallows is never followed"
+    );
+    assert_eq!(
+        other.hits("/robots.txt"),
+        1,
+        "the redirect target's robots.txt is asked, once"
+    );
+    expect(
+        &t,
+        &away("/noai/z.jpg"),
+        OptedOut,
+        Some("X-Robots-Tag `noai`"),
+        Some(200),
     );
     expect(
         &t,
@@ -356,7 +400,10 @@ fn every_fault_ends_in_its_own_status_with_a_reason() {
         .final_stats()
         .unwrap();
     assert_eq!(stats.rows, rows.len() as u64);
-    assert_eq!(stats.counts["ok"], 7);
+    assert_eq!(
+        stats.counts["ok"], 8,
+        "7 from the first origin, z.jpg through a redirect"
+    );
     assert_eq!(stats.counts["conflict"], 2);
     assert_eq!(stats.extra["exact_duplicates"], 1.0);
     assert_eq!(stats.extra["near_duplicates"], 1.0);
