@@ -20,6 +20,7 @@ pub mod resample;
 pub mod run;
 pub mod schema;
 pub mod table;
+pub mod unique;
 
 pub use error::{CoreError, Result};
 pub use name::Name;

@@ -8,11 +8,14 @@
 //!   completions/<shard>         ... then this empty marker; a re-run skips the shard
 //!   <table>.parquet, stats.json the merged output, written once every shard is complete
 //!   completions/final
+//!   merge.lock                  held (created exclusively) by the one task that merges
 //! ```
 //!
 //! A shard is `i/N` of the stage's input rows. On one machine the runner goes through all N
 //! shards; on a cluster every task runs one (`--shard i/N`, or the Slurm array / Kubernetes
-//! indexed-job variables) and the last one to finish merges.
+//! indexed-job variables) and a task that finds every shard complete merges — exactly one,
+//! however the tasks race: the others find the lock taken (or the merge done) and say so.
+//! Temporary files are named by host, process and a random tag, never by process id alone.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -197,6 +200,72 @@ impl StageDir {
         std::fs::write(&marker, b"").at(&marker)
     }
 
+    /// Removes the final marker (the merged table no longer matches its shards).
+    fn invalidate_final(&self) -> Result<()> {
+        let marker = self.completion("final");
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(&marker),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes the stage's merge lock (`merge.lock`, created exclusively), or says who holds it.
+    /// A lock left by a dead process of this host is taken over; one from another host is not
+    /// (its owner cannot be asked), and the message says to remove it if no task is merging.
+    fn lock_merge(&self) -> Result<MergeLock> {
+        let path = self.path.join(MERGE_LOCK);
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write as _;
+                    let holder = format!(
+                        "{} {} {}",
+                        crate::unique::host_name(),
+                        std::process::id(),
+                        Utc::now().to_rfc3339()
+                    );
+                    f.write_all(holder.as_bytes()).at(&path)?;
+                    return Ok(MergeLock::Held(LockFile { path }));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let mut parts = holder.split_whitespace();
+                    let (host, pid) = (
+                        parts.next(),
+                        parts.next().and_then(|p| p.parse::<u32>().ok()),
+                    );
+                    let dead_here = host == Some(crate::unique::host_name())
+                        && pid.is_some_and(|pid| {
+                            Path::new("/proc/self").exists()
+                                && !Path::new(&format!("/proc/{pid}")).exists()
+                        });
+                    if dead_here {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    let holder = if holder.trim().is_empty() {
+                        "a task that has not written its name yet".to_string()
+                    } else {
+                        holder.trim().to_string()
+                    };
+                    return Ok(MergeLock::Busy(format!(
+                        "{holder} (remove {} if no task is merging)",
+                        path.display()
+                    )));
+                }
+                Err(e) => return Err(e).at(&path),
+            }
+        }
+        Ok(MergeLock::Busy(format!(
+            "another task keeps taking {}",
+            path.display()
+        )))
+    }
+
     /// Removes everything the stage wrote except the entries named in `keep` (a cache), so
     /// that the next run starts over — with another shard count if it likes — without paying
     /// again for what the kept entries hold.
@@ -219,6 +288,26 @@ impl StageDir {
             }
         }
         Ok(())
+    }
+
+    /// The shard count fixed by the first run (`plan.json`).
+    fn planned_shards(&self) -> Result<usize> {
+        #[derive(Deserialize)]
+        struct Plan {
+            shards: usize,
+        }
+        let path = self.path.join("plan.json");
+        if !path.is_file() {
+            return Err(CoreError::Shard {
+                spec: "merge".into(),
+                message: format!(
+                    "nothing to merge: no shard of {} has run ({} is missing)",
+                    self.path.display(),
+                    path.display()
+                ),
+            });
+        }
+        Ok(read_json::<Plan>(&path)?.shards)
     }
 
     /// Fixes the shard count on first use; a later run with another count is an error.
@@ -245,6 +334,26 @@ impl StageDir {
         }
         write_json(&path, &Plan { shards: count })
     }
+}
+
+/// The stage's merge lock file: created exclusively, holds `host pid time`, removed after the merge.
+const MERGE_LOCK: &str = "merge.lock";
+
+/// The merge lock, while held; removed when dropped, the merge done or failed.
+struct LockFile {
+    path: PathBuf,
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The outcome of asking for the merge lock.
+enum MergeLock {
+    Held(LockFile),
+    Busy(String),
 }
 
 /// Reads a JSON file into `T`.
@@ -453,6 +562,8 @@ pub struct StageReport {
     pub skipped: Vec<Shard>,
     /// Shards still missing before the stage can be merged.
     pub waiting_for: Vec<Shard>,
+    /// Every shard is done and another task holds the merge lock: who (`host pid time`).
+    pub merging_elsewhere: Option<String>,
     /// The merged stats, when every shard is complete.
     pub merged: Option<StageStats>,
 }
@@ -481,6 +592,7 @@ pub fn run_stage<S: Stage>(
         ran: vec![],
         skipped: vec![],
         waiting_for: vec![],
+        merging_elsewhere: None,
         merged: None,
     };
     for shard in mine {
@@ -488,6 +600,8 @@ pub fn run_stage<S: Stage>(
             report.skipped.push(shard);
             continue;
         }
+        // A shard run again makes the merged table stale.
+        dir.invalidate_final()?;
         let start = Instant::now();
         let mut stats = stage.run_shard(&dir, shard)?;
         stats.stage = stage.name().to_string();
@@ -498,23 +612,67 @@ pub fn run_stage<S: Stage>(
         dir.complete(&label, &stats, &dir.stats_file(&label))?;
         report.ran.push(shard);
     }
+    merge_if_complete(stage, &dir, count, report)
+}
+
+/// Merges a stage whose shards are all complete, as the task that finishes last does: for a
+/// scheduler's merge job that depends on the array (`sbatch --dependency=afterok:<job>`), or
+/// after tasks that stopped before merging. Reports the shards still missing otherwise.
+pub fn merge_stage<S: Stage>(
+    stage: &S,
+    run: &RunDir,
+) -> std::result::Result<StageReport, S::Error> {
+    let dir = run.stage(stage.name());
+    let count = dir.planned_shards()?;
+    let report = StageReport {
+        ran: vec![],
+        skipped: vec![],
+        waiting_for: vec![],
+        merging_elsewhere: None,
+        merged: None,
+    };
+    merge_if_complete(stage, &dir, count, report)
+}
+
+/// The merge, once: every shard complete, then the merge lock, then (unless another task has
+/// merged meanwhile) `finalize` and the final marker.
+fn merge_if_complete<S: Stage>(
+    stage: &S,
+    dir: &StageDir,
+    count: usize,
+    mut report: StageReport,
+) -> std::result::Result<StageReport, S::Error> {
+    let all: Vec<Shard> = (0..count).map(|i| Shard { index: i, count }).collect();
     report.waiting_for = all
         .iter()
         .copied()
         .filter(|s| !dir.is_complete(*s))
         .collect();
     if report.waiting_for.is_empty() {
-        if dir.is_final() && report.ran.is_empty() {
+        if dir.is_final() {
             report.merged = Some(dir.final_stats()?);
-        } else {
-            let mut stats = stage.finalize(&dir, &all)?;
-            stats.stage = stage.name().to_string();
-            stats.shard = "all".into();
-            stats.finished_at = Some(Utc::now());
-            check_outputs(stage, &dir)?;
-            dir.complete("final", &stats, &dir.path.join(STATS_FILE))?;
-            report.merged = Some(stats);
+            return Ok(report);
         }
+        // Tasks finishing together all see every marker: the lock lets one of them merge.
+        let _lock = match dir.lock_merge()? {
+            MergeLock::Held(lock) => lock,
+            MergeLock::Busy(holder) => {
+                report.merging_elsewhere = Some(holder);
+                return Ok(report);
+            }
+        };
+        if dir.is_final() {
+            // Merged by another task between our look and our lock.
+            report.merged = Some(dir.final_stats()?);
+            return Ok(report);
+        }
+        let mut stats = stage.finalize(dir, &all)?;
+        stats.stage = stage.name().to_string();
+        stats.shard = "all".into();
+        stats.finished_at = Some(Utc::now());
+        check_outputs(stage, dir)?;
+        dir.complete("final", &stats, &dir.path.join(STATS_FILE))?;
+        report.merged = Some(stats);
     }
     Ok(report)
 }
@@ -681,6 +839,38 @@ mod tests {
         assert_eq!(r.merged.unwrap().rows, 20);
         let err = run_stage(&stage, &run, ShardSelection::All(3)).unwrap_err();
         assert!(err.to_string().contains("started with 2 shards"), "{err}");
+    }
+
+    #[test]
+    fn a_merge_lock_of_a_dead_local_task_is_taken_over_and_a_remote_one_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path(), "r");
+        let stage = Counting {
+            runs: RefCell::new(vec![]),
+            fail_on: None,
+        };
+        let one = ShardSelection::One(Shard { index: 0, count: 2 });
+        assert!(run_stage(&stage, &run, one).unwrap().merged.is_none());
+        let lock = run.stage("count").path().join(MERGE_LOCK);
+        std::fs::write(&lock, "other-node 12 2026-12-07T00:00:00Z").unwrap();
+        let two = ShardSelection::One(Shard { index: 1, count: 2 });
+        let r = run_stage(&stage, &run, two).unwrap();
+        assert!(r.merged.is_none() && r.waiting_for.is_empty());
+        let holder = r.merging_elsewhere.unwrap();
+        assert!(
+            holder.starts_with("other-node 12") && holder.contains("if no task is merging"),
+            "{holder}"
+        );
+        // A lock left by a process of this host that no longer exists.
+        std::fs::write(
+            &lock,
+            format!("{} 4194303 then", crate::unique::host_name()),
+        )
+        .unwrap();
+        let r = merge_stage(&stage, &run).unwrap();
+        assert_eq!(r.merged.unwrap().rows, 20);
+        assert!(!lock.exists(), "released after the merge");
+        assert_eq!(merge_stage(&stage, &run).unwrap().merged.unwrap().rows, 20);
     }
 
     /// A stage that reads `images` and writes `faces`, writing the table only when told to.

@@ -26,13 +26,14 @@ fn table_err(path: &Path, e: impl std::fmt::Display) -> CoreError {
     }
 }
 
-/// A sibling path for writing before the atomic rename.
+/// A sibling path for writing before the atomic rename, unique across hosts and processes
+/// (array tasks on a shared filesystem repeat process ids).
 pub fn temp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp-{}", crate::unique::unique_tag()))
 }
 
 /// Writes `batch` to `path` as zstd Parquet with the table name and version in its metadata.

@@ -384,7 +384,10 @@ pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary, Dat
 
     let out = &opts.out;
     prepare_out(out)?;
-    let staging = out.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+    let staging = out.join(format!(
+        "{STAGING_PREFIX}{}",
+        idforge_core::unique::unique_tag()
+    ));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).at(&staging)?;
     }
@@ -604,7 +607,10 @@ fn commit(out: &Path, staging: &Path, writing_marker: &[u8]) -> Result<(), Datas
     write_file(&tmp, writing_marker)?;
     std::fs::rename(&tmp, &marker).at(&marker)?;
     let data = out.join(DATA_DIR);
-    let old = out.join(format!("{OLD_PREFIX}{}", std::process::id()));
+    let old = out.join(format!(
+        "{OLD_PREFIX}{}",
+        idforge_core::unique::unique_tag()
+    ));
     let had_data = data.exists();
     if had_data {
         std::fs::rename(&data, &old).at(&data)?;

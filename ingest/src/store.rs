@@ -37,10 +37,9 @@ impl Store {
         let dir = path.parent().expect("objects live in a sub-folder");
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(
-            ".{}.tmp-{}-{:?}",
+            ".{}.tmp-{}",
             &sha[2..],
-            std::process::id(),
-            std::thread::current().id()
+            idforge_core::unique::unique_tag()
         ));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, &path)?;

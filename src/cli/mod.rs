@@ -133,6 +133,10 @@ fn print_shard_report(report: &StageReport) -> bool {
     if !report.skipped.is_empty() {
         eprintln!("already complete, skipped: shard {}", list(&report.skipped));
     }
+    if let Some(holder) = &report.merging_elsewhere {
+        println!("shard done; every shard is complete and another task is merging: {holder}");
+        return false;
+    }
     if report.merged.is_none() {
         println!(
             "shard done; the table is merged when the remaining shards finish: {}",
