@@ -421,9 +421,13 @@ impl Shard {
         Shard::new(i, n).map_err(|_| bad("the index must be below the count, counting from 0"))
     }
 
-    /// The shard a cluster scheduler assigned to this process, if any: Slurm job arrays
-    /// (`SLURM_ARRAY_TASK_ID` and `SLURM_ARRAY_TASK_COUNT`, minus `SLURM_ARRAY_TASK_MIN`) or
+    /// The shard a cluster scheduler assigned to this process, if any: Slurm job arrays or
     /// Kubernetes indexed jobs (`JOB_COMPLETION_INDEX`, with the count in `IDFORGE_SHARDS`).
+    ///
+    /// For Slurm, with `IDFORGE_SHARDS` set the shard is `SLURM_ARRAY_TASK_ID` of that many, so
+    /// a resubmitted part of the array (`sbatch --array=2`) runs shard 2 of the same count;
+    /// without it, the array is taken whole: `SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN` of
+    /// `SLURM_ARRAY_TASK_COUNT`.
     pub fn from_env() -> Result<Option<Self>> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -438,6 +442,10 @@ impl Shard {
                 }),
             }
         };
+        let shards = num("IDFORGE_SHARDS")?;
+        if let (Some(id), Some(count)) = (num("SLURM_ARRAY_TASK_ID")?, shards) {
+            return Shard::new(id, count).map(Some);
+        }
         if let (Some(id), Some(count)) =
             (num("SLURM_ARRAY_TASK_ID")?, num("SLURM_ARRAY_TASK_COUNT")?)
         {
@@ -445,7 +453,7 @@ impl Shard {
             return Shard::new(id.saturating_sub(min), count).map(Some);
         }
         if let Some(index) = num("JOB_COMPLETION_INDEX")? {
-            let count = num("IDFORGE_SHARDS")?.ok_or_else(|| CoreError::Shard {
+            let count = shards.ok_or_else(|| CoreError::Shard {
                 spec: format!("JOB_COMPLETION_INDEX={index}"),
                 message: "set IDFORGE_SHARDS to the job's completions count".into(),
             })?;
@@ -740,6 +748,17 @@ mod tests {
         assert_eq!(
             Shard::from_vars(slurm).unwrap(),
             Some(Shard { index: 3, count: 4 })
+        );
+        // A resubmitted task of a 4-shard array: `sbatch --array=2` with IDFORGE_SHARDS=4.
+        let resubmitted = env(&[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "1"),
+            ("SLURM_ARRAY_TASK_MIN", "2"),
+            ("IDFORGE_SHARDS", "4"),
+        ]);
+        assert_eq!(
+            Shard::from_vars(resubmitted).unwrap(),
+            Some(Shard { index: 2, count: 4 })
         );
         let k8s = env(&[("JOB_COMPLETION_INDEX", "1"), ("IDFORGE_SHARDS", "2")]);
         assert_eq!(
