@@ -9,6 +9,8 @@
 //! - [`schedule`]: linear warm-up (persongen's or diffusers') then constant or cosine.
 //! - [`names`]: the checkpoint key of every trained tensor (groups, optimizer state, export).
 //! - [`step`]: one IP-Adapter(-FaceID) step on a frozen UNet.
+//! - [`init`]: starting from scratch as the reference scripts do (`to_k_ip` / `to_v_ip` copied
+//!   from the UNet's `to_k` / `to_v`).
 //!
 //! `train/tests/step_parity.rs` holds every part to PyTorch on the tiny SD fixture
 //! (`tools/train-reference/`): the loss, every gradient and the weights after two optimizer
@@ -16,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod init;
 pub mod loss;
 pub mod names;
 pub mod optim;
@@ -23,6 +26,7 @@ pub mod schedule;
 pub mod step;
 
 pub use error::TrainError;
+pub use init::ip_layers_from_unet;
 pub use loss::{LossConfig, NoiseDraw};
 pub use names::{NamedTensor, ParamNames};
 pub use optim::{AdamConfig, AdamKind, GradAccumulator, Optimizer, ParamGroup, clip_grad_norm};
