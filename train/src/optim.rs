@@ -8,8 +8,8 @@
 //!   references train LoRA at 1e-4 and the rest at 1e-5);
 //! - their gradient clipping (`GradientClipping::Norm`) scales each tensor by its own norm;
 //!   torch's `clip_grad_norm_` scales all of them by the global L2 norm;
-//! - the bias corrections are computed in float32 (`1 − 0.999f32ᵗ` is 4.7e-5 relative off
-//!   torch's double `1 − 0.999ᵗ`) and `√(v / bc₂)` is taken where torch takes `√v / √bc₂`;
+//! - the bias corrections are computed in float32 (`1 − 0.999f32` is 1.3e-5 relative off
+//!   torch's double `1 − 0.999` at t = 1) and `√(v / bc₂)` is taken where torch takes `√v / √bc₂`;
 //! - their state is keyed by burn's parameter ids, which a reloaded adapter does not keep.
 //!
 //! So this module implements torch 2.5's `_single_tensor_adam(w)` (the CPU path) step for
