@@ -1,7 +1,37 @@
-//! The trainer of idforge's identity adapters. It holds, so far, what training needs on top of
-//! the diffusion crate: the autodiff backend with gradient checkpointing. The data loader,
-//! losses, optimizers, checkpoints and exports land with the trainer issue.
+//! The trainer of idforge's identity adapters: one training step equal to PyTorch's, built
+//! from parts the later trainer (data loader, checkpoints, export, the `idforge train` verb)
+//! drives.
+//!
+//! - [`loss`]: noising with the DDPM schedule, ε / v targets, noise offset, min-SNR-γ weights,
+//!   persongen's masked (face-box) loss.
+//! - [`optim`]: torch-exact Adam / AdamW over parameter groups chosen by checkpoint key,
+//!   `clip_grad_norm_`, gradient accumulation.
+//! - [`schedule`]: linear warm-up (persongen's or diffusers') then constant or cosine.
+//! - [`names`]: the checkpoint key of every trained tensor (groups, optimizer state, export).
+//! - [`step`]: one IP-Adapter(-FaceID) step on a frozen UNet.
+//! - [`init`]: starting from scratch as the reference scripts do (`to_k_ip` / `to_v_ip` copied
+//!   from the UNet's `to_k` / `to_v`).
+//!
+//! `train/tests/step_parity.rs` holds every part to PyTorch on the tiny SD fixture
+//! (`tools/train-reference/`): the loss, every gradient and the weights after two optimizer
+//! steps.
 #![warn(missing_docs)]
+
+pub mod error;
+pub mod init;
+pub mod loss;
+pub mod names;
+pub mod optim;
+pub mod schedule;
+pub mod step;
+
+pub use error::TrainError;
+pub use init::ip_layers_from_unet;
+pub use loss::{LossConfig, NoiseDraw};
+pub use names::{NamedTensor, ParamNames};
+pub use optim::{AdamConfig, AdamKind, GradAccumulator, Optimizer, ParamGroup, clip_grad_norm};
+pub use schedule::{Decay, LrSchedule, Warmup};
+pub use step::{Gradients, IpAdapterTrainer, IpBatch, StepConfig, StepReport};
 
 /// Autodiff that recomputes cheap (memory-bound) operations in the backward pass instead of
 /// keeping their outputs: burn's gradient checkpointing, for training large UNets in less

@@ -176,6 +176,12 @@ impl<B: Backend> IpAdapter<B> {
         Ok(self)
     }
 
+    /// The `attn_processors` index of each entry of [`IpAdapter::layers`]: the `i` of
+    /// `ip_adapter.{i}.to_k_ip.weight`, for the trainer's checkpoint names.
+    pub fn layer_indices(&self) -> &[usize] {
+        &self.layer_index
+    }
+
     /// The kind, as idforge prints it (`ip-adapter-faceid`, …).
     pub fn kind(&self) -> &'static str {
         self.spec.kind()

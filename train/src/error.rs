@@ -1,0 +1,40 @@
+//! What can go wrong in a training step, each message saying what to change.
+
+use idforge_diffusion::DiffusionError;
+
+/// The trainer's errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// The base model or the adapter refused the inputs (shapes, kinds).
+    #[error(transparent)]
+    Diffusion(#[from] DiffusionError),
+    /// A setting that cannot work (zero warm-up with a schedule that needs one, an empty
+    /// batch, …); the message names it.
+    #[error("{0}")]
+    Setting(String),
+    /// A trainable tensor no parameter group claims.
+    #[error(
+        "trainable tensor `{0}` is in no parameter group: add a group whose pattern it contains \
+         (an empty pattern takes every tensor), or freeze it"
+    )]
+    Ungrouped(String),
+    /// A face box that leaves nothing of the latents for the masked loss.
+    #[error(
+        "face box {face_box:?} of sample {sample} covers no latent pixel of the {height}×{width} \
+         latents (the box is in pixels of the {h8}×{w8} image, divided by 8): drop the masked \
+         loss for this sample or fix the box",
+        h8 = height * 8,
+        w8 = width * 8
+    )]
+    EmptyFaceBox {
+        /// Sample in the batch.
+        sample: usize,
+        /// `[x0, y0, x1, y1]` in pixels.
+        face_box: [f32; 4],
+        /// Latent height.
+        height: usize,
+        /// Latent width.
+        width: usize,
+    },
+}

@@ -1,0 +1,240 @@
+//! One training step of the IP-Adapter family (plain, Plus, full-face, FaceID with its LoRA,
+//! FaceID-Plus) on an autodiff backend, as tencent-ailab/IP-Adapter's `tutorial_train*.py`
+//! run it: the UNet frozen, the adapter's projection, `to_k_ip` / `to_v_ip` (and FaceID's LoRA)
+//! trained, the decoupled attention at scale 1.
+//!
+//! A step is [`IpAdapterTrainer::gradients`] (forward and backward over `k` micro-batches, the
+//! mean of their gradients) then [`IpAdapterTrainer::apply`] (clipping, the learning rate of
+//! the step, Adam(W)); [`IpAdapterTrainer::step`] does both.
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use idforge_diffusion::adapters::ip_adapter::{IpAdapter, IpScale, ProjectionInput};
+use idforge_diffusion::{DdpmSchedule, UNet, UNetInput};
+
+use crate::error::TrainError;
+use crate::loss::{LossConfig, NoiseDraw, diffusion_loss, noised};
+use crate::names::ParamNames;
+use crate::optim::{GradAccumulator, Optimizer, clip_grad_norm};
+use crate::schedule::LrSchedule;
+
+/// One (micro-)batch: clean latents, the random draws, text embeddings and the references.
+#[derive(Debug, Clone)]
+pub struct IpBatch<B: Backend> {
+    /// VAE latents × scaling factor, `[batch, 4, h, w]`.
+    pub latents: Tensor<B, 4>,
+    /// Noise, offset noise and timesteps.
+    pub draw: NoiseDraw<B>,
+    /// The text encoder's hidden states, `[batch, tokens, cross]` (empty-prompt states for a
+    /// dropped caption).
+    pub context: Tensor<B, 3>,
+    /// The references' embeddings, `batch · references` rows, row-major (zeros for a dropped
+    /// image, as the reference scripts do).
+    pub references: ProjectionInput<B>,
+    /// The face box of each sample in image pixels `[x0, y0, x1, y1]` when this step uses the
+    /// masked loss.
+    pub face_boxes: Option<Vec<[f32; 4]>>,
+}
+
+/// What a step does besides Adam: the loss options, clipping, the learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepConfig {
+    /// Noise offset and min-SNR.
+    pub loss: LossConfig,
+    /// `clip_grad_norm_`'s `max_norm` (`None`: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// The factor of every group's base rate per step.
+    pub lr: LrSchedule,
+}
+
+/// The gradients of one step before clipping.
+#[derive(Debug)]
+pub struct Gradients {
+    /// The adapter's gradients (the mean over the micro-batches).
+    pub params: GradientsParams,
+    /// The loss, the mean over the micro-batches.
+    pub loss: f32,
+    /// Each micro-batch's loss.
+    pub micro_losses: Vec<f32>,
+}
+
+/// What a step did, for the progress bar and `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// The index of the step taken (0-based).
+    pub step: u64,
+    /// Its loss (mean over micro-batches).
+    pub loss: f32,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Each group's learning rate at this step.
+    pub lrs: Vec<f64>,
+}
+
+/// Trains an [`IpAdapter`] on a frozen UNet.
+pub struct IpAdapterTrainer<A: AutodiffBackend> {
+    unet: UNet<A>,
+    schedule: DdpmSchedule,
+    optimizer: Optimizer<A::InnerBackend>,
+    config: StepConfig,
+    step: u64,
+}
+
+impl<A: AutodiffBackend> IpAdapterTrainer<A> {
+    /// A trainer for `adapter` on `unet`, which is frozen here (`no_grad`: burn tracks no
+    /// gradient for its weights). Fails when a trainable tensor of `adapter` is in no group.
+    pub fn new(
+        unet: UNet<A>,
+        adapter: &IpAdapter<A>,
+        schedule: DdpmSchedule,
+        optimizer: Optimizer<A::InnerBackend>,
+        config: StepConfig,
+    ) -> Result<Self, TrainError> {
+        let unet = unet.no_grad();
+        optimizer.check(&ParamNames::ip_adapter(adapter, &unet)?)?;
+        Ok(Self {
+            unet,
+            schedule,
+            optimizer,
+            config,
+            step: 0,
+        })
+    }
+
+    /// The frozen UNet.
+    pub fn unet(&self) -> &UNet<A> {
+        &self.unet
+    }
+
+    /// The optimizer (its state, for checkpoints).
+    pub fn optimizer(&self) -> &Optimizer<A::InnerBackend> {
+        &self.optimizer
+    }
+
+    /// The optimizer, to restore its state.
+    pub fn optimizer_mut(&mut self) -> &mut Optimizer<A::InnerBackend> {
+        &mut self.optimizer
+    }
+
+    /// Optimizer steps taken (the next step's index).
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// Sets the step counter (resuming: the schedule continues from there).
+    pub fn set_steps_taken(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// `adapter`'s tensors with their checkpoint keys.
+    pub fn names(&self, adapter: &IpAdapter<A>) -> Result<ParamNames, TrainError> {
+        ParamNames::ip_adapter(adapter, &self.unet)
+    }
+
+    /// The loss of one batch, in the autodiff graph.
+    pub fn loss(
+        &self,
+        adapter: &IpAdapter<A>,
+        batch: &IpBatch<A>,
+    ) -> Result<Tensor<A, 1>, TrainError> {
+        let b = batch.latents.dims()[0];
+        let n = noised(
+            &self.schedule,
+            &self.config.loss,
+            batch.latents.clone(),
+            &batch.draw,
+        )?;
+        let tokens = adapter.tokens(&batch.references, b)?;
+        let hook = adapter.hook(tokens, IpScale::uniform(1.0));
+        let timesteps: Vec<f32> = batch.draw.timesteps.iter().map(|&t| t as f32).collect();
+        let device = batch.latents.device();
+        let prediction = self.unet.forward_with(
+            &UNetInput {
+                sample: n.noisy,
+                timesteps: Tensor::from_floats(timesteps.as_slice(), &device),
+                context: batch.context.clone(),
+                added: None,
+            },
+            &hook,
+        );
+        diffusion_loss(
+            &self.schedule,
+            &self.config.loss,
+            prediction,
+            n.target,
+            &batch.draw.timesteps,
+            batch.face_boxes.as_deref(),
+        )
+    }
+
+    /// Forward and backward over the micro-batches: each loss divided by their count, the
+    /// gradients summed (their mean).
+    pub fn gradients(
+        &self,
+        adapter: &IpAdapter<A>,
+        micro_batches: &[IpBatch<A>],
+    ) -> Result<Gradients, TrainError> {
+        let k = micro_batches.len();
+        if k == 0 {
+            return Err(TrainError::Setting(
+                "a step needs at least one batch".into(),
+            ));
+        }
+        let mut acc = GradAccumulator::<A, IpAdapter<A>>::default();
+        let mut micro_losses = Vec::with_capacity(k);
+        for batch in micro_batches {
+            let loss = self.loss(adapter, batch)?;
+            let scaled = if k == 1 {
+                loss.clone()
+            } else {
+                loss.clone() / k as f32
+            };
+            acc.add(adapter, scaled.backward());
+            micro_losses.push(loss.into_scalar().elem::<f32>());
+        }
+        let loss = micro_losses.iter().sum::<f32>() / k as f32;
+        Ok(Gradients {
+            params: acc.take(),
+            loss,
+            micro_losses,
+        })
+    }
+
+    /// Clips `grads`, takes the step's learning rate and updates the adapter.
+    pub fn apply(
+        &mut self,
+        adapter: IpAdapter<A>,
+        grads: Gradients,
+    ) -> Result<(IpAdapter<A>, StepReport), TrainError> {
+        let names = ParamNames::ip_adapter(&adapter, &self.unet)?;
+        let mut params = grads.params;
+        let grad_norm = clip_grad_norm(&adapter, &mut params, self.config.max_grad_norm);
+        let factor = self.config.lr.factor(self.step);
+        let adapter = self.optimizer.step(adapter, params, &names, factor)?;
+        let report = StepReport {
+            step: self.step,
+            loss: grads.loss,
+            grad_norm,
+            lrs: self
+                .optimizer
+                .groups()
+                .iter()
+                .map(|g| g.lr * factor)
+                .collect(),
+        };
+        self.step += 1;
+        Ok((adapter, report))
+    }
+
+    /// [`IpAdapterTrainer::gradients`] then [`IpAdapterTrainer::apply`].
+    pub fn step(
+        &mut self,
+        adapter: IpAdapter<A>,
+        micro_batches: &[IpBatch<A>],
+    ) -> Result<(IpAdapter<A>, StepReport), TrainError> {
+        let grads = self.gradients(&adapter, micro_batches)?;
+        self.apply(adapter, grads)
+    }
+}
