@@ -331,3 +331,146 @@ fn bad_inputs_are_errors_not_panics() {
         .to_string();
     assert!(e.contains("head width"), "{e}");
 }
+
+/// A float32 safetensors file of these tensors (the format's header by hand: no writer in
+/// this crate's dependencies).
+fn write_safetensors(path: &std::path::Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape, values) in tensors {
+        let start = data.len();
+        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut header = Value::Object(header).to_string().into_bytes();
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The v2 fixture's `lora_weights.*` (attention-processor spelling), renamed by `rename`.
+fn respelled_lora(rename: impl Fn(&str) -> String) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let f = Fixture::open();
+    let store = WeightStore::open(f.file("v2")).unwrap();
+    store
+        .shapes()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("lora_weights."))
+        .map(|(n, shape)| {
+            let values = store.read_f32(&n).unwrap().1;
+            (rename(&n), shape, values)
+        })
+        .collect()
+}
+
+fn load_lora(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    pipe: &Pipeline<B>,
+) -> Result<idforge_diffusion::adapters::lora::Lora<B>, idforge_diffusion::DiffusionError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lora.safetensors");
+    write_safetensors(&path, tensors);
+    let store = WeightStore::open(&path).unwrap();
+    idforge_diffusion::adapters::lora::Lora::load_unet(
+        &store,
+        "lora_weights.",
+        &pipe.unet,
+        &Default::default(),
+    )
+}
+
+#[test]
+fn unet_lora_reads_diffusers_spellings_alike() {
+    let pipe = pipeline();
+    let processor = load_lora(&respelled_lora(str::to_string), &pipe).unwrap();
+    // LoRACompatibleLinear's `.lora.down` and PEFT's `.lora_A` (to_out as `to_out.0`).
+    let old = |n: &str| {
+        n.replace(".processor.", ".")
+            .replace(".to_out_lora.", ".to_out.0.lora.")
+            .replace("_lora.", ".lora.")
+    };
+    let peft = |n: &str| {
+        old(n)
+            .replace(".lora.down.", ".lora_A.")
+            .replace(".lora.up.", ".lora_B.")
+    };
+    for (what, rename) in [
+        ("lora.down", &old as &dyn Fn(&str) -> String),
+        ("lora_A", &peft),
+    ] {
+        let other = load_lora(&respelled_lora(rename), &pipe).unwrap();
+        assert_eq!(other.names(), processor.names(), "{what}");
+        for (a, b) in other.layers.iter().zip(&processor.layers) {
+            assert_eq!(
+                a.down.weight.val().to_f32_vec(),
+                b.down.weight.val().to_f32_vec()
+            );
+            assert_eq!(
+                a.up.weight.val().to_f32_vec(),
+                b.up.weight.val().to_f32_vec()
+            );
+        }
+    }
+    assert!(
+        processor
+            .names()
+            .iter()
+            .any(|n| n.ends_with("attn2.to_out.0"))
+    );
+}
+
+#[test]
+fn unet_lora_refuses_what_diffusers_would_not_load_as_a_unet_lora() {
+    let pipe = pipeline();
+    let base = respelled_lora(str::to_string);
+    let with = |extra: (String, Vec<usize>, Vec<f32>)| {
+        let mut t = base.clone();
+        t.push(extra);
+        load_lora(&t, &pipe).unwrap_err().to_string()
+    };
+    let cases = [
+        (
+            "lora_weights.lora_unet_down_blocks_1_attn1_to_q.lora_down.weight",
+            "kohya",
+        ),
+        (
+            "lora_weights.text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight",
+            "text-encoder",
+        ),
+        (
+            "lora_weights.unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.alpha",
+            "not a LoRA matrix",
+        ),
+        (
+            "lora_weights.unet.down_blocks.9.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight",
+            "down or up",
+        ),
+    ];
+    for (key, want) in cases {
+        let e = with((key.to_string(), vec![2, 4], vec![0.0; 8]));
+        assert!(e.contains(want), "{key}: {e}");
+    }
+    // A LoRA made for other widths.
+    let mut t = base.clone();
+    for (name, shape, _) in t.iter_mut() {
+        if name.ends_with(
+            "down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight",
+        ) {
+            shape[1] += 1;
+        }
+    }
+    for (name, shape, values) in t.iter_mut() {
+        if name.ends_with("transformer_blocks.0.attn1.processor.to_q_lora.down.weight")
+            && name.contains("down_blocks.1.attentions.0")
+        {
+            values.resize(shape.iter().product(), 0.0);
+        }
+    }
+    let e = load_lora(&t, &pipe).unwrap_err().to_string();
+    assert!(e.contains("another base model"), "{e}");
+}

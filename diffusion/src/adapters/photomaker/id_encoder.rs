@@ -126,22 +126,29 @@ impl IdEncoderSpec {
     /// Reads the shape from the `id_encoder.*` tensors (`store` looks names up under that
     /// prefix); v2 when `qformer_perceiver.*` is there.
     pub fn detect(store: &WeightStore, options: &IdEncoderOptions) -> Result<Self, DiffusionError> {
-        let shape = |name: &str| -> Result<Vec<usize>, DiffusionError> {
-            store.shape(name).map(<[usize]>::to_vec).ok_or_else(|| {
-                idforge_models::ModelError::MissingTensor {
-                    path: store.origin().to_path_buf(),
-                    name: format!("id_encoder.{name}"),
-                    available: store.len(),
-                }
-                .into()
-            })
-        };
         let bad = |message: String| DiffusionError::Config {
             path: store.origin().to_path_buf(),
             message,
         };
+        // The stored shape, which must have `rank` axes (a linear weight 2, a norm 1).
+        let shape_of = |name: &str, rank: usize| -> Result<Vec<usize>, DiffusionError> {
+            let s = store.shape(name).map(<[usize]>::to_vec).ok_or_else(|| {
+                DiffusionError::from(idforge_models::ModelError::MissingTensor {
+                    path: store.origin().to_path_buf(),
+                    name: format!("id_encoder.{name}"),
+                    available: store.len(),
+                })
+            })?;
+            if s.len() != rank {
+                return Err(bad(format!(
+                    "`id_encoder.{name}` has shape {s:?}, not {rank}-dimensional"
+                )));
+            }
+            Ok(s)
+        };
+        let shape = |name: &str| shape_of(name, 2);
         let heads_of = |width: usize, head_dim: usize, what: &str| {
-            if head_dim == 0 || width == 0 || width % head_dim != 0 {
+            if head_dim == 0 || width == 0 || !width.is_multiple_of(head_dim) {
                 Err(bad(format!(
                     "{what} is {width} wide, not a multiple of the head width {head_dim}: give \
                      the head width this checkpoint was made with"
@@ -150,14 +157,14 @@ impl IdEncoderSpec {
                 Ok(width / head_dim)
             }
         };
-        let patch = shape("vision_model.embeddings.patch_embedding.weight")?;
+        let patch = shape_of("vision_model.embeddings.patch_embedding.weight", 4)?;
         let positions = shape("vision_model.embeddings.position_embedding.weight")?;
         let width = patch[0];
-        let p = patch.get(2).copied().unwrap_or(0);
+        let p = patch[2];
         let grid = (1..=positions[0])
             .find(|g| g * g + 1 >= positions[0])
             .unwrap_or(0);
-        if patch.len() != 4 || p == 0 || grid * grid + 1 != positions[0] {
+        if p == 0 || grid * grid + 1 != positions[0] {
             return Err(bad(format!(
                 "the CLIP tower's patch embedding {patch:?} and positions {positions:?} are not \
                  a square ViT's"
@@ -173,7 +180,7 @@ impl IdEncoderSpec {
         let mlp = shape("vision_model.encoder.layers.0.mlp.fc1.weight")?[0];
         let projection = shape("visual_projection.weight")?[0];
         let projection_2 = shape("visual_projection_2.weight")?[0];
-        let dim = shape("fuse_module.layer_norm.weight")?[0];
+        let dim = shape_of("fuse_module.layer_norm.weight", 1)?[0];
         let vision = ClipVisionConfig::new()
             .with_image_size(grid * p)
             .with_patch_size(p)
@@ -207,7 +214,13 @@ impl IdEncoderSpec {
                 let depth = (0..)
                     .take_while(|i| store.contains(&format!("{r}layers.{i}.0.to_q.weight")))
                     .count();
-                if p2[0] % dim != 0 || proj_out[0] != dim {
+                if proj_in[1] != width {
+                    return Err(bad(format!(
+                        "the perceiver reads {}-wide CLIP states, the CLIP tower is {width} wide",
+                        proj_in[1]
+                    )));
+                }
+                if dim == 0 || !p2[0].is_multiple_of(dim) || proj_out[0] != dim {
                     return Err(bad(format!(
                         "the perceiver makes {} values per reference and {}-wide tokens, the \
                          fuse width is {dim}: not a PhotoMaker v2 ID encoder",
