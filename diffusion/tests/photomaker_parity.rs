@@ -17,6 +17,7 @@ use idforge_diffusion::adapters::photomaker::{
 use idforge_diffusion::pipeline::to_rgb8;
 use idforge_diffusion::{NoHook, Pipeline, SampleSettings, SamplerKind};
 use idforge_models::WeightStore;
+use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::readback::ReadBack;
 use serde_json::Value;
 
@@ -473,4 +474,34 @@ fn unet_lora_refuses_what_diffusers_would_not_load_as_a_unet_lora() {
     }
     let e = load_lora(&t, &pipe).unwrap_err().to_string();
     assert!(e.contains("another base model"), "{e}");
+}
+
+#[test]
+fn reference_images_preprocess_as_clip_image_processor() {
+    let f = Fixture::open();
+    let pipe = pipeline();
+    let pm = load(&f, "v1", &pipe);
+    let rgb: Vec<(usize, usize, Vec<u8>)> = ["ref0.png", "ref1.png"]
+        .iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir().join(name)).unwrap();
+            let d = idforge_core::image_io::decode(&bytes, 1 << 20).unwrap();
+            let (w, h) = (d.width as usize, d.height as usize);
+            (w, h, d.image.to_rgb8().into_raw())
+        })
+        .collect();
+    let views: Vec<RgbView<'_>> = rgb
+        .iter()
+        .map(|(width, height, data)| RgbView {
+            width: *width,
+            height: *height,
+            data,
+        })
+        .collect();
+    let d = max_diff(
+        "preprocessed pixels",
+        pm.preprocess(&views, &Default::default()),
+        f.t("pixels"),
+    );
+    assert!(d <= 1e-6, "pixels: {d}");
 }

@@ -42,6 +42,8 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use idforge_models::WeightStore;
+use idforge_models::clip::{ClipPreprocess, Convention};
+use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::nn::Init;
 
 pub use fuse::FuseModule;
@@ -198,6 +200,17 @@ impl<B: Backend> PhotoMaker<B> {
         self.spec.tokens_per_reference()
     }
 
+    /// Reference images (RGB, any size) as the ID encoder takes them: the reference's
+    /// `CLIPImageProcessor()` (shorter side resized bicubic to the encoder's 224, centre crop,
+    /// OpenAI mean / std), through `idforge_models::clip::ClipPreprocess`.
+    ///
+    /// # Shapes
+    /// - → `[images.len(), 3, size, size]`
+    pub fn preprocess(&self, images: &[RgbView<'_>], device: &B::Device) -> Tensor<B, 4> {
+        ClipPreprocess::new(self.spec.vision.image_size, Convention::HuggingFace)
+            .tensor(images, device)
+    }
+
     /// The identity tokens of the references (see [`IdEncoder::forward`]): `[n, tokens, 2048]`.
     pub fn id_tokens(
         &self,
@@ -239,8 +252,7 @@ impl<B: Backend> PhotoMaker<B> {
     }
 
     /// Both phases' conditioning for a prompt with the trigger word and the references: their
-    /// CLIP-preprocessed pixels (`[n, 3, 224, 224]`, `idforge_models::clip::ClipPreprocess` with
-    /// the Hugging Face convention) and, for v2, their un-normalised ArcFace embeddings
+    /// CLIP-preprocessed pixels (`[n, 3, 224, 224]`, see [`PhotoMaker::preprocess`]) and, for v2, their un-normalised ArcFace embeddings
     /// (`[n, 512]`).
     pub fn conditioning(
         &self,
