@@ -153,12 +153,12 @@ fn lora_target(key: &str) -> Option<(String, LoraPart)> {
 }
 
 impl<B: Backend> Lora<B> {
-    /// Reads a UNet LoRA in diffusers' format from the tensors named `{prefix}unet.…` (PhotoMaker's
-    /// `lora_weights.`), for `unet`: every key must be a LoRA matrix of a `Linear` this UNet's
-    /// transformers have (see [`lora_target`] for the spellings); the rank is read from the
-    /// file, the scale is 1 (diffusers' `lora_alpha = rank` when the file gives no alphas).
-    /// Text-encoder LoRA, kohya-style names (`lora_unet_…`), alphas and unknown modules are
-    /// errors naming the key.
+    /// Reads a UNet LoRA in diffusers' format from the tensors named `{prefix}unet.…`
+    /// (PhotoMaker's `lora_weights.`), for `unet`: every key must be a LoRA matrix of a `Linear`
+    /// this UNet's transformers have, in a spelling diffusers reads (`….processor.to_q_lora.down`,
+    /// `….to_q.lora.down`, PEFT `….to_q.lora_A`); the rank is read from the file, the scale is 1
+    /// (diffusers' `lora_alpha = rank` when the file gives no alphas). Text-encoder LoRA,
+    /// kohya-style names (`lora_unet_…`), alphas and unknown modules are errors naming the key.
     pub fn load_unet(
         store: &idforge_models::WeightStore,
         prefix: &str,
