@@ -375,6 +375,11 @@ impl<B: Backend> Pipeline<B> {
         })
     }
 
+    /// The device the pipeline's weights are on (where its adapters build their tensors).
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
     /// How many times smaller latents are than images.
     pub fn vae_scale(&self) -> usize {
         self.vae.config().downscale()

@@ -7,9 +7,13 @@
 //!   embedding, with its LoRA) and FaceID-Plus / PlusV2 — as the decoupled cross-attention
 //!   `h_text + scale · SDPA(q, to_k_ip(c), to_v_ip(c))` before `to_out`, read from the original
 //!   `{image_proj, ip_adapter}` layout (`.bin` or `.safetensors`).
+//! - [`photomaker`]: PhotoMaker v1 (CLIP ID encoder, one token per reference) and v2 (plus an
+//!   ArcFace embedding through the `QFormerPerceiver`, two tokens per reference): the class word
+//!   of a prompt with the trigger (`a man img`) fused with the identity from `start_merge_step`
+//!   on, with its UNet LoRA, read from `photomaker-v*.bin` or the safetensors variant.
 //!
-//! Not yet here (the adapters issue continues): PhotoMaker v1/v2, the split-prompt adapter,
-//! mean / max pooling of several references.
+//! Not yet here (the adapters issue continues): the split-prompt adapter.
 
 pub mod ip_adapter;
 pub mod lora;
+pub mod photomaker;

@@ -136,8 +136,9 @@ impl<B: Backend> ClipTextTransformer<B> {
     }
 
     /// The token embeddings of `ids` (`[batch, tokens, width]`), before positions are added:
-    /// what PhotoMaker edits (the class word's embedding replaced by the fused identity) before
-    /// [`ClipTextTransformer::forward_embeddings`].
+    /// what an adapter that edits token embeddings (textual-inversion style) changes before
+    /// [`ClipTextTransformer::forward_embeddings`]. (PhotoMaker edits the encoder's output
+    /// instead, see `idforge_diffusion::adapters::photomaker`.)
     ///
     /// # Panics
     /// If an id is outside the vocabulary.

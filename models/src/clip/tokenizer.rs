@@ -255,6 +255,11 @@ impl ClipTokenizer {
         self
     }
 
+    /// The length of every encoded sequence (CLIP's 77).
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
     /// How many token ids the tokenizer can produce (added tokens included): at most the text
     /// tower's vocabulary for the two to belong together.
     pub fn vocab_size(&self) -> usize {

@@ -20,7 +20,7 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    fn new(
+    pub(crate) fn new(
         init: &Init<'_>,
         prefix: &str,
         [inp, hidden, out]: [usize; 3],
@@ -32,8 +32,13 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    pub(crate) fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         self.fc2.forward(gelu(self.fc1.forward(x)))
+    }
+
+    /// Input width.
+    pub(crate) fn in_features(&self) -> usize {
+        self.fc1.in_features()
     }
 }
 
@@ -140,7 +145,8 @@ pub struct ResamplerShape {
 
 /// The Perceiver resampler: `proj_in`, `depth` × (attention, feed-forward) on the latents,
 /// `proj_out`, `norm_out`. Plus learns its latents; FaceID-Plus's `FacePerceiverResampler` takes
-/// them as input.
+/// them as input, and so does PhotoMaker v2's `QFormerPerceiver` (the same module, 128-wide
+/// heads), which builds it through this crate.
 #[derive(Module, Debug)]
 pub struct Resampler<B: Backend> {
     proj_in: Linear<B>,
@@ -151,7 +157,7 @@ pub struct Resampler<B: Backend> {
 }
 
 impl<B: Backend> Resampler<B> {
-    fn new(
+    pub(crate) fn new(
         init: &Init<'_>,
         prefix: &str,
         s: ResamplerShape,
@@ -188,7 +194,7 @@ impl<B: Backend> Resampler<B> {
     }
 
     /// `x`: `[b, n, embedding_dim]`, `latents`: `[b, l, dim]` → `[b, l, output_dim]`.
-    fn forward(&self, x: Tensor<B, 3>, mut latents: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, mut latents: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self.proj_in.forward(x);
         for (attn, ff) in self.attention.iter().zip(&self.feed_forward) {
             latents = attn.forward(x.clone(), latents.clone()) + latents;
