@@ -7,9 +7,11 @@
 //!   embedding, with its LoRA) and FaceID-Plus / PlusV2 — as the decoupled cross-attention
 //!   `h_text + scale · SDPA(q, to_k_ip(c), to_v_ip(c))` before `to_out`, read from the original
 //!   `{image_proj, ip_adapter}` layout (`.bin` or `.safetensors`).
+//! - [`split_prompt`]: persongen's background / body prompts, each attended to with its own
+//!   key and value projections beside the main prompt.
 //!
-//! Not yet here (the adapters issue continues): PhotoMaker v1/v2, the split-prompt adapter,
-//! mean / max pooling of several references.
+//! Not yet here (the adapters issue continues): PhotoMaker v1/v2.
 
 pub mod ip_adapter;
 pub mod lora;
+pub mod split_prompt;
