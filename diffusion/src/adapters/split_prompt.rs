@@ -535,3 +535,58 @@ impl<B: Backend> AttentionHook<B> for SplitPromptAttention<'_, B> {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    type B = Flex;
+
+    fn filled(v: f32) -> Tensor<B, 3> {
+        Tensor::full([1, 2, 3], v, &Default::default())
+    }
+
+    fn rows(t: &Tensor<B, 3>) -> Vec<f32> {
+        let n = t.dims()[0];
+        (0..n)
+            .map(|i| t.clone().narrow(0, i, 1).mean().into_scalar())
+            .collect()
+    }
+
+    /// One encoded prompt serves any UNet batch: unguided rows repeat it, guided rows put the
+    /// unconditional half first, as the UNet's batch.
+    #[test]
+    fn part_tokens_follow_the_unet_batch() {
+        let adapter = SplitPrompt::<B> {
+            layers: Vec::new(),
+            layer_index: Vec::new(),
+        };
+        let prompts = SplitConditioning {
+            cond: Conditioning {
+                context: filled(0.0),
+                pooled: None,
+            },
+            uncond: None,
+            parts: PartTokens {
+                background: filled(1.0),
+                body: filled(2.0),
+            },
+            uncond_parts: Some(PartTokens {
+                background: filled(-1.0),
+                body: filled(-2.0),
+            }),
+        };
+        let hook = adapter.hook(&prompts, SplitScale::default());
+        assert_eq!(rows(&hook.tokens(1).background), [1.0]);
+        assert_eq!(rows(&hook.tokens(2).background), [-1.0, 1.0]);
+        assert_eq!(rows(&hook.tokens(2).body), [-2.0, 2.0]);
+        assert_eq!(rows(&hook.tokens(4).body), [-2.0, -2.0, 2.0, 2.0]);
+        let unguided = SplitConditioning {
+            uncond_parts: None,
+            ..prompts
+        };
+        let hook = adapter.hook(&unguided, SplitScale::default());
+        assert_eq!(rows(&hook.tokens(3).background), [1.0, 1.0, 1.0]);
+    }
+}
