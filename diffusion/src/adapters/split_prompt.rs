@@ -24,6 +24,8 @@
 //! body the pipeline's unconditional embedding of no negative prompt — zeros for SDXL
 //! (`force_zeros_for_empty_prompt`), the empty prompt's encoding otherwise — because persongen
 //! encodes the parts with `negative_prompt=None`. Pooled embeddings come from the main prompt.
+//! (persongen's training drops the whole condition 10% of the time differently: main,
+//! background and body all become the empty prompt's encoding, not zeros.)
 //!
 //! # File layout
 //!
