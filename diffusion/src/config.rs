@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::attention::AttentionLayer;
 use crate::error::DiffusionError;
 
 /// A config value diffusers accepts as one value for every block or as one per block.
@@ -332,6 +333,60 @@ impl UNetConfig {
                 .map(|l| l.transformer_layers)
                 .collect(),
         }
+    }
+
+    /// Every attention layer this config builds, in diffusers' `attn_processors` order (down
+    /// blocks, up blocks, mid block; self- then cross-attention per transformer block), without
+    /// building the UNet: what adapter checkpoints are checked against at full size (SD1.5 has
+    /// 32 layers, SDXL 140) with nothing allocated. [`crate::UNet::attention_layers`] gives the
+    /// same list for a built UNet.
+    pub fn attention_layers(&self) -> Vec<AttentionLayer> {
+        let levels = self.levels();
+        let n = levels.len();
+        let mut out = Vec::new();
+        let mut transformer = |prefix: String, level: &Level, layers: usize| {
+            for b in 0..layers {
+                for (attn, cross) in [("attn1", None), ("attn2", Some(level.cross_attention_dim))] {
+                    out.push(AttentionLayer {
+                        name: format!("{prefix}.transformer_blocks.{b}.{attn}"),
+                        index: 0,
+                        query_dim: level.channels,
+                        cross_attention_dim: cross,
+                        heads: level.heads,
+                        head_dim: level.channels / level.heads,
+                    });
+                }
+            }
+        };
+        for (i, level) in levels.iter().enumerate().filter(|(_, l)| l.attention) {
+            for j in 0..level.layers {
+                transformer(
+                    format!("down_blocks.{i}.attentions.{j}"),
+                    level,
+                    level.transformer_layers,
+                );
+            }
+        }
+        let up_layers = self.up_transformer_layers();
+        for (i, level) in levels.iter().rev().enumerate() {
+            if self.up_block_types[i].starts_with("CrossAttn") {
+                for j in 0..level.layers + 1 {
+                    transformer(format!("up_blocks.{i}.attentions.{j}"), level, up_layers[i]);
+                }
+            }
+        }
+        if self.mid_block_type.is_some() {
+            let last = &levels[n - 1];
+            transformer(
+                "mid_block.attentions.0".into(),
+                last,
+                last.transformer_layers,
+            );
+        }
+        for (i, l) in out.iter_mut().enumerate() {
+            l.index = i;
+        }
+        out
     }
 
     /// The width of the time embedding (4 × the first level's channels).

@@ -9,7 +9,9 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::attention::{AttentionHook, AttentionLayer, NoHook, Transformer2D, TransformerShape};
+use crate::attention::{
+    Attention, AttentionHook, AttentionLayer, NoHook, Transformer2D, TransformerShape,
+};
 use crate::config::{Level, UNetConfig};
 use crate::error::DiffusionError;
 use crate::nn::{Conv2d, GroupNorm, Init, Linear, child, silu, upsample_nearest_2x};
@@ -414,6 +416,19 @@ impl<B: Backend> UNet<B> {
             .chain(self.mid_block.iter().flat_map(|m| m.attentions.iter()));
         transformers
             .flat_map(|t| t.attention_layers().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Every attention module (`attn1`, `attn2`) with its weights, in the order of
+    /// [`UNet::attention_layers`]: adapters that start from the base model's projections
+    /// (IP-Adapter's and the split-prompt adapter's `to_k` / `to_v` copies) read them here.
+    pub fn attention_modules(&self) -> Vec<&Attention<B>> {
+        let blocks = self.down_blocks.iter().chain(&self.up_blocks);
+        blocks
+            .flat_map(|b| b.attentions.iter())
+            .chain(self.mid_block.iter().flat_map(|m| m.attentions.iter()))
+            .flat_map(|t| t.blocks.iter())
+            .flat_map(|b| [&b.attn1, &b.attn2])
             .collect()
     }
 

@@ -11,9 +11,10 @@
 //!   ArcFace embedding through the `QFormerPerceiver`, two tokens per reference): the class word
 //!   of a prompt with the trigger (`a man img`) fused with the identity from `start_merge_step`
 //!   on, with its UNet LoRA, read from `photomaker-v*.bin` or the safetensors variant.
-//!
-//! Not yet here (the adapters issue continues): the split-prompt adapter.
+//! - [`split_prompt`]: persongen's background / body prompts, each attended to with its own
+//!   key and value projections beside the main prompt.
 
 pub mod ip_adapter;
 pub mod lora;
 pub mod photomaker;
+pub mod split_prompt;

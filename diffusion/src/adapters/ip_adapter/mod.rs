@@ -17,7 +17,9 @@ use burn::tensor::backend::Backend;
 use idforge_models::WeightStore;
 use idforge_models::nn::{Init, Linear, multi_head_attention, split_heads};
 
-pub use projection::{ImageProjection, ProjectionInput, ProjectionSpec, ReferencePooling};
+pub use projection::{
+    ImageProjection, ProjectionInput, ProjectionSpec, ReferencePooling, ShapeList, TensorShapes,
+};
 
 use super::lora::{Lora, LoraLayer};
 use crate::attention::{AttentionHook, AttentionLayer, LinearSite, Projection};
@@ -111,8 +113,7 @@ impl<B: Backend> IpAdapter<B> {
         let mut layers = Vec::new();
         let mut layer_index = Vec::new();
         for l in layers_all.iter().filter(|l| l.is_cross()) {
-            let c = l.cross_attention_dim.unwrap_or(cross);
-            let hidden = l.heads * l.head_dim;
+            let (c, hidden) = ip_shape(l);
             let p = |n: &str| format!("ip_adapter.{}.{n}", l.index);
             layers.push(IpLayer {
                 to_k_ip: Linear::new(init, &p("to_k_ip"), c, hidden, false, device)?,
@@ -121,7 +122,7 @@ impl<B: Backend> IpAdapter<B> {
             layer_index.push(l.index);
         }
         let lora = match init {
-            Init::Load(store) if store.contains("ip_adapter.0.to_q_lora.down.weight") => {
+            Init::Load(store) if store.contains(LORA_PROBE) => {
                 Some(faceid_lora(init, &layers_all, 0, device)?)
             }
             _ => None,
@@ -248,34 +249,39 @@ impl<B: Backend> IpAdapter<B> {
     }
 }
 
-/// FaceID's LoRA: `ip_adapter.{i}.to_{q,k,v,out}_lora.{down,up}.weight` for every processor.
-fn faceid_lora<B: Backend>(
-    init: &Init<'_>,
-    layers: &[AttentionLayer],
-    random_rank: usize,
-    device: &B::Device,
-) -> Result<Lora<B>, DiffusionError> {
+/// A FaceID file's first LoRA tensor: its presence marks the LoRA, its first dimension is the
+/// rank.
+const LORA_PROBE: &str = "ip_adapter.0.to_q_lora.down.weight";
+
+/// `to_k_ip` / `to_v_ip` of a cross-attention layer: `(cross, hidden)`, stored `[hidden, cross]`.
+fn ip_shape(l: &AttentionLayer) -> (usize, usize) {
+    (
+        l.cross_attention_dim.unwrap_or(l.query_dim),
+        l.heads * l.head_dim,
+    )
+}
+
+/// One FaceID LoRA update: its name prefix in the file, the diffusers path of the `Linear` it
+/// changes, and that `Linear`'s input and output widths.
+struct LoraSite {
+    prefix: String,
+    module: String,
+    inp: usize,
+    out: usize,
+}
+
+/// FaceID's LoRA sites: `ip_adapter.{i}.to_{q,k,v,out}_lora` on every processor (self- and
+/// cross-attention), as `LoRAAttnProcessor` / `LoRAIPAttnProcessor` name them.
+fn lora_sites(layers: &[AttentionLayer]) -> Vec<LoraSite> {
     let mut out = Vec::new();
     for l in layers {
+        let hidden = l.heads * l.head_dim;
         for (which, short) in [
             (Projection::Query, "q"),
             (Projection::Key, "k"),
             (Projection::Value, "v"),
             (Projection::Out, "out"),
         ] {
-            let prefix = format!("ip_adapter.{}.to_{short}_lora", l.index);
-            let rank = match init {
-                Init::Load(store) => store
-                    .shape(&format!("{prefix}.down.weight"))
-                    .and_then(|s| s.first().copied())
-                    .ok_or_else(|| idforge_models::ModelError::MissingTensor {
-                        path: store.origin().to_path_buf(),
-                        name: format!("{prefix}.down.weight"),
-                        available: store.len(),
-                    })?,
-                Init::Random => random_rank,
-            };
-            let hidden = l.heads * l.head_dim;
             let inp = match which {
                 Projection::Key | Projection::Value => l.cross_attention_dim.unwrap_or(l.query_dim),
                 Projection::Query => l.query_dim,
@@ -285,9 +291,85 @@ fn faceid_lora<B: Backend>(
                 Projection::Out => l.query_dim,
                 _ => hidden,
             };
-            let layer = LoraLayer::new(init, &prefix, inp, outw, rank, device)?;
-            out.push((format!("{}.{}", l.name, which.module()), layer));
+            out.push(LoraSite {
+                prefix: format!("ip_adapter.{}.to_{short}_lora", l.index),
+                module: format!("{}.{}", l.name, which.module()),
+                inp,
+                out: outw,
+            });
         }
+    }
+    out
+}
+
+impl<B: Backend> IpAdapter<B> {
+    /// Every tensor a file of `spec` holds for a UNet with these attention layers (`image_proj.*`,
+    /// `ip_adapter.{i}.to_{k,v}_ip.weight` on the cross-attention layers and, with `lora_rank`,
+    /// FaceID's LoRA on every layer), with the shapes the file stores (torch's `[out, in]`), sorted
+    /// by name: what [`IpAdapter::new`] reads. Takes the layers of a built UNet or of a config
+    /// ([`crate::UNetConfig::attention_layers`]), so full-size layouts cost nothing.
+    pub fn layout(
+        spec: &ProjectionSpec,
+        layers: &[AttentionLayer],
+        lora_rank: Option<usize>,
+    ) -> Vec<(String, Vec<usize>)> {
+        let mut out = spec.layout("image_proj.");
+        for l in layers.iter().filter(|l| l.is_cross()) {
+            let (c, hidden) = ip_shape(l);
+            for n in ["to_k_ip", "to_v_ip"] {
+                out.push((
+                    format!("ip_adapter.{}.{n}.weight", l.index),
+                    vec![hidden, c],
+                ));
+            }
+        }
+        if let Some(r) = lora_rank {
+            for s in lora_sites(layers) {
+                out.push((format!("{}.down.weight", s.prefix), vec![r, s.inp]));
+                out.push((format!("{}.up.weight", s.prefix), vec![s.out, r]));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The layout ([`IpAdapter::layout`]) idforge expects of a file with these names and shapes
+    /// on a UNet with these attention layers: the kind and shape detected as
+    /// [`IpAdapter::load`] detects them, FaceID's LoRA and its rank when the file has one. A file
+    /// idforge loads has exactly these tensors.
+    pub fn expected_layout<S: TensorShapes + ?Sized>(
+        file: &S,
+        layers: &[AttentionLayer],
+    ) -> Result<Vec<(String, Vec<usize>)>, DiffusionError> {
+        let spec = ProjectionSpec::detect(file, "image_proj.")?;
+        let rank = file.shape_of(LORA_PROBE).and_then(|s| s.first().copied());
+        Ok(Self::layout(&spec, layers, rank))
+    }
+}
+
+/// FaceID's LoRA: `ip_adapter.{i}.to_{q,k,v,out}_lora.{down,up}.weight` for every processor.
+fn faceid_lora<B: Backend>(
+    init: &Init<'_>,
+    layers: &[AttentionLayer],
+    random_rank: usize,
+    device: &B::Device,
+) -> Result<Lora<B>, DiffusionError> {
+    let mut out = Vec::new();
+    for site in lora_sites(layers) {
+        let prefix = site.prefix;
+        let rank = match init {
+            Init::Load(store) => store
+                .shape(&format!("{prefix}.down.weight"))
+                .and_then(|s| s.first().copied())
+                .ok_or_else(|| idforge_models::ModelError::MissingTensor {
+                    path: store.origin().to_path_buf(),
+                    name: format!("{prefix}.down.weight"),
+                    available: store.len(),
+                })?,
+            Init::Random => random_rank,
+        };
+        let layer = LoraLayer::new(init, &prefix, site.inp, site.out, rank, device)?;
+        out.push((site.module, layer));
     }
     Ok(Lora::new(out, 1.0))
 }

@@ -3,6 +3,9 @@
 //! Names are the original repository's (`ip_adapter/ip_adapter.py`, `resampler.py`,
 //! `ip_adapter_faceid.py`), as its checkpoints store them under `image_proj.`.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::activation::gelu;
@@ -418,20 +421,24 @@ impl ProjectionSpec {
     }
 
     /// Reads the kind and shape from the tensors under `prefix` (`image_proj.`), in diffusers'
-    /// order of detection (`_convert_ip_adapter_image_proj_to_diffusers`).
-    pub fn detect(store: &WeightStore, prefix: &str) -> Result<Self, DiffusionError> {
+    /// order of detection (`_convert_ip_adapter_image_proj_to_diffusers`); from the names and
+    /// shapes alone, so a key/shape list ([`ShapeList`]) serves as well as a file.
+    pub fn detect<S: TensorShapes + ?Sized>(
+        store: &S,
+        prefix: &str,
+    ) -> Result<Self, DiffusionError> {
         let shape = |name: &str| -> Result<Vec<usize>, DiffusionError> {
             let full = format!("{prefix}{name}");
-            store.shape(&full).map(<[usize]>::to_vec).ok_or_else(|| {
+            store.shape_of(&full).ok_or_else(|| {
                 idforge_models::ModelError::MissingTensor {
                     path: store.origin().to_path_buf(),
                     name: full,
-                    available: store.len(),
+                    available: store.count(),
                 }
                 .into()
             })
         };
-        let has = |name: &str| store.contains(&format!("{prefix}{name}"));
+        let has = |name: &str| store.shape_of(&format!("{prefix}{name}")).is_some();
         let resampler =
             |root: &str, cross_out: Option<usize>| -> Result<ResamplerShape, DiffusionError> {
                 let proj_in = shape(&format!("{root}proj_in.weight"))?;
@@ -504,6 +511,160 @@ impl ProjectionSpec {
                  (`proj.weight`, `proj.3.weight`, `norm.weight`, `perceiver_resampler.*`, `latents`)"
             ),
         })
+    }
+}
+
+impl ProjectionSpec {
+    /// Every tensor [`ImageProjection::new`] reads for this spec under `prefix`, with its shape
+    /// as the checkpoint stores it (torch's `[out, in]`): the names and shapes a published file
+    /// of this kind must have, without building anything.
+    pub fn layout(&self, prefix: &str) -> Vec<(String, Vec<usize>)> {
+        let mut l = Layout {
+            prefix,
+            out: Vec::new(),
+        };
+        match *self {
+            ProjectionSpec::Plain {
+                embed_dim,
+                tokens,
+                cross,
+            } => {
+                l.linear("proj", embed_dim, tokens * cross, true);
+                l.norm("norm", cross);
+            }
+            ProjectionSpec::FullFace { hidden, cross } => {
+                l.linear("proj.0", hidden, hidden, true);
+                l.linear("proj.2", hidden, cross, true);
+                l.norm("proj.3", cross);
+            }
+            ProjectionSpec::FaceId {
+                id_dim,
+                mlp,
+                tokens,
+                cross,
+            } => {
+                l.linear("proj.0", id_dim, mlp, true);
+                l.linear("proj.2", mlp, tokens * cross, true);
+                l.norm("norm", cross);
+            }
+            ProjectionSpec::Plus { queries, resampler } => {
+                l.put("latents", vec![1, queries, resampler.dim]);
+                l.resampler("", &resampler);
+            }
+            ProjectionSpec::FaceIdPlus {
+                id_dim,
+                mlp,
+                tokens,
+                resampler,
+            } => {
+                let cross = resampler.output_dim;
+                l.linear("proj.0", id_dim, mlp, true);
+                l.linear("proj.2", mlp, tokens * cross, true);
+                l.norm("norm", cross);
+                l.resampler("perceiver_resampler.", &resampler);
+            }
+        }
+        l.out.sort();
+        l.out
+    }
+}
+
+/// Collects the names and shapes of [`ProjectionSpec::layout`].
+struct Layout<'a> {
+    prefix: &'a str,
+    out: Vec<(String, Vec<usize>)>,
+}
+
+impl Layout<'_> {
+    fn put(&mut self, name: &str, shape: Vec<usize>) {
+        self.out.push((format!("{}{name}", self.prefix), shape));
+    }
+
+    /// A torch `Linear`: `weight [out, in]`, `bias [out]`.
+    fn linear(&mut self, name: &str, inp: usize, out: usize, bias: bool) {
+        self.put(&format!("{name}.weight"), vec![out, inp]);
+        if bias {
+            self.put(&format!("{name}.bias"), vec![out]);
+        }
+    }
+
+    fn norm(&mut self, name: &str, width: usize) {
+        self.put(&format!("{name}.weight"), vec![width]);
+        self.put(&format!("{name}.bias"), vec![width]);
+    }
+
+    /// [`Resampler::new`]'s tensors under `root`.
+    fn resampler(&mut self, root: &str, r: &ResamplerShape) {
+        let inner = r.heads * r.head_dim;
+        self.linear(&format!("{root}proj_in"), r.embedding_dim, r.dim, true);
+        self.linear(&format!("{root}proj_out"), r.dim, r.output_dim, true);
+        self.norm(&format!("{root}norm_out"), r.output_dim);
+        for i in 0..r.depth {
+            let a = format!("{root}layers.{i}.0");
+            self.norm(&format!("{a}.norm1"), r.dim);
+            self.norm(&format!("{a}.norm2"), r.dim);
+            self.linear(&format!("{a}.to_q"), r.dim, inner, false);
+            self.linear(&format!("{a}.to_kv"), r.dim, 2 * inner, false);
+            self.linear(&format!("{a}.to_out"), inner, r.dim, false);
+            let f = format!("{root}layers.{i}.1");
+            self.norm(&format!("{f}.0"), r.dim);
+            self.linear(&format!("{f}.1"), r.dim, 4 * r.dim, false);
+            self.linear(&format!("{f}.3"), 4 * r.dim, r.dim, false);
+        }
+    }
+}
+
+/// The names and shapes of a checkpoint's tensors, without their values: what kind detection
+/// and layout checks read, from a file ([`WeightStore`]) or a key/shape list ([`ShapeList`]).
+pub trait TensorShapes {
+    /// The stored shape of a tensor (`None` when absent).
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
+    /// Every tensor's name.
+    fn tensor_names(&self) -> Vec<String>;
+    /// The file or list the names come from, for messages.
+    fn origin(&self) -> &Path;
+    /// How many tensors there are, for messages.
+    fn count(&self) -> usize;
+}
+
+impl TensorShapes for WeightStore {
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.shape(name).map(<[usize]>::to_vec)
+    }
+    fn tensor_names(&self) -> Vec<String> {
+        self.names().map(str::to_string).collect()
+    }
+    fn origin(&self) -> &Path {
+        WeightStore::origin(self)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A key/shape list: a checkpoint's names and shapes without values (e.g. the lists
+/// `tools/adapters-reference/make_published_key_lists.py` makes from the reference modules at
+/// full size, so that the published files' layouts are checked without downloading them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShapeList {
+    /// Where the list came from, for messages.
+    pub origin: PathBuf,
+    /// Name → shape.
+    pub shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl TensorShapes for ShapeList {
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.shapes.get(name).cloned()
+    }
+    fn tensor_names(&self) -> Vec<String> {
+        self.shapes.keys().cloned().collect()
+    }
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+    fn count(&self) -> usize {
+        self.shapes.len()
     }
 }
 
