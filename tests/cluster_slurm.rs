@@ -386,3 +386,60 @@ fn stages_as_slurm_arrays_equal_one_process_and_a_cancelled_task_redoes_only_its
         "{statuses:?}"
     );
 }
+
+/// The README shows the very script this test submits, and its Kubernetes job sets the
+/// variables the next test runs the stages with.
+#[test]
+fn the_readme_shows_the_script_the_cluster_test_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let script = std::fs::read_to_string(root().join(SCRIPT)).unwrap();
+    assert!(
+        readme.contains(&format!("```bash\n{script}```")),
+        "README.md's Cluster section must show {SCRIPT} verbatim"
+    );
+    for needle in [
+        "completionMode: Indexed",
+        "name: IDFORGE_SHARDS",
+        "JOB_COMPLETION_INDEX",
+    ] {
+        assert!(
+            readme.contains(needle),
+            "README's indexed job lacks {needle}"
+        );
+    }
+}
+
+/// A Kubernetes indexed job's pods: `JOB_COMPLETION_INDEX` of `IDFORGE_SHARDS`, all at once.
+#[test]
+fn kubernetes_indexed_job_variables_give_one_process_s_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server();
+    let urls: Vec<String> = (1..=6)
+        .map(|i| srv.url(&format!("/img/sample{i}.jpg")))
+        .collect();
+    let recipe = write_recipe(tmp.path(), "k8s", &urls);
+    let pods: Vec<_> = (0..SHARDS)
+        .map(|i| {
+            common::idforge()
+                .args(["ingest", "--recipe"])
+                .arg(&recipe)
+                .arg("--runs-dir")
+                .arg(tmp.path().join("pods"))
+                .env("JOB_COMPLETION_INDEX", i.to_string())
+                .env("IDFORGE_SHARDS", SHARDS.to_string())
+                .env_remove("SLURM_ARRAY_TASK_ID")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut p in pods {
+        assert!(p.wait().unwrap().success());
+    }
+    single("ingest", &recipe, &tmp.path().join("single"));
+    let pods = RunDir::new(tmp.path().join("pods"), "k8s");
+    assert!(pods.stage("ingest").is_final(), "one pod merged");
+    assert_eq!(
+        images(&pods),
+        images(&RunDir::new(tmp.path().join("single"), "k8s"))
+    );
+}
