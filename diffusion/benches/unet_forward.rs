@@ -3,7 +3,7 @@
 //! values).
 //!
 //! `cargo bench -p idforge-diffusion --bench unet_forward -- [--sdxl] [--latent 32] [--batch 2]
-//! [--rounds 3]` prints one JSON line: ms per forward (best of N timed rounds after a warm-up)
+//! [--rounds 3] [--adapter faceid|photomaker|split]` prints one JSON line: ms per forward (best of N timed rounds after a warm-up)
 //! at `batch` × 4 × `latent`² latents, 77 text tokens (SDXL: 2048 wide, with the pooled
 //! embedding and time ids). Batch 2 is one classifier-free-guided step; SD1.5 at 512 px is
 //! `--latent 64`, SDXL at 1024 px `--sdxl --latent 128`. `--features flex-rayon` lets the CPU
@@ -22,7 +22,12 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use idforge_core::bench::{BenchArgs, cpu_model, loadavg};
 use idforge_diffusion::adapters::ip_adapter::{IpAdapter, IpScale, ProjectionSpec};
+use idforge_diffusion::adapters::lora::{Lora, LoraLayer};
+use idforge_diffusion::adapters::split_prompt::{
+    PartTokens, SplitConditioning, SplitPrompt, SplitScale,
+};
 use idforge_diffusion::nn::Init;
+use idforge_diffusion::pipeline::Conditioning;
 use idforge_diffusion::{AddedConditions, AttentionHook, NoHook, UNet, UNetConfig, UNetInput};
 
 fn run<B: Backend>(args: &BenchArgs, backend: &str) {
@@ -88,9 +93,14 @@ fn run<B: Backend>(args: &BenchArgs, backend: &str) {
             .fold(f64::INFINITY, f64::min)
     };
     let best = time(&NoHook);
-    // `--adapter faceid`: the cost of IP-Adapter-FaceID per step (4 tokens on every attn2 and
-    // its rank-128 LoRA on every attention projection), random weights, beside the base UNet.
-    let adapter = match args.value("--adapter").as_deref() {
+    // `--adapter KIND`: an adapter's cost per step beside the base UNet, random weights.
+    // `faceid`: IP-Adapter-FaceID (4 tokens on every attn2, its rank-128 LoRA on every attention
+    // projection). `photomaker`: PhotoMaker's UNet LoRA (rank 64 on to_q/k/v/out of every
+    // attention; its ID encoder runs once per image, not per step). `split`: the split-prompt
+    // adapter (77 background and 77 body tokens on every attn2).
+    let kind = args.value("--adapter");
+    let random = |shape: [usize; 3]| Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let adapter = match kind.as_deref() {
         None => None,
         Some("faceid") => {
             let spec = ProjectionSpec::FaceId {
@@ -102,15 +112,61 @@ fn run<B: Backend>(args: &BenchArgs, backend: &str) {
             let adapter = IpAdapter::new(&Init::Random, spec, &unet, &device)
                 .and_then(|a| a.with_random_lora(&unet, 128, &device))
                 .expect("a random FaceID adapter fits the UNet");
-            let tokens = Tensor::random([batch, 4, cross], Distribution::Normal(0.0, 1.0), &device);
-            let hook = adapter.hook(tokens, IpScale::uniform(1.0));
+            let hook = adapter.hook(random([batch, 4, cross]), IpScale::uniform(1.0));
             Some(time(&hook))
         }
-        Some(other) => panic!("--adapter faceid, not {other}"),
+        Some("photomaker") => {
+            let mut layers = Vec::new();
+            for l in unet.attention_layers() {
+                let hidden = l.heads * l.head_dim;
+                let kv_in = l.cross_attention_dim.unwrap_or(l.query_dim);
+                for (proj, inp) in [
+                    ("to_q", l.query_dim),
+                    ("to_k", kv_in),
+                    ("to_v", kv_in),
+                    ("to_out.0", hidden),
+                ] {
+                    let out = if proj == "to_out.0" {
+                        l.query_dim
+                    } else {
+                        hidden
+                    };
+                    let layer = LoraLayer::new(&Init::Random, "", inp, out, 64, &device)
+                        .expect("a random LoRA layer");
+                    layers.push((format!("{}.{proj}", l.name), layer));
+                }
+            }
+            Some(time(&Lora::new(layers, 1.0)))
+        }
+        Some("split") => {
+            let adapter = SplitPrompt::new_from_unet(&unet).expect("split-prompt layers");
+            let prompts = SplitConditioning {
+                cond: Conditioning {
+                    context: input.context.clone(),
+                    pooled: None,
+                },
+                uncond: None,
+                parts: PartTokens {
+                    background: random([batch, 77, cross]),
+                    body: random([batch, 77, cross]),
+                },
+                uncond_parts: None,
+            };
+            let hook = adapter.hook(
+                &prompts,
+                SplitScale {
+                    background: 1.0,
+                    body: 1.0,
+                },
+            );
+            Some(time(&hook))
+        }
+        Some(other) => panic!("--adapter faceid|photomaker|split, not {other}"),
     };
     let adapter_json = adapter.map_or(String::new(), |ms| {
         format!(
-            ",\"adapter\":\"faceid\",\"ms_with_adapter\":{ms:.1},\"adapter_overhead\":{:.3}",
+            ",\"adapter\":{:?},\"ms_with_adapter\":{ms:.1},\"adapter_overhead\":{:.3}",
+            kind.as_deref().unwrap_or_default(),
             ms / best - 1.0
         )
     });
