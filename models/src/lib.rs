@@ -18,6 +18,7 @@ pub mod iresnet;
 pub mod nn;
 pub mod onnx;
 pub mod readback;
+pub mod reference;
 pub mod tfjs;
 pub mod weights;
 
