@@ -95,14 +95,14 @@ pub fn check_ip_adapter_encoder<B: Backend>(
     encoder
         .check(&ip_adapter_needs(spec, crop))
         .map_err(|e| DiffusionError::Setting(format!("{} adapter: {e}", spec.kind())))?;
-    if let (Some(want), Some(have)) = (ip_adapter_id_width(spec), encoder.arcface_dim()) {
-        if want != have {
-            return Err(DiffusionError::Setting(format!(
-                "the ArcFace model gives {have}-d embeddings, this {} adapter takes {want}-d \
-                 (insightface's buffalo_l w600k_r50.onnx gives 512)",
-                spec.kind()
-            )));
-        }
+    if let (Some(want), Some(have)) = (ip_adapter_id_width(spec), encoder.arcface_dim())
+        && want != have
+    {
+        return Err(DiffusionError::Setting(format!(
+            "the ArcFace model gives {have}-d embeddings, this {} adapter takes {want}-d \
+             (insightface's buffalo_l w600k_r50.onnx gives 512)",
+            spec.kind()
+        )));
     }
     if let (Some((what, want)), Some(enc)) = (ip_adapter_clip_width(spec), encoder.image_encoder())
     {

@@ -107,7 +107,7 @@ impl Worst {
 #[test]
 fn reference_inputs_match_insightface_onnxruntime_and_transformers() {
     let r = reference();
-    let tensors = WeightStore::open(&fixtures().join("reference/reference.safetensors")).unwrap();
+    let tensors = WeightStore::open(fixtures().join("reference/reference.safetensors")).unwrap();
     let t = |name: &str| tensors.read_f32(name).unwrap().1;
     let mut worst = Worst(Vec::new());
     for arcface in ["iresnet18_w4_mxnet.onnx", "iresnet50_w4.onnx"] {
