@@ -107,8 +107,9 @@ pub struct GenerateArgs {
     /// adapter's inputs are computed from it as its kind needs: FaceID takes the ArcFace
     /// embedding (L2-normalised) of the photo's largest face (face-api detector + 68 landmarks →
     /// insightface's 5-point `norm_crop`; needs --arcface); plain, Plus and full-face take CLIP
-    /// of the whole photo (needs --image-encoder); FaceID-Plus takes both, CLIP seeing the 224 px
-    /// aligned face crop.
+    /// of the whole photo (needs --image-encoder; the plus-face and full-face adapters expect a
+    /// photo cropped to the face); FaceID-Plus takes both, CLIP seeing the 224 px aligned face
+    /// crop.
     #[arg(
         long = "ref",
         value_name = "PHOTO",
@@ -117,7 +118,7 @@ pub struct GenerateArgs {
     )]
     references: Vec<PathBuf>,
     /// An ArcFace-class ONNX model for the FaceID kinds' identity embedding of the --ref faces:
-    /// insightface's buffalo_l `w600k_r50.onnx` (the one IP-Adapter-FaceID was trained with).
+    /// insightface's buffalo_l `w600k_r50.onnx` (the one IP-Adapter-FaceID's demo uses).
     #[arg(long, value_name = "ONNX", requires = "references")]
     arcface: Option<PathBuf>,
     /// The CLIP image encoder for the --ref photos: diffusers' `image_encoder/` folder
