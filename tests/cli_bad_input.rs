@@ -386,6 +386,31 @@ fn bad_input_is_a_clear_error_everywhere() {
         args.push(arg);
         s.refuse(&args, flag);
     }
+    // Reference photos: flags that need or exclude each other, a bad channel order.
+    for (extra, flag) in [
+        (&["--ref=photos/ann/1.jpg"][..], "--adapter"),
+        (
+            &[
+                "--adapter=a.bin",
+                "--ref=photos/ann/1.jpg",
+                "--id-embeds=e.safetensors",
+            ][..],
+            "--id-embeds",
+        ),
+        (&["--adapter=a.bin", "--arcface=w.onnx"][..], "--ref"),
+        (
+            &[
+                "--adapter=a.bin",
+                "--ref=photos/ann/1.jpg",
+                "--face-crop-channels=grey",
+            ][..],
+            "--face-crop-channels",
+        ),
+    ] {
+        let mut args = generate("--steps=2").to_vec();
+        args.extend_from_slice(extra);
+        s.refuse(&args, flag);
+    }
     for (arg, flag) in [
         ("--min-score=nan", "--min-score"),
         ("--max-faces=0", "--max-faces"),

@@ -338,3 +338,385 @@ fn generate_with_ip_adapter_faceid_ends_at_diffusers_image() {
     assert!(out.status.success(), "{}", text(&out));
     assert_within_half_a_level(&png, &inputs, "image");
 }
+
+/// The tiny ArcFace (16-d, the tiny FaceID adapters' width) and CLIP image encoder (width and
+/// projection 16) of models/tests/fixtures.
+fn model_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures")
+}
+
+fn tiny_arcface() -> PathBuf {
+    model_fixtures().join("iresnet/iresnet18_w4_mxnet.onnx")
+}
+
+fn tiny_image_encoder() -> PathBuf {
+    model_fixtures().join("reference/image_encoder")
+}
+
+/// `generate` on the tiny SD pipeline, 4 Euler steps from seed 3, plus `extra`.
+fn generate_tiny(extra: &[&str], out: &Path) -> Output {
+    let model = fixtures().join("tiny-sd");
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a photo of a man",
+        "--steps",
+        "4",
+        "--seed",
+        "3",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    generate(&args)
+}
+
+fn pixels(p: &Path) -> Vec<u8> {
+    image::open(p).unwrap().to_rgb8().into_raw()
+}
+
+#[test]
+fn generate_from_reference_photos_equals_the_run_from_their_embeddings() {
+    // --ref + --arcface with the FaceID adapter: the largest face of each photo, its ArcFace
+    // embedding L2-normalised. The same embeddings computed here with the face embedder and
+    // given through --id-embeds give the same image, bit for bit.
+    let photos = common::sample_photos_dir();
+    let refs = [photos.join("sample1.jpg"), photos.join("sample4.jpg")];
+    let device = Default::default();
+    let faces = idforge_models::face_embedder::FaceEmbedder::<Flex>::load(
+        &common::face_api_dir().join("model"),
+        idforge_models::face_api::Detector::default(),
+        Some(&tiny_arcface()),
+        &device,
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for r in &refs {
+        let img = image::open(r).unwrap().to_rgb8();
+        let view = idforge_models::face_api::preprocess::RgbView {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            data: img.as_raw(),
+        };
+        let (_, embedding) = faces
+            .largest_face(view)
+            .expect("a face in the sample photo");
+        ids.extend(embedding);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let id_file = tmp.path().join("ids.safetensors");
+    write_id_embeds(&id_file, &ids, 16);
+    let adapter = fixtures().join("ip-adapter/faceid.safetensors");
+    let saved = tmp.path().join("saved.safetensors");
+    let (a, b) = (tmp.path().join("ref.png"), tmp.path().join("ids.png"));
+    let from_refs = generate_tiny(
+        &[
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--ref",
+            refs[0].to_str().unwrap(),
+            "--ref",
+            refs[1].to_str().unwrap(),
+            "--arcface",
+            tiny_arcface().to_str().unwrap(),
+            "--save-inputs",
+            saved.to_str().unwrap(),
+            "--adapter-scale",
+            "0.8",
+        ],
+        &a,
+    );
+    assert!(from_refs.status.success(), "{}", text(&from_refs));
+    let said = text(&from_refs);
+    assert!(said.contains("ip-adapter-faceid"), "{said}");
+    for r in &refs {
+        assert!(
+            said.contains(&format!("reference {}", r.display())),
+            "{said}"
+        );
+    }
+    assert!(
+        said.contains("arcface:iresnet18_w4_mxnet.onnx 16-d"),
+        "{said}"
+    );
+    let from_ids = generate_tiny(
+        &[
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--id-embeds",
+            id_file.to_str().unwrap(),
+            "--adapter-scale",
+            "0.8",
+        ],
+        &b,
+    );
+    assert!(from_ids.status.success(), "{}", text(&from_ids));
+    assert_eq!(pixels(&a), pixels(&b), "--ref and --id-embeds disagree");
+    let base = generate_tiny(&[], &tmp.path().join("base.png"));
+    assert!(base.status.success(), "{}", text(&base));
+    assert_ne!(pixels(&a), pixels(&tmp.path().join("base.png")));
+    // --save-inputs wrote the same embeddings, in the shape --id-embeds reads.
+    let store = Weights::open(&saved).unwrap();
+    let (shape, values) = store.read_f32("id_embeds").unwrap();
+    assert_eq!(shape, [2, 16]);
+    let worst = values
+        .iter()
+        .zip(&ids)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst == 0.0, "saved id_embeds differ by {worst}");
+}
+
+#[test]
+fn generate_faceid_plus_and_plus_from_reference_photos() {
+    // FaceID-Plus V2 takes the ArcFace embedding and CLIP of the 224 px face crop; its inputs
+    // written by --save-inputs and given back as --id-embeds + --image-embeds give the same
+    // image. The crop's channel order matters; Plus takes CLIP of the whole photo.
+    let photos = common::sample_photos_dir();
+    let photo = photos.join("sample6.jpg");
+    let tmp = tempfile::tempdir().unwrap();
+    let saved = tmp.path().join("saved.safetensors");
+    let adapter = fixtures().join("ip-adapter/faceid_plus_v2.safetensors");
+    let png = |n: &str| tmp.path().join(n);
+    let refs = |channels: &'static str, save: bool| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--plus-v2",
+            "--ref",
+            photo.to_str().unwrap(),
+            "--arcface",
+            tiny_arcface().to_str().unwrap(),
+            "--image-encoder",
+            tiny_image_encoder().to_str().unwrap(),
+            "--face-crop-channels",
+            channels,
+        ]
+        .map(String::from)
+        .to_vec();
+        if save {
+            v.extend(["--save-inputs".into(), saved.to_str().unwrap().into()]);
+        }
+        v
+    };
+    let run = |args: &[String], out: &Path| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        generate_tiny(&args, out)
+    };
+    let bgr = run(&refs("bgr", true), &png("bgr.png"));
+    assert!(bgr.status.success(), "{}", text(&bgr));
+    let said = text(&bgr);
+    assert!(said.contains("ip-adapter-faceid-plus"), "{said}");
+    assert!(
+        said.contains("224 px face crop (BGR): hidden states 5x16"),
+        "{said}"
+    );
+    let store = Weights::open(&saved).unwrap();
+    for (name, shape) in [
+        ("id_embeds", vec![1, 16]),
+        ("hidden_states", vec![1, 5, 16]),
+        ("negative_hidden_states", vec![1, 5, 16]),
+    ] {
+        assert_eq!(store.shape(name), Some(shape.as_slice()), "{name}");
+    }
+    let given = run(
+        &[
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--plus-v2",
+            "--id-embeds",
+            saved.to_str().unwrap(),
+            "--image-embeds",
+            saved.to_str().unwrap(),
+        ]
+        .map(String::from),
+        &png("given.png"),
+    );
+    assert!(given.status.success(), "{}", text(&given));
+    assert_eq!(pixels(&png("bgr.png")), pixels(&png("given.png")));
+    let rgb = run(&refs("rgb", false), &png("rgb.png"));
+    assert!(rgb.status.success(), "{}", text(&rgb));
+    assert_ne!(
+        pixels(&png("bgr.png")),
+        pixels(&png("rgb.png")),
+        "the crop's channel order changes nothing"
+    );
+    // Plus: CLIP of the whole photo; --arcface is not needed (and said to be unused).
+    let plus = generate_tiny(
+        &[
+            "--adapter",
+            fixtures()
+                .join("ip-adapter/plus.safetensors")
+                .to_str()
+                .unwrap(),
+            "--ref",
+            photo.to_str().unwrap(),
+            "--image-encoder",
+            tiny_image_encoder().to_str().unwrap(),
+            "--arcface",
+            tiny_arcface().to_str().unwrap(),
+        ],
+        &png("plus.png"),
+    );
+    assert!(plus.status.success(), "{}", text(&plus));
+    assert!(text(&plus).contains("CLIP"), "{}", text(&plus));
+    assert!(
+        text(&plus).contains("--arcface is not used"),
+        "{}",
+        text(&plus)
+    );
+}
+
+#[test]
+fn generate_from_references_says_what_is_missing() {
+    let photos = common::sample_photos_dir();
+    let photo = photos.join("sample1.jpg");
+    let photo = photo.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let faceid = fixtures().join("ip-adapter/faceid.safetensors");
+    let faceid = faceid.to_str().unwrap();
+    let plus = fixtures().join("ip-adapter/plus.safetensors");
+    let plus = plus.to_str().unwrap();
+    let arcface = tiny_arcface();
+    let arcface = arcface.to_str().unwrap();
+    let refuse = |args: &[&str], code: i32, wants: &[&str]| {
+        let o = generate_tiny(args, &out);
+        assert_eq!(o.status.code(), Some(code), "{args:?}\n{}", text(&o));
+        for w in wants {
+            assert!(
+                text(&o).contains(w),
+                "{args:?} should say {w:?}\n{}",
+                text(&o)
+            );
+        }
+        assert!(!out.exists(), "an image was written");
+    };
+    // FaceID without --arcface; Plus without --image-encoder: the flag and what to pass.
+    refuse(
+        &["--adapter", faceid, "--ref", photo],
+        1,
+        &[
+            "ip-adapter-faceid",
+            "--arcface",
+            "w600k_r50.onnx",
+            "--id-embeds",
+        ],
+    );
+    refuse(
+        &["--adapter", plus, "--ref", photo],
+        1,
+        &[
+            "ip-adapter-plus",
+            "--image-encoder",
+            "image_encoder/",
+            "--image-embeds",
+        ],
+    );
+    // A photo without a face, an unreadable one, a missing one: named.
+    let blank = tmp.path().join("blank.png");
+    image::RgbImage::from_pixel(120, 90, image::Rgb([90, 120, 150]))
+        .save(&blank)
+        .unwrap();
+    refuse(
+        &[
+            "--adapter",
+            faceid,
+            "--ref",
+            blank.to_str().unwrap(),
+            "--arcface",
+            arcface,
+        ],
+        1,
+        &["--ref", "blank.png", "no face found"],
+    );
+    let notes = tmp.path().join("notes.jpg");
+    std::fs::write(&notes, b"not a photo").unwrap();
+    refuse(
+        &[
+            "--adapter",
+            faceid,
+            "--ref",
+            notes.to_str().unwrap(),
+            "--arcface",
+            arcface,
+        ],
+        1,
+        &["notes.jpg", "not a readable image"],
+    );
+    refuse(
+        &[
+            "--adapter",
+            faceid,
+            "--ref",
+            "nowhere/face.jpg",
+            "--arcface",
+            arcface,
+        ],
+        1,
+        &["--ref nowhere/face.jpg: no such file"],
+    );
+    // An image encoder of another width (the tiny CLIPModel of the CLIP fixtures: 48 wide).
+    let wide = tmp.path().join("wide_encoder");
+    std::fs::create_dir(&wide).unwrap();
+    let clip = model_fixtures().join("clip");
+    std::fs::copy(
+        clip.join("tiny_hf_gelu.config.json"),
+        wide.join("config.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        clip.join("tiny_hf_gelu.safetensors"),
+        wide.join("model.safetensors"),
+    )
+    .unwrap();
+    refuse(
+        &[
+            "--adapter",
+            plus,
+            "--ref",
+            photo,
+            "--image-encoder",
+            wide.to_str().unwrap(),
+        ],
+        1,
+        &["--image-encoder", "48-wide hidden states", "takes 16-wide"],
+    );
+    // An SDXL adapter on the SD 1.5 model.
+    let sdxl = fixtures().join("ip-adapter/sdxl_faceid.safetensors");
+    refuse(
+        &[
+            "--adapter",
+            sdxl.to_str().unwrap(),
+            "--ref",
+            photo,
+            "--arcface",
+            arcface,
+        ],
+        1,
+        &[
+            "another base model",
+            "pass the adapter made for this base model",
+        ],
+    );
+    // Flags that do not go together: clap's usage errors.
+    refuse(
+        &[
+            "--adapter",
+            faceid,
+            "--ref",
+            photo,
+            "--id-embeds",
+            "ids.safetensors",
+        ],
+        2,
+        &["--id-embeds"],
+    );
+    refuse(&["--ref", photo], 2, &["--adapter"]);
+    refuse(&["--adapter", faceid, "--arcface", arcface], 2, &["--ref"]);
+    let five: Vec<&str> = ["--adapter", faceid, "--arcface", arcface]
+        .into_iter()
+        .chain((0..5).flat_map(|_| ["--ref", photo]))
+        .collect();
+    refuse(&five, 1, &["1 to 4 reference photos"]);
+}

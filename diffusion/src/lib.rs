@@ -8,6 +8,7 @@
 //! - [`schedulers`]: the DDPM training schedule, DDIM and Euler discrete samplers.
 //! - [`pipeline`]: prompt encoding with the folder's CLIP text encoders, the guided denoising
 //!   loop, decoding.
+//! - [`reference`]: what each adapter takes from reference photos, and its inputs from them.
 //!
 //! Every parameter is a burn `Param`: the UNet runs under `burn::backend::Autodiff` with its
 //! base weights frozen (`Module::no_grad`); the trainer (`idforge-train`) adds gradient
@@ -19,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod nn;
 pub mod pipeline;
+pub mod reference;
 pub mod schedulers;
 pub mod unet;
 pub mod vae;

@@ -69,4 +69,21 @@ pub enum ModelError {
         /// What is wrong, and what was expected.
         message: String,
     },
+    /// A photo could not be decoded.
+    #[error("{path}: not a readable image: {message}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's reason.
+        message: String,
+    },
+    /// A reference photo in which the detector finds no face.
+    #[error(
+        "{path}: no face found (face-api's SSD detector, score ≥ 0.5); give a photo where the \
+         face is large, frontal and unoccluded"
+    )]
+    NoFace {
+        /// The photo.
+        path: PathBuf,
+    },
 }

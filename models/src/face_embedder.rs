@@ -54,6 +54,11 @@ impl<B: Backend> FaceEmbedder<B> {
         self.detector
     }
 
+    /// Whether the embeddings are an ArcFace ONNX model's (not face-api's descriptor).
+    pub fn has_arcface(&self) -> bool {
+        self.arcface.is_some()
+    }
+
     /// Length of the embeddings: 128 for face-api, the ONNX model's for ArcFace.
     pub fn embedding_dim(&self) -> usize {
         match &self.arcface {

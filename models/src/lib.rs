@@ -5,6 +5,10 @@
 //! ([`face_api`], [`tfjs`]), and the ArcFace-class IResNet from the user's insightface ONNX file
 //! ([`iresnet`], [`onnx`]) with its 5-point alignment ([`face_align`]). Each is checked against
 //! its reference implementation by the tests in `models/tests/`.
+//!
+//! Identity adapters' inputs (issue 19): [`reference`] turns reference photos into the largest
+//! face's ArcFace embedding (raw and normalised), its 224 px `norm_crop`, and CLIP image features
+//! from diffusers' `image_encoder/` folder.
 #![warn(missing_docs)]
 
 pub mod clip;
@@ -18,6 +22,7 @@ pub mod iresnet;
 pub mod nn;
 pub mod onnx;
 pub mod readback;
+pub mod reference;
 pub mod tfjs;
 pub mod weights;
 

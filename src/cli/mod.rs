@@ -58,7 +58,8 @@ enum Command {
     /// Face models: `faces detect <image>` prints detected faces as JSON.
     Faces(faces::FacesArgs),
     /// Generate an image from a diffusers Stable Diffusion / SDXL folder (safetensors) with the
-    /// burn port of its UNet, VAE, text encoders and DDIM / Euler samplers.
+    /// burn port of its UNet, VAE, text encoders and DDIM / Euler samplers, optionally with an
+    /// IP-Adapter-family identity adapter conditioned on reference photos.
     Generate(generate::GenerateArgs),
     /// Summarise a table (`images.parquet`) or a run folder.
     Show(show::ShowArgs),

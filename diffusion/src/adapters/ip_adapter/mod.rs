@@ -188,6 +188,11 @@ impl<B: Backend> IpAdapter<B> {
         self.spec.kind()
     }
 
+    /// The kind and shapes read from the file (what its inputs must look like).
+    pub fn spec(&self) -> ProjectionSpec {
+        self.spec
+    }
+
     /// Sets FaceID-Plus V2's shortcut (`tokens + scale · resampled`); no effect on other kinds.
     pub fn set_shortcut(&mut self, on: bool, scale: f32) {
         if let ImageProjection::FaceIdPlus(p) = &mut self.projection {
