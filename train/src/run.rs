@@ -354,6 +354,8 @@ where
     };
     let adapter = match &start_file {
         Some(path) => {
+            // Another base model's adapter is refused by the load, before its inputs are.
+            let loaded = IpAdapter::<A<B>>::load(path, &unet, device)?;
             let store = WeightStore::open(path)?;
             let spec = ProjectionSpec::detect(&store, "image_proj.").map_err(|e| {
                 TrainError::data(path, format!("not an IP-Adapter file: {e}"))
@@ -380,7 +382,7 @@ where
                     ));
                 }
             }
-            IpAdapter::<A<B>>::load(path, &unet, device)?
+            loaded
         }
         None => {
             B::seed(device, mix(&[settings.seed, salt::INIT]));
