@@ -187,7 +187,9 @@ fn train_resume_after_sigkill_equals_uninterrupted_and_exports_for_generate() {
 
     // Killed (SIGKILL) after the checkpoint of step 2, then resumed.
     let killed = recipe(dir.path(), "killed", &export, "");
-    let ckpt = dir.path().join("runs/killed/train/checkpoints/step-00000002/state.json");
+    let ckpt = dir
+        .path()
+        .join("runs/killed/train/checkpoints/step-00000002/state.json");
     let mut child = idforge()
         .args(["train", "--recipe"])
         .arg(&killed)
@@ -207,7 +209,11 @@ fn train_resume_after_sigkill_equals_uninterrupted_and_exports_for_generate() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(!dir.path().join("runs/killed/train/adapter.safetensors").exists());
+    assert!(
+        !dir.path()
+            .join("runs/killed/train/adapter.safetensors")
+            .exists()
+    );
     let out = train(&["--resume"], &killed);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -217,7 +223,10 @@ fn train_resume_after_sigkill_equals_uninterrupted_and_exports_for_generate() {
     );
     let a = std::fs::read(run.join("adapter.safetensors")).unwrap();
     let b = std::fs::read(dir.path().join("runs/killed/train/adapter.safetensors")).unwrap();
-    assert!(a == b, "the resumed run's weights differ from the uninterrupted run's");
+    assert!(
+        a == b,
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
     let resumed_metrics =
         std::fs::read_to_string(dir.path().join("runs/killed/train/metrics.jsonl")).unwrap();
     let losses = |m: &str| -> Vec<String> {
@@ -233,9 +242,8 @@ fn train_resume_after_sigkill_equals_uninterrupted_and_exports_for_generate() {
     let values: Vec<u8> = (0..32)
         .flat_map(|i| ((i as f32 * 0.37).sin() / 16.0).to_le_bytes())
         .collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 32], &values)
-            .unwrap();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 32], &values)
+        .unwrap();
     safetensors::serialize_to_file([("id_embeds", view)], None, &embeds).unwrap();
     let png = dir.path().join("out.png");
     let out = idforge()

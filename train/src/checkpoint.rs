@@ -111,7 +111,9 @@ pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     for entry in std::fs::read_dir(root).map_err(|e| TrainError::io(root, e))? {
         let entry = entry.map_err(|e| TrainError::io(root, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok())
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
             && entry.path().join(STATE_FILE).is_file()
         {
             found.push((step, entry.path()));

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use arrow::array::{Array, BinaryArray, FixedSizeListArray, Float32Array, StringArray, StructArray};
+use arrow::array::{
+    Array, BinaryArray, FixedSizeListArray, Float32Array, StringArray, StructArray,
+};
 use arrow::record_batch::RecordBatch;
 use idforge_core::schema::dataset::{
     DATA_DIR, FACE_BOX, IDENTITY, IMAGE, IMAGE_BYTES, IMAGE_PATH, REF_IMAGE, Split,
@@ -177,11 +179,7 @@ fn column<'a, A: Array + 'static>(
         })
 }
 
-fn image_at(
-    images: &StructArray,
-    i: usize,
-    export: &Path,
-) -> Option<ImageSource> {
+fn image_at(images: &StructArray, i: usize, export: &Path) -> Option<ImageSource> {
     if images.is_null(i) {
         return None;
     }
@@ -241,7 +239,10 @@ fn read_batch(
 pub fn mix(parts: &[u64]) -> u64 {
     let mut h = 0x9E37_79B9_7F4A_7C15u64;
     for &p in parts {
-        h ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(h << 6).wrapping_add(h >> 2);
+        h ^= p
+            .wrapping_add(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(h << 6)
+            .wrapping_add(h >> 2);
         let mut z = h;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -306,7 +307,13 @@ impl Plan {
 
     /// How many references the step `step` gives each sample: uniform in `1..=max`, `max` the
     /// fewest other photos any of its samples has (capped at `max_refs`).
-    pub fn reference_count(&self, set: &TrainSet, step: u64, rows: &[usize], max_refs: usize) -> usize {
+    pub fn reference_count(
+        &self,
+        set: &TrainSet,
+        step: u64,
+        rows: &[usize],
+        max_refs: usize,
+    ) -> usize {
         let max = rows
             .iter()
             .map(|&r| set.others[r].len())
@@ -318,7 +325,13 @@ impl Plan {
     }
 
     /// `count` distinct other photos of the row at `position`'s identity.
-    pub fn references(&self, set: &TrainSet, position: u64, row: usize, count: usize) -> Vec<usize> {
+    pub fn references(
+        &self,
+        set: &TrainSet,
+        position: u64,
+        row: usize,
+        count: usize,
+    ) -> Vec<usize> {
         let mut others = set.others[row].clone();
         let mut rng = StdRng::seed_from_u64(mix(&[self.seed, salt::REFERENCES, position]));
         let count = count.min(others.len());
@@ -501,8 +514,15 @@ mod tests {
             let row = plan.row(p);
             let refs = plan.references(&s, p, row, MAX_REFERENCES);
             assert!(!refs.is_empty() && !refs.contains(&row));
-            assert!(refs.iter().all(|&r| s.rows[r].identity == s.rows[row].identity));
-            assert_eq!(refs, plan.references(&s, p, row, MAX_REFERENCES), "deterministic");
+            assert!(
+                refs.iter()
+                    .all(|&r| s.rows[r].identity == s.rows[row].identity)
+            );
+            assert_eq!(
+                refs,
+                plan.references(&s, p, row, MAX_REFERENCES),
+                "deterministic"
+            );
         }
     }
 

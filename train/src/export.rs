@@ -95,8 +95,7 @@ pub fn write_safetensors(
             .map_err(|e| TrainError::Setting(format!("tensor `{name}`: {e}")))?;
         views.push((name.clone(), view));
     }
-    let metadata =
-        metadata.map(|(k, v)| HashMap::from([(k.to_string(), v.to_string())]));
+    let metadata = metadata.map(|(k, v)| HashMap::from([(k.to_string(), v.to_string())]));
     let data = safetensors::serialize(views, metadata)
         .map_err(|e| TrainError::Setting(format!("serialising {}: {e}", path.display())))?;
     write_atomic(path, &data)

@@ -118,7 +118,7 @@ impl<B: Backend> RefEncoder<B> {
     }
 
     /// The normalised ArcFace embedding of a reference photo.
-    fn embed(&self, rgb: &(usize, usize, Vec<u8>)) -> Vec<f32> {
+    fn embed(&self, rgb: &Rgb) -> Vec<f32> {
         let (w, h, data) = rgb;
         let view = RgbView {
             width: *w,
@@ -201,6 +201,13 @@ fn folder_fingerprint(dirs: &[PathBuf]) -> Result<String, TrainError> {
     Ok(hex::encode(&h.finalize()[..12]))
 }
 
+/// Cached latents: shape `[2c, h, w]`, mean ‖ logvar, the face box at the training size.
+type CachedLatents = (Vec<usize>, Vec<f32>, Option<[f32; 4]>);
+/// A decoded photo: width, height, RGB8.
+type Rgb = (usize, usize, Vec<u8>);
+/// A reference: its cache key, and its cached embedding or its decoded photo.
+type RefInput = (String, Option<Vec<f32>>, Option<Rgb>);
+
 /// What a data worker hands the step: the target (cached latents or pixels) and the
 /// references (cached embeddings or decoded photos).
 struct Item {
@@ -208,9 +215,9 @@ struct Item {
     /// Cache key of the latents.
     latent_key: String,
     /// `[2c, h, w]` mean ‖ logvar and the face box, when cached.
-    cached: Option<(Vec<usize>, Vec<f32>, Option<[f32; 4]>)>,
+    cached: Option<CachedLatents>,
     pixels: Option<data::Pixels>,
-    refs: Vec<(String, Option<Vec<f32>>, Option<(usize, usize, Vec<u8>)>)>,
+    refs: Vec<RefInput>,
 }
 
 /// Runs (or resumes) a training run into `out` (`runs/<name>/train/`).
@@ -357,9 +364,8 @@ where
             // Another base model's adapter is refused by the load, before its inputs are.
             let loaded = IpAdapter::<A<B>>::load(path, &unet, device)?;
             let store = WeightStore::open(path)?;
-            let spec = ProjectionSpec::detect(&store, "image_proj.").map_err(|e| {
-                TrainError::data(path, format!("not an IP-Adapter file: {e}"))
-            })?;
+            let spec = ProjectionSpec::detect(&store, "image_proj.")
+                .map_err(|e| TrainError::data(path, format!("not an IP-Adapter file: {e}")))?;
             match spec {
                 ProjectionSpec::FaceId { id_dim: want, .. } if want != id_dim => {
                     return Err(TrainError::data(
@@ -494,9 +500,9 @@ where
             let latent_key = format!("{}-{side}", sha_hex(&bytes));
             let (cached, pixels) = match latents.get(&latent_key) {
                 Some((shape, v)) => {
-                    let boxes = latents.get(&format!("{latent_key}-box")).and_then(|(_, b)| {
-                        (b.len() == 4).then(|| [b[0], b[1], b[2], b[3]])
-                    });
+                    let boxes = latents
+                        .get(&format!("{latent_key}-box"))
+                        .and_then(|(_, b)| (b.len() == 4).then(|| [b[0], b[1], b[2], b[3]]));
                     (Some((shape, v, boxes)), None)
                 }
                 None => (None, Some(data::target_pixels(r, side)?)),
@@ -561,12 +567,18 @@ where
                         let post = vae.encode(img);
                         let both = Tensor::cat(vec![post.mean, post.logvar], 1);
                         let [_, c2, h, w] = both.dims();
-                        let v = both.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| {
-                            TrainError::Setting(format!("reading latents: {e:?}"))
-                        })?;
+                        let v = both
+                            .into_data()
+                            .convert::<f32>()
+                            .to_vec::<f32>()
+                            .map_err(|e| TrainError::Setting(format!("reading latents: {e:?}")))?;
                         latents.put(&item.latent_key, vec![c2, h, w], v.clone())?;
                         if let Some(fb) = px.face_box {
-                            latents.put(&format!("{}-box", item.latent_key), vec![4], fb.to_vec())?;
+                            latents.put(
+                                &format!("{}-box", item.latent_key),
+                                vec![4],
+                                fb.to_vec(),
+                            )?;
                         }
                         (vec![c2, h, w], v, px.face_box)
                     }
@@ -816,7 +828,8 @@ fn make_batch<A: Backend, B: Backend>(
         && boxes.iter().all(|fb| {
             fb.is_some_and(|[x0, y0, x1, y1]| {
                 let s = 8.0;
-                (x1 / s).ceil() - (x0 / s).floor() >= 1.0 && (y1 / s).ceil() - (y0 / s).floor() >= 1.0
+                (x1 / s).ceil() - (x0 / s).floor() >= 1.0
+                    && (y1 / s).ceil() - (y0 / s).floor() >= 1.0
             })
         });
     let _ = cdims;
@@ -847,9 +860,7 @@ fn open_metrics(path: &Path, first_step: u64) -> Result<std::fs::File, TrainErro
         std::fs::read_to_string(path)
             .map_err(|e| TrainError::io(path, e))?
             .lines()
-            .filter(|l| {
-                serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= first_step)
-            })
+            .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= first_step))
             .map(str::to_string)
             .collect()
     } else {
@@ -913,7 +924,14 @@ pub fn write_report(out: &Path) -> Result<(), TrainError> {
         lr_svg = line_chart(
             &lrs.iter()
                 .enumerate()
-                .map(|(g, v)| (if g == 0 && groups > 1 { "LoRA" } else { "adapter" }, v.as_slice()))
+                .map(|(g, v)| (
+                    if g == 0 && groups > 1 {
+                        "LoRA"
+                    } else {
+                        "adapter"
+                    },
+                    v.as_slice()
+                ))
                 .collect::<Vec<_>>(),
             "lr"
         ),

@@ -44,12 +44,14 @@ impl Method {
     pub fn check_implemented(self) -> Result<(), String> {
         match self {
             Method::IpAdapterFaceid => Ok(()),
-            Method::IpAdapter | Method::IpAdapterPlus | Method::IpAdapterFaceidPlus => Err(format!(
-                "method `{}` is not implemented yet: it needs CLIP image inputs computed from the \
+            Method::IpAdapter | Method::IpAdapterPlus | Method::IpAdapterFaceidPlus => {
+                Err(format!(
+                    "method `{}` is not implemented yet: it needs CLIP image inputs computed from the \
                  reference photos, which the trainer does not compute yet; train \
                  `ip-adapter-faceid` (ArcFace inputs, --arcface) for now",
-                self.as_str()
-            )),
+                    self.as_str()
+                ))
+            }
             Method::Photomaker | Method::SplitPrompt => Err(format!(
                 "method `{}` is not implemented yet: this build trains the IP-Adapter family \
                  (`ip-adapter-faceid` for now)",
@@ -291,7 +293,10 @@ impl TrainSettings {
             ));
         }
         if !(self.noise_offset.is_finite() && self.noise_offset >= 0.0) {
-            return Err(format!("`noise_offset` = {}: give a number ≥ 0", self.noise_offset));
+            return Err(format!(
+                "`noise_offset` = {}: give a number ≥ 0",
+                self.noise_offset
+            ));
         }
         if !(self.snr_gamma.is_finite() && self.snr_gamma >= 0.0) {
             return Err(format!(
@@ -307,14 +312,18 @@ impl TrainSettings {
             ));
         }
         if self.sample_every > 0 {
-            return Err("`sample_every`: periodic sample images are not implemented yet; set 0 \
+            return Err(
+                "`sample_every`: periodic sample images are not implemented yet; set 0 \
                         and run `idforge generate --adapter` on a checkpoint's adapter.safetensors"
-                .into());
+                    .into(),
+            );
         }
         if self.method == Method::IpAdapterFaceid && self.arcface.is_none() {
-            return Err("`ip-adapter-faceid` needs the ArcFace ONNX that makes its ID embeddings: \
+            return Err(
+                "`ip-adapter-faceid` needs the ArcFace ONNX that makes its ID embeddings: \
                         give --arcface (recipe key `arcface`), e.g. insightface's w600k_r50.onnx"
-                .into());
+                    .into(),
+            );
         }
         Ok(())
     }
