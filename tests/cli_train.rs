@@ -227,6 +227,10 @@ fn train_resume_after_sigkill_equals_uninterrupted_and_exports_for_generate() {
         a == b,
         "the resumed run's weights differ from the uninterrupted run's"
     );
+    // For tools/train-export-check by hand: IDFORGE_TRAIN_TEST_KEEP=<file> keeps the export.
+    if let Some(keep) = std::env::var_os("IDFORGE_TRAIN_TEST_KEEP") {
+        std::fs::write(keep, &a).unwrap();
+    }
     let resumed_metrics =
         std::fs::read_to_string(dir.path().join("runs/killed/train/metrics.jsonl")).unwrap();
     let losses = |m: &str| -> Vec<String> {
