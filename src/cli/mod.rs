@@ -11,6 +11,7 @@ mod faces;
 mod generate;
 mod ingest;
 mod show;
+mod train;
 
 use std::process::ExitCode;
 
@@ -61,6 +62,10 @@ enum Command {
     /// burn port of its UNet, VAE, text encoders and DDIM / Euler samplers, optionally with an
     /// IP-Adapter-family identity adapter conditioned on reference photos.
     Generate(generate::GenerateArgs),
+    /// Train an identity adapter (IP-Adapter-FaceID for now) on a dataset export: `[train]`
+    /// recipe table or flags; checkpoints, `--resume`, metrics.jsonl, report.html and the
+    /// exported adapter in runs/<name>/train/.
+    Train(train::TrainArgs),
     /// Summarise a table (`images.parquet`) or a run folder.
     Show(show::ShowArgs),
     /// Show the tensor backend in use (CPU `flex`, or CUDA when built with `--features cuda`)
@@ -80,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clip(a) => clip::run(a),
         Command::Faces(a) => faces::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Train(a) => train::run(a),
         Command::Show(a) => show::run(a),
         Command::Device(a) => device::run(a),
     }

@@ -1,4 +1,6 @@
-//! What can go wrong in a training step, each message saying what to change.
+//! What can go wrong in training, each message saying what to change.
+
+use std::path::{Path, PathBuf};
 
 use idforge_diffusion::DiffusionError;
 
@@ -9,6 +11,9 @@ pub enum TrainError {
     /// The base model or the adapter refused the inputs (shapes, kinds).
     #[error(transparent)]
     Diffusion(#[from] DiffusionError),
+    /// A weight or model file could not be read.
+    #[error(transparent)]
+    Model(#[from] idforge_models::ModelError),
     /// A setting that cannot work (zero warm-up with a schedule that needs one, an empty
     /// batch, …); the message names it.
     #[error("{0}")]
@@ -37,4 +42,39 @@ pub enum TrainError {
         /// Latent width.
         width: usize,
     },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The dataset export (or a checkpoint) is not what the trainer reads; the message says
+    /// what is wrong.
+    #[error("{}: {message}", path.display())]
+    Data {
+        /// The export, shard or checkpoint.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+impl TrainError {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// A malformed file at `path`.
+    pub fn data(path: &Path, message: impl Into<String>) -> Self {
+        TrainError::Data {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
 }

@@ -9,6 +9,11 @@
 //! - [`schedule`]: linear warm-up (persongen's or diffusers') then constant or cosine.
 //! - [`names`]: the checkpoint key of every trained tensor (groups, optimizer state, export).
 //! - [`step`]: one IP-Adapter(-FaceID) step on a frozen UNet.
+//! - [`data`]: the dataset export's train split, references, per-epoch shuffles, decoding on
+//!   worker threads.
+//! - [`checkpoint`]: atomic checkpoints (weights, optimizer, counters) and `--resume`.
+//! - [`export`]: the adapter as one safetensors file in the reference layout.
+//! - [`settings`] and [`run`]: the `[train]` table and a whole run (`idforge train`).
 //! - [`init`]: starting from scratch as the reference scripts do (`to_k_ip` / `to_v_ip` copied
 //!   from the UNet's `to_k` / `to_v`).
 //!
@@ -17,12 +22,17 @@
 //! steps.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
+pub mod data;
 pub mod error;
+pub mod export;
 pub mod init;
 pub mod loss;
 pub mod names;
 pub mod optim;
+pub mod run;
 pub mod schedule;
+pub mod settings;
 pub mod step;
 
 pub use error::TrainError;
@@ -31,6 +41,7 @@ pub use loss::{LossConfig, NoiseDraw};
 pub use names::{NamedTensor, ParamNames};
 pub use optim::{AdamConfig, AdamKind, GradAccumulator, Optimizer, ParamGroup, clip_grad_norm};
 pub use schedule::{Decay, LrSchedule, Warmup};
+pub use settings::{Method, TrainSettings};
 pub use step::{Gradients, IpAdapterTrainer, IpBatch, StepConfig, StepReport};
 
 /// Autodiff that recomputes cheap (memory-bound) operations in the backward pass instead of

@@ -1,0 +1,314 @@
+//! `idforge train` on the tiny SD fixture and a tiny dataset export made here (synthetic JPEG
+//! crops, `idforge dataset export`): a run's files, `--resume` after SIGKILL ending with the
+//! same weights as an uninterrupted run (bit-exact), the export loading in `generate`, and the
+//! bad inputs a user meets first.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use idforge_core::resample::Plane8;
+use idforge_core::schema::{
+    CaptionRow, CaptionStatus, CaptionsTable, FaceRow, FacesTable, Reason, Verdict,
+};
+
+use common::{idforge, text};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tiny_sd() -> PathBuf {
+    root().join("diffusion/tests/fixtures/tiny-sd")
+}
+
+fn arcface() -> PathBuf {
+    root().join("models/tests/fixtures/iresnet/iresnet50_w4.onnx")
+}
+
+fn save_jpeg(path: &Path, side: usize, seed: u64) {
+    let plane = Plane8 {
+        width: side,
+        height: side,
+        channels: 3,
+        data: (0..side * side * 3)
+            .map(|i| ((i as u64 * 31 + seed * 77) % 251) as u8)
+            .collect(),
+    };
+    idforge_curate::crop::save_jpeg(path, &plane, 90).unwrap();
+}
+
+/// A run with three photos of each of `who`, captioned, exported to `<run>/dataset` with the
+/// last identity held out for validation.
+fn make_export(dir: &Path) -> PathBuf {
+    let runs = dir.join("runs");
+    let run = runs.join("demo");
+    let who = ["ana", "ben", "cleo"];
+    let mut faces = Vec::new();
+    let mut captions = Vec::new();
+    for (k, name) in who.iter().enumerate() {
+        for j in 0..3u64 {
+            let row_id = k as u64 * 3 + j;
+            let image_id = format!("{row_id:064x}");
+            let crop = format!("curate/crops/{image_id}_0.jpg");
+            let reference = format!("curate/refs/{image_id}_0.jpg");
+            save_jpeg(&run.join(&crop), 48, row_id);
+            save_jpeg(&run.join(&reference), 24, row_id);
+            let mut f = FaceRow::image_rejected(
+                row_id,
+                image_id.clone(),
+                Some(name.to_string()),
+                Reason::NoFace,
+                String::new(),
+            );
+            f.verdict = Verdict::Kept;
+            f.reason = None;
+            f.detail = None;
+            f.group = Some(name.to_string());
+            f.face_index = Some(0);
+            f.crop_path = Some(crop.clone());
+            f.face_box_in_crop = Some([8.0, 6.0, 40.0, 44.0]);
+            f.ref_path = Some(reference);
+            captions.push(CaptionRow {
+                row_id,
+                image_id,
+                face_index: 0,
+                identity: f.identity.clone(),
+                group: f.group.clone(),
+                crop_path: crop,
+                input_sha256: "00".repeat(32),
+                captioner: "attributes".into(),
+                model: "face-api-1.7.15".into(),
+                prompt_version: "v1".into(),
+                splitter: "none".into(),
+                status: CaptionStatus::Ok,
+                error: None,
+                caption: None,
+                general: Some(format!("a photo of a person sks, take {j}")),
+                general_raw: Some(format!("a photo of a person, take {j}")),
+                background: None,
+                body: None,
+                class_word: Some("person".into()),
+                trigger: Some("sks".into()),
+                raw: None,
+                attempts: 0,
+                cached: false,
+                latency_ms: None,
+                prompt_tokens: None,
+                completion_tokens: None,
+            });
+            faces.push(f);
+        }
+    }
+    FacesTable {
+        embedder: "face-api".into(),
+        embedding_dim: 128,
+        rows: faces,
+    }
+    .write(&run.join("curate/faces.parquet"))
+    .unwrap();
+    CaptionsTable { rows: captions }
+        .write(&run.join("caption/captions.parquet"))
+        .unwrap();
+    let out = idforge()
+        .args(["dataset", "export"])
+        .arg(&run)
+        .args(["--val-identities", "cleo"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    run.join("dataset")
+}
+
+/// A recipe for a 4-step FaceID run at 64 px, checkpoints every 2 steps.
+fn recipe(dir: &Path, name: &str, export: &Path, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\nruns_dir = \"{runs}\"\n\n[train]\nmethod = \"ip-adapter-faceid\"\n\
+             model = \"{model}\"\ndataset = \"{export}\"\narcface = \"{arcface}\"\n\
+             ref_faces = \"crop\"\nresolution = 64\nbatch_size = 2\ngrad_accum = 2\nsteps = 4\n\
+             lr = 1e-3\nlora_lr = 1e-2\nlora_rank = 4\nwarmup_steps = 1\nlr_decay = \"cosine\"\n\
+             masked_loss_p = 0.5\nnoise_offset = 0.05\nsnr_gamma = 5.0\nmax_references = 2\n\
+             checkpoint_every = 2\nkeep_checkpoints = 1\nseed = 7\ncache_dir = \"{cache}\"\n{extra}",
+            runs = dir.join("runs").display(),
+            model = tiny_sd().display(),
+            export = export.display(),
+            arcface = arcface().display(),
+            cache = dir.join("cache").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn train(args: &[&str], recipe: &Path) -> std::process::Output {
+    idforge()
+        .arg("train")
+        .arg("--recipe")
+        .arg(recipe)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn train_resume_after_sigkill_equals_uninterrupted_and_exports_for_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = make_export(dir.path());
+
+    // Uninterrupted.
+    let whole = recipe(dir.path(), "whole", &export, "");
+    let out = train(&[], &whole);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("trained 4 steps (0–4) on 6 samples of 2 identities"),
+        "{}",
+        text(&out)
+    );
+    let run = dir.path().join("runs/whole/train");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "{metrics}");
+    assert!(metrics.lines().all(|l| l.contains("\"loss\":")));
+    let report = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(report.contains("<svg") && report.contains("Learning rate"));
+    let ckpts: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ckpts, ["step-00000004"], "keep_checkpoints = 1");
+    // Running again without --resume is refused.
+    let again = train(&[], &whole);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("--resume"), "{}", text(&again));
+
+    // Killed (SIGKILL) after the checkpoint of step 2, then resumed.
+    let killed = recipe(dir.path(), "killed", &export, "");
+    let ckpt = dir
+        .path()
+        .join("runs/killed/train/checkpoints/step-00000002/state.json");
+    let mut child = idforge()
+        .args(["train", "--recipe"])
+        .arg(&killed)
+        .env(idforge_train::run::HOLD_ENV, "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !ckpt.is_file() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint of step 2"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !dir.path()
+            .join("runs/killed/train/adapter.safetensors")
+            .exists()
+    );
+    let out = train(&["--resume"], &killed);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("trained 2 steps (2–4)"),
+        "{}",
+        text(&out)
+    );
+    let a = std::fs::read(run.join("adapter.safetensors")).unwrap();
+    let b = std::fs::read(dir.path().join("runs/killed/train/adapter.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    // For tools/train-export-check by hand: IDFORGE_TRAIN_TEST_KEEP=<file> keeps the export.
+    if let Some(keep) = std::env::var_os("IDFORGE_TRAIN_TEST_KEEP") {
+        std::fs::write(keep, &a).unwrap();
+    }
+    let resumed_metrics =
+        std::fs::read_to_string(dir.path().join("runs/killed/train/metrics.jsonl")).unwrap();
+    let losses = |m: &str| -> Vec<String> {
+        m.lines()
+            .map(|l| l.split("\"grad_norm\"").next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(losses(&resumed_metrics), losses(&metrics));
+
+    // The export loads in `generate --adapter`.
+    let embeds = dir.path().join("id.safetensors");
+    // The ArcFace fixture makes 32-d embeddings, so the adapter trained here takes 32.
+    let values: Vec<u8> = (0..32)
+        .flat_map(|i| ((i as f32 * 0.37).sin() / 16.0).to_le_bytes())
+        .collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 32], &values)
+        .unwrap();
+    safetensors::serialize_to_file([("id_embeds", view)], None, &embeds).unwrap();
+    let png = dir.path().join("out.png");
+    let out = idforge()
+        .args(["generate", "--model"])
+        .arg(tiny_sd())
+        .args(["--prompt", "a photo of a person sks", "--steps", "2"])
+        .args(["--width", "64", "--height", "64", "--adapter"])
+        .arg(run.join("adapter.safetensors"))
+        .arg("--id-embeds")
+        .arg(&embeds)
+        .arg("--output")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ip-adapter-faceid"), "{}", text(&out));
+    assert!(png.is_file());
+}
+
+#[test]
+fn bad_inputs_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = make_export(dir.path());
+    let fails = |r: &Path, args: &[&str], want: &str| {
+        let out = train(args, r);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(want), "want {want:?} in {}", text(&out));
+    };
+
+    let r = recipe(dir.path(), "typo", &export, "learning_rate = 1e-4\n");
+    fails(&r, &[], "unknown field `learning_rate`");
+
+    let r = recipe(dir.path(), "pm", &export, "");
+    fails(&r, &["--method", "photomaker"], "not implemented yet");
+    fails(&r, &["--method", "ip-adapter-plus"], "not implemented yet");
+
+    let r = dir.path().join("noarc.toml");
+    std::fs::write(
+        &r,
+        format!(
+            "name = \"noarc\"\n[train]\nmodel = \"{}\"\ndataset = \"{}\"\n",
+            tiny_sd().display(),
+            export.display()
+        ),
+    )
+    .unwrap();
+    fails(&r, &[], "--arcface");
+
+    let sdxl = root().join("diffusion/tests/fixtures/ip-adapter/sdxl_faceid.safetensors");
+    let r = recipe(dir.path(), "other", &export, "");
+    fails(
+        &r,
+        &["--adapter", sdxl.to_str().unwrap()],
+        "another base model",
+    );
+
+    // An export of the validation split alone (a published held-out set, say).
+    let val_only = dir.path().join("val-only");
+    std::fs::create_dir_all(val_only.join("data")).unwrap();
+    let shard = "data/validation-00000-of-00001.parquet";
+    std::fs::copy(export.join(shard), val_only.join(shard)).unwrap();
+    let r = recipe(dir.path(), "nosplit", &val_only, "");
+    fails(&r, &[], "no train split");
+}

@@ -1,0 +1,349 @@
+//! The `[train]` table of a recipe: every setting of a run, with the defaults of IP-Adapter's
+//! `tutorial_train_faceid.py` where it has one. Unknown keys are errors (`deny_unknown_fields`),
+//! as in every stage's table; `idforge train` mirrors each key as a flag.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::MAX_REFERENCES;
+
+/// What is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// IP-Adapter (CLIP image embedding → 4 tokens).
+    IpAdapter,
+    /// IP-Adapter Plus (CLIP hidden states → resampler).
+    IpAdapterPlus,
+    /// IP-Adapter-FaceID (ArcFace embedding → MLP tokens) with its LoRA.
+    #[default]
+    IpAdapterFaceid,
+    /// IP-Adapter-FaceID-Plus (ArcFace + CLIP face features).
+    IpAdapterFaceidPlus,
+    /// PhotoMaker's ID encoder and LoRA.
+    Photomaker,
+    /// The split-prompt adapter (PhotoMaker's ID path + background / body attention).
+    SplitPrompt,
+}
+
+impl Method {
+    /// The recipe's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::IpAdapter => "ip-adapter",
+            Method::IpAdapterPlus => "ip-adapter-plus",
+            Method::IpAdapterFaceid => "ip-adapter-faceid",
+            Method::IpAdapterFaceidPlus => "ip-adapter-faceid-plus",
+            Method::Photomaker => "photomaker",
+            Method::SplitPrompt => "split-prompt",
+        }
+    }
+
+    /// `Err` with what to do for a method this build cannot train yet.
+    pub fn check_implemented(self) -> Result<(), String> {
+        match self {
+            Method::IpAdapterFaceid => Ok(()),
+            Method::IpAdapter | Method::IpAdapterPlus | Method::IpAdapterFaceidPlus => {
+                Err(format!(
+                    "method `{}` is not implemented yet: it needs CLIP image inputs computed from the \
+                 reference photos, which the trainer does not compute yet; train \
+                 `ip-adapter-faceid` (ArcFace inputs, --arcface) for now",
+                    self.as_str()
+                ))
+            }
+            Method::Photomaker | Method::SplitPrompt => Err(format!(
+                "method `{}` is not implemented yet: this build trains the IP-Adapter family \
+                 (`ip-adapter-faceid` for now)",
+                self.as_str()
+            )),
+        }
+    }
+}
+
+/// Adam or AdamW (torch's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// `torch.optim.AdamW` (IP-Adapter's scripts).
+    #[default]
+    Adamw,
+    /// `torch.optim.Adam` (persongen).
+    Adam,
+}
+
+/// After the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrDecay {
+    /// The base rate to the end.
+    #[default]
+    Constant,
+    /// Half a cosine down to 0 at the last step.
+    Cosine,
+}
+
+/// Condition dropout (classifier-free guidance training).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Drop {
+    /// IP-Adapter's: 5 % image only, 5 % text only, 5 % both.
+    #[default]
+    IpAdapter,
+    /// persongen's: 10 % of the samples lose every condition.
+    Persongen,
+    /// No drop.
+    None,
+}
+
+/// How a reference photo becomes the ArcFace input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefFaces {
+    /// As `generate --ref`: face-api finds the largest face of the photo, its landmarks give
+    /// insightface's 112-px `norm_crop`; a photo without a face is not used as a reference.
+    #[default]
+    Detect,
+    /// The export's tight reference crop (`ref_image`, else the photo) resized to 112 px: no
+    /// detector, fast, not aligned (for tests and tiny runs).
+    Crop,
+}
+
+/// The `[train]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSettings {
+    /// What is trained.
+    pub method: Method,
+    /// The diffusers Stable Diffusion 1.x folder.
+    pub model: Option<PathBuf>,
+    /// The dataset export folder (`idforge dataset export`).
+    pub dataset: Option<PathBuf>,
+    /// Start from this adapter file (fine-tuning) instead of from scratch.
+    pub adapter: Option<PathBuf>,
+    /// The insightface ArcFace ONNX for FaceID inputs.
+    pub arcface: Option<PathBuf>,
+    /// face-api's model folder (default: the asset cache).
+    pub face_api_weights: Option<PathBuf>,
+    /// How reference photos become ArcFace inputs.
+    pub ref_faces: RefFaces,
+    /// Training image side in pixels (a multiple of the model's downsampling).
+    pub resolution: u32,
+    /// Samples per micro-batch.
+    pub batch_size: u32,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: u32,
+    /// Optimizer steps of the run.
+    pub steps: u64,
+    /// The base learning rate of everything but the LoRA.
+    pub lr: f64,
+    /// The LoRA's base learning rate (default: `lr`).
+    pub lora_lr: Option<f64>,
+    /// Adam or AdamW.
+    pub optimizer: OptimizerKind,
+    /// β₁, β₂.
+    pub betas: [f64; 2],
+    /// ε.
+    pub eps: f64,
+    /// Weight decay (default 0.01 for AdamW, 0 for Adam).
+    pub weight_decay: Option<f64>,
+    /// Linear warm-up steps (persongen's `(s + 1) / warmup`).
+    pub warmup_steps: u64,
+    /// After the warm-up.
+    pub lr_decay: LrDecay,
+    /// Global gradient-norm clipping (0: none).
+    pub max_grad_norm: f64,
+    /// Noise offset (0: none).
+    pub noise_offset: f32,
+    /// Min-SNR-γ (0: unweighted).
+    pub snr_gamma: f32,
+    /// Probability that a micro-batch uses the face-masked loss.
+    pub masked_loss_p: f64,
+    /// Condition dropout.
+    pub drop: Drop,
+    /// The most references one sample gets (1 to 4).
+    pub max_references: u32,
+    /// FaceID LoRA rank when training from scratch.
+    pub lora_rank: u32,
+    /// The seed of every random stream.
+    pub seed: u64,
+    /// Checkpoint every N steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (0: all).
+    pub keep_checkpoints: u32,
+    /// Sample images every N steps (0: never).
+    pub sample_every: u64,
+    /// Data decoding threads.
+    pub workers: u32,
+    /// Where VAE latents, text embeddings and reference embeddings are cached (default: the
+    /// asset cache's `train/`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            method: Method::default(),
+            model: None,
+            dataset: None,
+            adapter: None,
+            arcface: None,
+            face_api_weights: None,
+            ref_faces: RefFaces::default(),
+            resolution: 512,
+            batch_size: 1,
+            grad_accum: 1,
+            steps: 1000,
+            lr: 1e-4,
+            lora_lr: None,
+            optimizer: OptimizerKind::default(),
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: None,
+            warmup_steps: 0,
+            lr_decay: LrDecay::default(),
+            max_grad_norm: 1.0,
+            noise_offset: 0.0,
+            snr_gamma: 0.0,
+            masked_loss_p: 0.0,
+            drop: Drop::default(),
+            max_references: 1,
+            lora_rank: 128,
+            seed: 42,
+            checkpoint_every: 500,
+            keep_checkpoints: 3,
+            sample_every: 0,
+            workers: 2,
+            cache_dir: None,
+        }
+    }
+}
+
+impl TrainSettings {
+    /// Refuses settings that cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.method.check_implemented()?;
+        let pos = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("`{name}` = {v}: give a number above 0"))
+            }
+        };
+        let unit = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("`{name}` = {v}: give a probability from 0 to 1"))
+            }
+        };
+        if self.model.is_none() {
+            return Err("`model` is missing: give the diffusers SD 1.x folder (--model)".into());
+        }
+        if self.dataset.is_none() {
+            return Err(
+                "`dataset` is missing: give the folder `idforge dataset export` wrote (--dataset)"
+                    .into(),
+            );
+        }
+        if !(8..=4096).contains(&self.resolution) || !self.resolution.is_multiple_of(8) {
+            return Err(format!(
+                "`resolution` = {}: give a multiple of 8 from 8 to 4096 (512 for SD 1.5)",
+                self.resolution
+            ));
+        }
+        for (name, v, max) in [
+            ("batch_size", self.batch_size as u64, 4096),
+            ("grad_accum", self.grad_accum as u64, 4096),
+            ("steps", self.steps, 100_000_000),
+            ("workers", self.workers as u64, 256),
+        ] {
+            if v == 0 || v > max {
+                return Err(format!("`{name}` = {v}: give 1 to {max}"));
+            }
+        }
+        if self.max_references == 0 || self.max_references as usize > MAX_REFERENCES {
+            return Err(format!(
+                "`max_references` = {}: give 1 to {MAX_REFERENCES}",
+                self.max_references
+            ));
+        }
+        if self.lora_rank == 0 || self.lora_rank > 4096 {
+            return Err(format!("`lora_rank` = {}: give 1 to 4096", self.lora_rank));
+        }
+        pos("lr", self.lr)?;
+        if let Some(l) = self.lora_lr {
+            pos("lora_lr", l)?;
+        }
+        pos("eps", self.eps)?;
+        for (i, b) in self.betas.iter().enumerate() {
+            if !(0.0..1.0).contains(b) {
+                return Err(format!("`betas[{i}]` = {b}: give 0 ≤ β < 1"));
+            }
+        }
+        if let Some(w) = self.weight_decay
+            && !(w.is_finite() && w >= 0.0)
+        {
+            return Err(format!("`weight_decay` = {w}: give a number ≥ 0"));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return Err(format!(
+                "`max_grad_norm` = {}: give a number ≥ 0 (0: no clipping)",
+                self.max_grad_norm
+            ));
+        }
+        if !(self.noise_offset.is_finite() && self.noise_offset >= 0.0) {
+            return Err(format!(
+                "`noise_offset` = {}: give a number ≥ 0",
+                self.noise_offset
+            ));
+        }
+        if !(self.snr_gamma.is_finite() && self.snr_gamma >= 0.0) {
+            return Err(format!(
+                "`snr_gamma` = {}: give a number ≥ 0 (0: unweighted)",
+                self.snr_gamma
+            ));
+        }
+        unit("masked_loss_p", self.masked_loss_p)?;
+        if self.warmup_steps > self.steps {
+            return Err(format!(
+                "`warmup_steps` = {} is more than `steps` = {}",
+                self.warmup_steps, self.steps
+            ));
+        }
+        if self.sample_every > 0 {
+            return Err(
+                "`sample_every`: periodic sample images are not implemented yet; set 0 \
+                        and run `idforge generate --adapter` on a checkpoint's adapter.safetensors"
+                    .into(),
+            );
+        }
+        if self.method == Method::IpAdapterFaceid && self.arcface.is_none() {
+            return Err(
+                "`ip-adapter-faceid` needs the ArcFace ONNX that makes its ID embeddings: \
+                        give --arcface (recipe key `arcface`), e.g. insightface's w600k_r50.onnx"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// A fingerprint of the settings that decide the result (not `steps`, checkpointing,
+    /// workers or paths of caches): a resume with other values is refused.
+    pub fn fingerprint(&self) -> String {
+        let mut s = self.clone();
+        if s.lr_decay == LrDecay::Constant {
+            // The cosine's length depends on the steps; the constant schedule does not.
+            s.steps = 0;
+        }
+        s.checkpoint_every = 0;
+        s.keep_checkpoints = 0;
+        s.sample_every = 0;
+        s.workers = 0;
+        s.cache_dir = None;
+        s.face_api_weights = None;
+        let json = serde_json::to_string(&s).unwrap_or_default();
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(json.as_bytes())[..8])
+    }
+}
