@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use idforge_core::Shard;
 use idforge_core::run::{RunDir, ShardSelection, run_stage};
-use idforge_core::schema::{ImageStatus, ImagesTable, RunTable};
+use idforge_core::schema::{ImageStatus, ImagesTable};
 use idforge_ingest::testkit::{FixtureServer, synthetic_jpeg};
 use idforge_ingest::{IngestSettings, IngestStage, SourceSpec};
 
@@ -71,7 +71,7 @@ fn main() {
         );
         let plan = measure(&me, &["plan".into(), list.display().to_string()]);
         lines.push(format!(
-            "| plan | {rows} | | {:.1} | {:.1} |",
+            "| plan | {rows} | | {:.1} | {:.2} |",
             mib(plan.hwm_kib),
             plan.seconds
         ));
@@ -92,7 +92,7 @@ fn main() {
         );
         let in_shard = Shard { index, count }.rows(rows as usize).len();
         lines.push(format!(
-            "| shard {index}/{count} | {rows} | {in_shard} | {:.1} | {:.1} |",
+            "| shard {index}/{count} | {rows} | {in_shard} | {:.1} | {:.2} |",
             mib(shard.hwm_kib),
             shard.seconds
         ));

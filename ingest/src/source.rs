@@ -447,7 +447,7 @@ impl Pass<'_> {
     fn note(&mut self, index: u64, at: impl FnOnce() -> Resume) {
         if let Some(c) = &mut self.checkpoints
             && index > 0
-            && index % CHECKPOINT_ROWS == 0
+            && index.is_multiple_of(CHECKPOINT_ROWS)
             && c.last().is_none_or(|(row, _)| *row != index)
         {
             c.push((index, at()));
