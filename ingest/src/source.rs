@@ -1,17 +1,23 @@
 //! Input rows: URL lists (CSV, TSV, JSONL, Parquet) and folders of images.
 //!
-//! All sources of a recipe are read in order into one list of [`InputRow`]s; a row's position in
-//! it is its `row_id`. Columns other than url / identity / caption are carried through to the
-//! images table as text (JSON text for non-string JSON values).
+//! The sources of a recipe, in order, make one list of [`InputRow`]s; a row's position in it is
+//! its `row_id`. Planning ([`InputsPlan::scan`]) streams every source once and keeps no rows;
+//! a shard then streams the sources again and builds only the rows of its range
+//! ([`InputsPlan::read`]), so a list of millions is ingested in memory set by the shard.
+//! Columns other than url / identity / caption are carried through to the images table as text
+//! (JSON text for non-string JSON values).
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
 use arrow::array::{Array, StringArray};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use idforge_core::Name;
 use idforge_core::schema::ImageStatus;
@@ -204,7 +210,9 @@ pub struct InputRow {
     pub extra: Vec<Option<String>>,
 }
 
-/// All input rows of a recipe, with the union of their extra columns.
+/// All input rows of a recipe in memory, with the union of their extra columns: for small
+/// lists and tests. The stage never holds this; it reads one shard's rows through
+/// [`InputsPlan`].
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
     /// Extra column names, in first-seen order.
@@ -235,64 +243,255 @@ impl Inputs {
     /// problems with a list itself (unreadable, unknown format, missing column) are errors;
     /// a bad row becomes a row with an [`Origin::Invalid`] status.
     pub fn read_with(sources: &[SourceSpec], local: LocalPaths) -> Result<Self, IngestError> {
-        let mut inputs = Inputs::default();
+        let plan = InputsPlan::scan(sources, local)?;
+        let rows = plan.read(0..plan.total())?;
+        Ok(Inputs {
+            extra_columns: plan.extra_columns,
+            rows,
+            skipped_files: plan.skipped_files,
+        })
+    }
+}
+
+/// Rows between two places of a list file where a later read can start without reading what
+/// comes before (a few hundred per 10 million rows; every few rows in unit tests, so that
+/// their small lists cross many).
+const CHECKPOINT_ROWS: u64 = if cfg!(test) { 4 } else { 1 << 15 };
+
+/// A place in a list file where reading can resume.
+#[derive(Debug, Clone)]
+enum Resume {
+    /// A CSV or TSV record.
+    Csv(csv::Position),
+    /// A JSON-lines line: its byte offset, and the number of lines before it.
+    Line { offset: u64, line: usize },
+}
+
+/// What planning learned about one source.
+#[derive(Debug, Clone)]
+struct SourcePlan {
+    /// Row id of its first row.
+    first: u64,
+    /// Its number of rows.
+    rows: u64,
+    /// `(row within the source, where it starts)`, every [`CHECKPOINT_ROWS`] rows.
+    checkpoints: Vec<(u64, Resume)>,
+}
+
+/// The sources of a recipe, read once without keeping their rows: the row count (which fixes
+/// the shard boundaries), the extra columns and a fingerprint. A shard then reads only its own
+/// rows ([`InputsPlan::read`]), so memory is set by the shard, not by the list.
+#[derive(Debug, Clone)]
+pub struct InputsPlan {
+    /// Extra column names, in first-seen order; rows read later are aligned with them.
+    pub extra_columns: Vec<String>,
+    /// The row ids of all sources, `0..total`.
+    pub rows: Range<usize>,
+    /// Files a folder walk skipped because they are not images by extension.
+    pub skipped_files: u64,
+    /// sha256 of every row's source and identity (`source\tidentity\n` in row order), so a
+    /// re-run can check that its sources are the ones its run started with.
+    pub sha256: String,
+    sources: Vec<SourceSpec>,
+    local: LocalPaths,
+    parts: Vec<SourcePlan>,
+    column_index: HashMap<String, usize>,
+}
+
+impl InputsPlan {
+    /// Reads every source once, in order, keeping no rows. Fails as [`Inputs::read_with`]
+    /// does: only on a problem with a list itself.
+    pub fn scan(sources: &[SourceSpec], local: LocalPaths) -> Result<Self, IngestError> {
+        let mut hasher = Sha256::new();
+        let mut extra_columns: Vec<String> = Vec::new();
         let mut column_index: HashMap<String, usize> = HashMap::new();
+        let mut parts = Vec::with_capacity(sources.len());
+        let mut skipped_files = 0;
+        let mut total = 0u64;
         for spec in sources {
-            let (raw, skipped) = match spec {
-                SourceSpec::Urls {
-                    path,
-                    format,
-                    url_column,
-                    identity_column,
-                    caption_column,
-                } => {
-                    let format = match format.or_else(|| ListFormat::from_path(path)) {
-                        Some(f) => f,
-                        None => {
-                            return Err(IngestError::source(
-                                path,
-                                "cannot tell the list format from the extension; \
-                                 use .csv, .tsv, .jsonl or .parquet, or set `format`",
-                            ));
-                        }
-                    };
-                    let cols = Columns {
-                        url: url_column,
-                        identity: identity_column,
-                        caption: caption_column,
-                    };
-                    (read_list(path, format, &cols, local)?, 0)
-                }
-                SourceSpec::Folder { path, identity } => read_folder(path, *identity)?,
+            let mut checkpoints = Vec::new();
+            let mut rows = 0u64;
+            let pass = Pass {
+                from: 0,
+                upto: u64::MAX,
+                resume: None,
+                checkpoints: Some(&mut checkpoints),
             };
-            inputs.skipped_files += skipped;
-            for r in raw {
-                let mut extra = vec![None; inputs.extra_columns.len()];
-                for (name, value) in r.extra {
-                    let idx = *column_index.entry(name.clone()).or_insert_with(|| {
-                        inputs.extra_columns.push(name);
-                        inputs.extra_columns.len() - 1
-                    });
-                    if idx >= extra.len() {
-                        extra.resize(idx + 1, None);
+            skipped_files += scan_source(spec, local, pass, &mut |_, r| {
+                hasher.update(r.source.as_bytes());
+                hasher.update(b"\t");
+                hasher.update(r.identity.as_deref().unwrap_or("").as_bytes());
+                hasher.update(b"\n");
+                for (name, _) in r.extra {
+                    if !column_index.contains_key(&name) {
+                        column_index.insert(name.clone(), extra_columns.len());
+                        extra_columns.push(name);
                     }
-                    extra[idx] = Some(value);
                 }
-                inputs.rows.push(InputRow {
-                    row_id: inputs.rows.len() as u64,
-                    source: r.source,
-                    origin: r.origin,
-                    identity: r.identity,
-                    caption: r.caption,
-                    extra,
-                });
+                rows += 1;
+                Ok(())
+            })?;
+            parts.push(SourcePlan {
+                first: total,
+                rows,
+                checkpoints,
+            });
+            total += rows;
+        }
+        Ok(InputsPlan {
+            extra_columns,
+            rows: 0..total as usize,
+            skipped_files,
+            sha256: hex::encode(hasher.finalize()),
+            sources: sources.to_vec(),
+            local,
+            parts,
+            column_index,
+        })
+    }
+
+    /// Number of rows of all sources.
+    pub fn total(&self) -> u64 {
+        self.rows.end as u64
+    }
+
+    /// The rows whose ids are in `range` (clamped to the list), read from the sources.
+    pub fn read(&self, range: Range<u64>) -> Result<Vec<InputRow>, IngestError> {
+        let mut rows =
+            Vec::with_capacity(range.end.min(self.total()).saturating_sub(range.start) as usize);
+        self.for_each(range, |r| {
+            rows.push(r);
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Gives `f` the rows whose ids are in `range` (clamped to the list), in order. Each source
+    /// is read from the last checkpoint before the range; rows before the range are counted,
+    /// not built (Parquet: only the row groups holding the range are read), and reading stops
+    /// at its end.
+    pub fn for_each(
+        &self,
+        range: Range<u64>,
+        mut f: impl FnMut(InputRow) -> Result<(), IngestError>,
+    ) -> Result<(), IngestError> {
+        for (spec, part) in self.sources.iter().zip(&self.parts) {
+            let from = range.start.max(part.first);
+            let upto = range.end.min(part.first + part.rows);
+            if from >= upto {
+                continue;
+            }
+            let (from, upto) = (from - part.first, upto - part.first);
+            let at = part.checkpoints.partition_point(|(row, _)| *row <= from);
+            let pass = Pass {
+                from,
+                upto,
+                resume: at.checked_sub(1).map(|i| &part.checkpoints[i]),
+                checkpoints: None,
+            };
+            let mut seen = 0;
+            scan_source(spec, self.local, pass, &mut |i, r| {
+                seen += 1;
+                f(self.align(part.first + i, r, spec.path())?)
+            })?;
+            if seen != upto - from {
+                return Err(changed(spec.path()));
             }
         }
-        let width = inputs.extra_columns.len();
-        for r in &mut inputs.rows {
-            r.extra.resize(width, None);
+        Ok(())
+    }
+
+    /// A raw row with its id, its extra values in the plan's column order.
+    fn align(&self, row_id: u64, r: RawRow, path: &Path) -> Result<InputRow, IngestError> {
+        let mut extra = vec![None; self.extra_columns.len()];
+        for (name, value) in r.extra {
+            let idx = *self.column_index.get(&name).ok_or_else(|| changed(path))?;
+            extra[idx] = Some(value);
         }
-        Ok(inputs)
+        Ok(InputRow {
+            row_id,
+            source: r.source,
+            origin: r.origin,
+            identity: r.identity,
+            caption: r.caption,
+            extra,
+        })
+    }
+}
+
+/// A source that no longer matches what planning read.
+fn changed(path: &Path) -> IngestError {
+    IngestError::source(
+        path,
+        "changed while this run was reading it (rows or columns planning did not see); \
+         leave the sources alone while a run reads them, and run again",
+    )
+}
+
+/// One read of a source. Rows before `from` are counted, not built; rows in `from..upto` are
+/// built and visited; reading stops at `upto`. Planning (`checkpoints` given) also checks the
+/// header and notes where later reads can start.
+struct Pass<'a> {
+    from: u64,
+    upto: u64,
+    resume: Option<&'a (u64, Resume)>,
+    checkpoints: Option<&'a mut Vec<(u64, Resume)>>,
+}
+
+impl Pass<'_> {
+    fn planning(&self) -> bool {
+        self.checkpoints.is_some()
+    }
+
+    /// Notes where row `index` starts, when planning and at a checkpoint.
+    fn note(&mut self, index: u64, at: impl FnOnce() -> Resume) {
+        if let Some(c) = &mut self.checkpoints
+            && index > 0
+            && index.is_multiple_of(CHECKPOINT_ROWS)
+            && c.last().is_none_or(|(row, _)| *row != index)
+        {
+            c.push((index, at()));
+        }
+    }
+}
+
+/// Receives each built row with its position in its source.
+type Visit<'v> = dyn FnMut(u64, RawRow) -> Result<(), IngestError> + 'v;
+
+/// Reads one source as `pass` says; returns the files a folder walk skipped.
+fn scan_source(
+    spec: &SourceSpec,
+    local: LocalPaths,
+    pass: Pass,
+    visit: &mut Visit,
+) -> Result<u64, IngestError> {
+    match spec {
+        SourceSpec::Urls {
+            path,
+            format,
+            url_column,
+            identity_column,
+            caption_column,
+        } => {
+            let format = match format.or_else(|| ListFormat::from_path(path)) {
+                Some(f) => f,
+                None => {
+                    return Err(IngestError::source(
+                        path,
+                        "cannot tell the list format from the extension; \
+                         use .csv, .tsv, .jsonl or .parquet, or set `format`",
+                    ));
+                }
+            };
+            let cols = Columns {
+                url: url_column,
+                identity: identity_column,
+                caption: caption_column,
+            };
+            scan_list(path, format, &cols, local, pass, visit)?;
+            Ok(0)
+        }
+        SourceSpec::Folder { path, identity } => scan_folder(path, *identity, pass, visit),
     }
 }
 
@@ -459,15 +658,17 @@ impl RowBuilder<'_> {
     }
 }
 
-fn read_list(
+fn scan_list(
     path: &Path,
     format: ListFormat,
     cols: &Columns,
     local: LocalPaths,
-) -> Result<Vec<RawRow>, IngestError> {
+    mut pass: Pass,
+    visit: &mut Visit,
+) -> Result<(), IngestError> {
     let b = RowBuilder { path, cols, local };
     let open = || File::open(path).map_err(|e| IngestError::source(path, e.to_string()));
-    let mut rows = Vec::new();
+    let failed = |e: &dyn std::fmt::Display| IngestError::source(path, e.to_string());
     match format {
         ListFormat::Csv | ListFormat::Tsv => {
             let delimiter = if format == ListFormat::Csv {
@@ -482,68 +683,119 @@ fn read_list(
                 .from_reader(open()?);
             let header: Vec<String> = reader
                 .headers()
-                .map_err(|e| IngestError::source(path, e.to_string()))?
+                .map_err(|e| failed(&e))?
                 .iter()
                 .map(str::to_string)
                 .collect();
-            b.check_header(&header)?;
-            for (i, rec) in reader.records().enumerate() {
-                let line = i + 2;
-                let rec = match rec {
-                    Ok(r) => r,
-                    Err(e) if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) => {
-                        rows.push(invalid_row(
-                            ImageStatus::InvalidUrl,
-                            String::new(),
-                            format!("row {line}: {e}"),
-                        ));
-                        continue;
+            if pass.planning() {
+                b.check_header(&header)?;
+            }
+            let mut index = 0;
+            if let Some((row, Resume::Csv(pos))) = pass.resume {
+                reader.seek(pos.clone()).map_err(|e| failed(&e))?;
+                index = *row;
+            }
+            let mut skipped = csv::ByteRecord::new();
+            let mut rec = csv::StringRecord::new();
+            while index < pass.upto {
+                pass.note(index, || Resume::Csv(reader.position().clone()));
+                if index < pass.from {
+                    // Before the range: split into fields, no UTF-8 check, no row built.
+                    if !reader
+                        .read_byte_record(&mut skipped)
+                        .map_err(|e| failed(&e))?
+                    {
+                        break;
                     }
-                    Err(e) => return Err(IngestError::source(path, e.to_string())),
-                };
-                if rec.len() != header.len() {
-                    let source = rec
-                        .iter()
-                        .zip(&header)
-                        .find(|(_, h)| *h == cols.url)
-                        .map(|(v, _)| v.trim().to_string())
-                        .unwrap_or_default();
-                    rows.push(invalid_row(
-                        ImageStatus::InvalidUrl,
-                        source,
-                        format!(
-                            "row {line}: {} fields, the header has {}",
-                            rec.len(),
-                            header.len()
-                        ),
-                    ));
+                    index += 1;
                     continue;
                 }
-                let fields = header
-                    .iter()
-                    .cloned()
-                    .zip(rec.iter().map(|v| Some(v.to_string())))
-                    .collect();
-                rows.push(b.build(line, fields));
+                let line = index as usize + 2;
+                let row = match reader.read_record(&mut rec) {
+                    Ok(false) => break,
+                    Ok(true) if rec.len() != header.len() => {
+                        let source = rec
+                            .iter()
+                            .zip(&header)
+                            .find(|(_, h)| *h == cols.url)
+                            .map(|(v, _)| v.trim().to_string())
+                            .unwrap_or_default();
+                        invalid_row(
+                            ImageStatus::InvalidUrl,
+                            source,
+                            format!(
+                                "row {line}: {} fields, the header has {}",
+                                rec.len(),
+                                header.len()
+                            ),
+                        )
+                    }
+                    Ok(true) => {
+                        let fields = header
+                            .iter()
+                            .cloned()
+                            .zip(rec.iter().map(|v| Some(v.to_string())))
+                            .collect();
+                        b.build(line, fields)
+                    }
+                    Err(e) if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) => invalid_row(
+                        ImageStatus::InvalidUrl,
+                        String::new(),
+                        format!("row {line}: {e}"),
+                    ),
+                    Err(e) => return Err(failed(&e)),
+                };
+                visit(index, row)?;
+                index += 1;
             }
         }
         ListFormat::Jsonl => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| IngestError::source(path, e.to_string()))?;
-            let mut header_checked = false;
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
+            let mut reader = BufReader::with_capacity(1 << 16, open()?);
+            // Rows are the non-blank lines; `line` counts every line, for messages.
+            let (mut index, mut line, mut offset) = (0u64, 0usize, 0u64);
+            if let Some((row, Resume::Line { offset: o, line: l })) = pass.resume {
+                reader.seek(SeekFrom::Start(*o)).map_err(|e| failed(&e))?;
+                (index, line, offset) = (*row, *l, *o);
+            }
+            let mut header_checked = !pass.planning();
+            let mut any_row = false;
+            let mut buf = Vec::new();
+            while index < pass.upto {
+                pass.note(index, || Resume::Line { offset, line });
+                buf.clear();
+                let n = reader.read_until(b'\n', &mut buf).map_err(|e| failed(&e))?;
+                if n == 0 {
+                    break;
+                }
+                offset += n as u64;
+                line += 1;
+                let text = std::str::from_utf8(&buf).map_err(|e| {
+                    IngestError::source(path, format!("line {line} is not UTF-8 text: {e}"))
+                })?;
+                // As `str::lines` splits: without the `\n` or `\r\n`.
+                let text = text.strip_suffix('\n').unwrap_or(text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                any_row = true;
+                if index < pass.from {
+                    index += 1;
                     continue;
                 }
                 let obj: serde_json::Map<String, serde_json::Value> =
-                    match serde_json::from_str(line) {
+                    match serde_json::from_str(text) {
                         Ok(o) => o,
                         Err(e) => {
-                            rows.push(invalid_row(
-                                ImageStatus::InvalidUrl,
-                                String::new(),
-                                format!("row {}: not a JSON object: {e}", i + 1),
-                            ));
+                            visit(
+                                index,
+                                invalid_row(
+                                    ImageStatus::InvalidUrl,
+                                    String::new(),
+                                    format!("row {line}: not a JSON object: {e}"),
+                                ),
+                            )?;
+                            index += 1;
                             continue;
                         }
                     };
@@ -563,9 +815,10 @@ fn read_list(
                         (k, v)
                     })
                     .collect();
-                rows.push(b.build(i + 1, fields));
+                visit(index, b.build(line, fields))?;
+                index += 1;
             }
-            if !header_checked && !rows.is_empty() {
+            if !header_checked && any_row {
                 return Err(IngestError::source(
                     path,
                     "no line is a JSON object: is this a JSON-lines list?",
@@ -573,30 +826,53 @@ fn read_list(
             }
         }
         ListFormat::Parquet => {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(open()?)
-                .map_err(|e| IngestError::source(path, e.to_string()))?;
+            let mut builder =
+                ParquetRecordBatchReaderBuilder::try_new(open()?).map_err(|e| failed(&e))?;
             let header: Vec<String> = builder
                 .schema()
                 .fields()
                 .iter()
                 .map(|f| f.name().clone())
                 .collect();
-            b.check_header(&header)?;
-            let reader = builder
-                .build()
-                .map_err(|e| IngestError::source(path, e.to_string()))?;
+            if pass.planning() {
+                b.check_header(&header)?;
+            }
+            let mut index = 0u64;
+            if pass.from > 0 || pass.upto < u64::MAX {
+                // Only the row groups holding rows of the range, and of them only those rows.
+                let mut groups = Vec::new();
+                let (mut start, mut first) = (0u64, None);
+                for (g, group) in builder.metadata().row_groups().iter().enumerate() {
+                    let end = start + group.num_rows().max(0) as u64;
+                    if end > pass.from && start < pass.upto {
+                        groups.push(g);
+                        first.get_or_insert(start);
+                    }
+                    start = end;
+                }
+                let first = first.unwrap_or(pass.from);
+                builder = builder
+                    .with_row_groups(groups)
+                    .with_offset(pass.from.saturating_sub(first) as usize);
+                if pass.upto < u64::MAX {
+                    builder = builder.with_limit((pass.upto - pass.from) as usize);
+                }
+                index = pass.from;
+            }
+            let reader = builder.build().map_err(|e| failed(&e))?;
             let opts = FormatOptions::default();
-            let mut line = 0;
             for batch in reader {
-                let batch = batch.map_err(|e| IngestError::source(path, e.to_string()))?;
+                let batch = batch.map_err(|e| failed(&e))?;
                 let columns: Vec<_> = batch.columns().to_vec();
                 let formatters = columns
                     .iter()
                     .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| IngestError::source(path, e.to_string()))?;
+                    .map_err(|e| failed(&e))?;
                 for i in 0..batch.num_rows() {
-                    line += 1;
+                    if index >= pass.upto {
+                        return Ok(());
+                    }
                     let fields = header
                         .iter()
                         .zip(columns.iter().zip(&formatters))
@@ -611,27 +887,36 @@ fn read_list(
                             (name.clone(), v)
                         })
                         .collect();
-                    rows.push(b.build(line, fields));
+                    visit(index, b.build(index as usize + 1, fields))?;
+                    index += 1;
                 }
             }
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
-fn read_folder(root: &Path, identity: FolderIdentity) -> Result<(Vec<RawRow>, u64), IngestError> {
+fn scan_folder(
+    root: &Path,
+    identity: FolderIdentity,
+    pass: Pass,
+    visit: &mut Visit,
+) -> Result<u64, IngestError> {
     if !root.is_dir() {
         return Err(IngestError::source(
             root,
             "is not a folder (for the demo photographs, run tools/fetch-assets first)",
         ));
     }
-    let mut rows = Vec::new();
     let mut skipped = 0;
+    let mut index = 0u64;
     let walker = walkdir::WalkDir::new(root)
         .follow_links(true)
         .sort_by_file_name();
     for entry in walker {
+        if index >= pass.upto {
+            break;
+        }
         let entry = entry.map_err(|e| IngestError::source(root, e.to_string()))?;
         if !entry.file_type().is_file() {
             continue;
@@ -657,6 +942,10 @@ fn read_folder(root: &Path, identity: FolderIdentity) -> Result<(Vec<RawRow>, u6
             }
             continue;
         }
+        if index < pass.from {
+            index += 1;
+            continue;
+        }
         let label = match identity {
             FolderIdentity::Subfolder if rel.components().count() > 1 => rel
                 .components()
@@ -664,10 +953,15 @@ fn read_folder(root: &Path, identity: FolderIdentity) -> Result<(Vec<RawRow>, u6
                 .map(|c| c.as_os_str().to_string_lossy().into_owned()),
             _ => None,
         };
-        let caption = std::fs::read_to_string(entry.path().with_extension("txt"))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty());
+        // Planning needs no captions.
+        let caption = if pass.planning() {
+            None
+        } else {
+            std::fs::read_to_string(entry.path().with_extension("txt"))
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
         let origin = match label.as_deref().map(check_identity) {
             Some(Err(e)) => Origin::Invalid {
                 status: ImageStatus::InvalidIdentity,
@@ -675,15 +969,19 @@ fn read_folder(root: &Path, identity: FolderIdentity) -> Result<(Vec<RawRow>, u6
             },
             _ => Origin::File,
         };
-        rows.push(RawRow {
-            source: entry.path().display().to_string(),
-            origin,
-            identity: label,
-            caption,
-            extra: Vec::new(),
-        });
+        visit(
+            index,
+            RawRow {
+                source: entry.path().display().to_string(),
+                origin,
+                identity: label,
+                caption,
+                extra: Vec::new(),
+            },
+        )?;
+        index += 1;
     }
-    Ok((rows, skipped))
+    Ok(skipped)
 }
 
 /// Resolves every source path against `base` (the recipe's folder).
@@ -938,5 +1236,164 @@ mod tests {
         );
         assert_eq!(inputs.skipped_files, 1);
         assert!(inputs.rows.iter().all(|r| r.origin == Origin::File));
+    }
+
+    /// Every source kind, with the rows that are hard to count (quoted line breaks, wrong field
+    /// counts, invalid UTF-8, blank and broken JSON lines, extras first seen late), each
+    /// crossing several checkpoints and Parquet row groups.
+    fn mixed_sources(dir: &Path) -> Vec<SourceSpec> {
+        let mut csv = b"url,identity,note\n".to_vec();
+        for i in 0..23 {
+            match i {
+                3 => csv.extend_from_slice(b"http://h/c3.jpg,ann,\"two\nlines\"\n"),
+                5 => csv.extend_from_slice(b"http://h/c5.jpg,bob\n"),
+                9 => csv.extend_from_slice(b"http://h/c9.jpg,\xff\xfe,x\n"),
+                11 => csv.extend_from_slice(b"\n"),
+                _ => csv
+                    .extend_from_slice(format!("http://h/c{i}.jpg,id{},n{i}\n", i % 3).as_bytes()),
+            }
+        }
+        let csv_path = dir.join("a.csv");
+        std::fs::write(&csv_path, csv).unwrap();
+        let mut jsonl = String::new();
+        for i in 0..19 {
+            match i {
+                2 | 7 => jsonl.push_str("\n  \n"),
+                4 => jsonl.push_str("{broken\r\n"),
+                13 => jsonl.push_str(&format!(
+                    "{{\"url\":\"http://h/j{i}.jpg\",\"identity\":\"cy\",\"score\":{i}}}\r\n"
+                )),
+                _ => jsonl.push_str(&format!(
+                    "{{\"url\":\"http://h/j{i}.jpg\",\"identity\":\"id{}\"}}\n",
+                    i % 2
+                )),
+            }
+        }
+        let jsonl_path = dir.join("b.jsonl");
+        std::fs::write(&jsonl_path, jsonl).unwrap();
+        let parquet_path = dir.join("c.parquet");
+        {
+            use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+            let urls: Vec<String> = (0..31).map(|i| format!("http://h/p{i}.jpg")).collect();
+            let ids: Vec<Option<String>> = (0..31)
+                .map(|i| (i % 4 != 1).then(|| format!("id{}", i % 3)))
+                .collect();
+            let votes: Vec<Option<i64>> = (0..31).map(|i| (i >= 20).then_some(i)).collect();
+            let batch = RecordBatch::try_from_iter([
+                (
+                    "url",
+                    std::sync::Arc::new(StringArray::from(urls)) as ArrayRef,
+                ),
+                (
+                    "identity",
+                    std::sync::Arc::new(StringArray::from(ids)) as ArrayRef,
+                ),
+                (
+                    "votes",
+                    std::sync::Arc::new(Int64Array::from(votes)) as ArrayRef,
+                ),
+            ])
+            .unwrap();
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_max_row_group_size(6)
+                .build();
+            let file = File::create(&parquet_path).unwrap();
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+        }
+        let folder = dir.join("photos");
+        for f in [
+            "ann/1.jpg",
+            "ann/2.jpg",
+            "bob/3.png",
+            "bob/x.md",
+            "loose.jpg",
+            "z/4.jpg",
+            "z/5.jpg",
+        ] {
+            std::fs::create_dir_all(folder.join(f).parent().unwrap()).unwrap();
+            std::fs::write(folder.join(f), b"x").unwrap();
+        }
+        std::fs::write(folder.join("bob/3.txt"), "a caption").unwrap();
+        vec![
+            urls(csv_path),
+            urls(jsonl_path),
+            urls(parquet_path),
+            SourceSpec::Folder {
+                path: folder,
+                identity: FolderIdentity::Subfolder,
+            },
+        ]
+    }
+
+    #[test]
+    fn any_range_reads_the_rows_of_one_whole_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = mixed_sources(dir.path());
+        let all = Inputs::read(&sources).unwrap();
+        let plan = InputsPlan::scan(&sources, LocalPaths::Refuse).unwrap();
+        assert_eq!(plan.rows, 0..all.rows.len());
+        assert_eq!(all.rows.len(), 22 + 17 + 31 + 6);
+        assert_eq!(plan.extra_columns, vec!["note", "score", "votes"]);
+        assert_eq!(plan.skipped_files, 1);
+        assert!(plan.parts[..2].iter().all(|p| p.checkpoints.len() >= 3));
+        // The fingerprint is the one of the rows read whole (so runs started before keep theirs).
+        let mut text = String::new();
+        for r in &all.rows {
+            text.push_str(&format!(
+                "{}\t{}\n",
+                r.source,
+                r.identity.as_deref().unwrap_or("")
+            ));
+        }
+        assert_eq!(plan.sha256, idforge_core::hash::sha256_hex(text.as_bytes()));
+        assert_eq!(all.rows[5].source, "http://h/c5.jpg");
+        assert!(invalid(&all.rows[5]).unwrap().1.contains("row 7: 2 fields"));
+        assert!(invalid(&all.rows[9]).unwrap().1.contains("row 11"));
+        assert_eq!(all.rows[22 + 2].source, "http://h/j3.jpg");
+        assert!(
+            invalid(&all.rows[22 + 3])
+                .unwrap()
+                .1
+                .contains("row 6: not a JSON object")
+        );
+        assert_eq!(all.rows[22 + 11].extra, vec![None, Some("13".into()), None]);
+        assert_eq!(
+            all.rows[22 + 17 + 25].extra,
+            vec![None, None, Some("25".into())]
+        );
+        assert_eq!(
+            all.rows[22 + 17 + 31 + 2].caption.as_deref(),
+            Some("a caption")
+        );
+        let n = all.rows.len() as u64;
+        for start in 0..=n {
+            for len in [0, 1, 2, 3, 5, 8, 13, 40, 100] {
+                let range = start..start + len;
+                let got = plan.read(range.clone()).unwrap();
+                let want = &all.rows[start as usize..(start + len).min(n) as usize];
+                assert_eq!(got, want, "rows {range:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_list_changed_after_planning_is_an_error_not_shifted_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("a.csv");
+        std::fs::write(&csv, "url,identity\nhttp://h/1.jpg,a\nhttp://h/2.jpg,b\n").unwrap();
+        let plan = InputsPlan::scan(&[urls(csv.clone())], LocalPaths::Refuse).unwrap();
+        std::fs::write(&csv, "url,identity\nhttp://h/1.jpg,a\n").unwrap();
+        let e = plan.read(0..2).unwrap_err().to_string();
+        assert!(e.contains("changed while this run was reading it"), "{e}");
+        std::fs::write(
+            &csv,
+            "url,identity,new\nhttp://h/1.jpg,a,x\nhttp://h/2.jpg,b,y\n",
+        )
+        .unwrap();
+        let e = plan.read(1..2).unwrap_err().to_string();
+        assert!(e.contains("changed while"), "{e}");
     }
 }

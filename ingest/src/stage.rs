@@ -27,14 +27,15 @@ use idforge_core::{RunDir, Shard, Stage, StageStats};
 use crate::error::IngestError;
 use crate::fetch::{Fetched, Fetcher};
 use crate::settings::IngestSettings;
-use crate::source::{InputRow, Inputs, LocalPaths, Origin};
+use crate::source::{InputRow, InputsPlan, LocalPaths, Origin};
 use crate::store::Store;
 use crate::validate::{Inspected, inspect};
 
-/// The ingest stage, ready to run: sources read, client built, store chosen.
+/// The ingest stage, ready to run: sources planned, client built, store chosen.
 pub struct IngestStage {
     settings: IngestSettings,
-    inputs: Inputs,
+    /// Row count, extra columns and fingerprint of the sources; no rows (a shard reads its own).
+    inputs: InputsPlan,
     store: Store,
     /// Prefix that turns a store-relative path into the `store_path` column value.
     store_prefix: String,
@@ -49,30 +50,24 @@ struct InputsFingerprint {
 }
 
 impl InputsFingerprint {
-    fn of(inputs: &Inputs) -> Self {
-        let mut text = String::new();
-        for r in &inputs.rows {
-            text.push_str(&r.source);
-            text.push('\t');
-            text.push_str(r.identity.as_deref().unwrap_or(""));
-            text.push('\n');
-        }
+    fn of(inputs: &InputsPlan) -> Self {
         InputsFingerprint {
             rows: inputs.rows.len(),
-            sha256: idforge_core::hash::sha256_hex(text.as_bytes()),
+            sha256: inputs.sha256.clone(),
         }
     }
 }
 
 impl IngestStage {
-    /// Reads the sources and prepares the stage for the run directory `run_root`.
+    /// Plans the sources (one streaming pass, no rows kept) and prepares the stage for the run
+    /// directory `run_root`.
     pub fn new(settings: IngestSettings, run_root: &Path) -> Result<Self, IngestError> {
         if settings.sources.is_empty() {
             return Err(IngestError::Settings(
                 "no sources: add [[ingest.sources]] to the recipe or pass --source".into(),
             ));
         }
-        let inputs = Inputs::read_with(
+        let inputs = InputsPlan::scan(
             &settings.sources,
             LocalPaths::from_flags(settings.allow_local_paths, settings.allow_absolute_paths),
         )?;
@@ -99,8 +94,8 @@ impl IngestStage {
         })
     }
 
-    /// The input rows read from the sources.
-    pub fn inputs(&self) -> &Inputs {
+    /// What planning read from the sources: row count, extra columns, fingerprint.
+    pub fn inputs(&self) -> &InputsPlan {
         &self.inputs
     }
 
@@ -304,11 +299,15 @@ impl Stage for IngestStage {
             };
             range.contains(&(*id as usize)) && stored
         });
-        let todo: Vec<InputRow> = self.inputs.rows[range.clone()]
-            .iter()
-            .filter(|r| !done.contains_key(&r.row_id))
-            .cloned()
-            .collect();
+        // Only this shard's rows are read (and of them, only those not done yet are kept).
+        let mut todo: Vec<InputRow> = Vec::new();
+        self.inputs
+            .for_each(range.start as u64..range.end as u64, |r| {
+                if !done.contains_key(&r.row_id) {
+                    todo.push(r);
+                }
+                Ok(())
+            })?;
         let progress = Progress::new(format!("ingest shard {shard}"), range.len() as u64);
         progress.inc(done.len() as u64);
         let before = (
@@ -368,6 +367,8 @@ impl Stage for IngestStage {
         Ok(stats)
     }
 
+    /// Merges the shard tables. This holds every row of the list in memory (the tables are
+    /// read, sorted and duplicate-flagged together), unlike planning and the shards.
     fn finalize(&self, dir: &StageDir, shards: &[Shard]) -> Result<StageStats, IngestError> {
         let mut table = ImagesTable {
             extra_columns: self.inputs.extra_columns.clone(),
