@@ -187,7 +187,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "ingest `{}`: {} rows from {} source(s) into {}{}{}",
         r.name,
-        stage.inputs().rows.len(),
+        stage.inputs().total(),
         stage.settings().sources.len(),
         run.stage(ImagesTable::STAGE).path().display(),
         if f.robots_txt {
