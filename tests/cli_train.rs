@@ -282,7 +282,7 @@ fn bad_inputs_say_what_to_do() {
 
     let r = recipe(dir.path(), "pm", &export, "");
     fails(&r, &["--method", "photomaker"], "not implemented yet");
-    fails(&r, &["--method", "ip-adapter-plus"], "not implemented yet");
+    fails(&r, &["--method", "ip-adapter-plus"], "--image-encoder");
 
     let r = dir.path().join("noarc.toml");
     std::fs::write(
@@ -311,4 +311,94 @@ fn bad_inputs_say_what_to_do() {
     std::fs::copy(export.join(shard), val_only.join(shard)).unwrap();
     let r = recipe(dir.path(), "nosplit", &val_only, "");
     fails(&r, &[], "no train split");
+}
+
+/// Every CLIP-based IP-Adapter kind trains from scratch (references through the tiny CLIP image
+/// encoder, FaceID-Plus also through ArcFace), exports a file of its kind, and the Plus export
+/// generates from a reference photo through `generate --ref --image-encoder`.
+#[test]
+fn clip_kinds_train_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = make_export(dir.path());
+    let encoder = root().join("models/tests/fixtures/reference/image_encoder");
+    for (method, kind) in [
+        ("ip-adapter", "image_proj.proj.weight"),
+        ("ip-adapter-plus", "image_proj.latents"),
+        ("ip-adapter-full-face", "image_proj.proj.3.weight"),
+        (
+            "ip-adapter-faceid-plus",
+            "image_proj.perceiver_resampler.proj_in.weight",
+        ),
+    ] {
+        let name = method.replace('-', "_");
+        let r = recipe(
+            dir.path(),
+            &name,
+            &export,
+            &format!("image_encoder = \"{}\"\n", encoder.display()),
+        );
+        let out = train(
+            &[
+                "--method",
+                method,
+                "--steps",
+                "2",
+                "--grad-accum",
+                "1",
+                "--checkpoint-every",
+                "0",
+            ],
+            &r,
+        );
+        assert!(out.status.success(), "{method}: {}", text(&out));
+        let file = dir
+            .path()
+            .join(format!("runs/{name}/train/adapter.safetensors"));
+        let bytes = std::fs::read(&file).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let names: Vec<String> = st.names().into_iter().map(String::from).collect();
+        assert!(names.iter().any(|n| n == kind), "{method}: {names:?}");
+        assert!(
+            names.iter().any(|n| n.ends_with("to_k_ip.weight")),
+            "{method}"
+        );
+        assert_eq!(
+            names.iter().any(|n| n.contains("_lora.")),
+            method == "ip-adapter-faceid-plus",
+            "{method}: LoRA only for FaceID kinds"
+        );
+        // The references' CLIP features are cached beside the latents.
+        if method == "ip-adapter-plus" {
+            let refs = dir.path().join("cache/references");
+            let cached = std::fs::read_dir(&refs)
+                .unwrap()
+                .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+                .count();
+            assert!(
+                cached > 0,
+                "no cached reference features in {}",
+                refs.display()
+            );
+            let photo = dir.path().join("ref.jpg");
+            save_jpeg(&photo, 48, 3);
+            let png = dir.path().join("plus.png");
+            let out = idforge()
+                .args(["generate", "--model"])
+                .arg(tiny_sd())
+                .args(["--prompt", "a photo of a person sks", "--steps", "2"])
+                .args(["--width", "64", "--height", "64", "--adapter"])
+                .arg(&file)
+                .arg("--ref")
+                .arg(&photo)
+                .arg("--image-encoder")
+                .arg(&encoder)
+                .arg("--output")
+                .arg(&png)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+            assert!(text(&out).contains("ip-adapter-plus"), "{}", text(&out));
+            assert!(png.is_file());
+        }
+    }
 }

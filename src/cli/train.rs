@@ -10,7 +10,9 @@ use idforge_core::Name;
 use idforge_core::progress::Progress;
 use idforge_core::recipe::Recipe;
 use idforge_train::run::{RunSummary, Watch};
-use idforge_train::settings::{Drop, LrDecay, Method, OptimizerKind, RefFaces, TrainSettings};
+use idforge_train::settings::{
+    CropOrder, Drop, LrDecay, Method, OptimizerKind, RefFaces, TrainSettings,
+};
 use idforge_train::step::StepReport;
 
 use super::device::Backend;
@@ -40,7 +42,7 @@ pub struct TrainArgs {
     /// Continue from the run's last checkpoint (same settings; --steps may grow).
     #[arg(long)]
     resume: bool,
-    /// What is trained (ip-adapter-faceid for now).
+    /// What is trained (the IP-Adapter family: plain, plus, full-face, faceid, faceid-plus).
     #[arg(long, value_enum)]
     method: Option<MethodArg>,
     /// The diffusers Stable Diffusion 1.x folder.
@@ -55,6 +57,17 @@ pub struct TrainArgs {
     /// insightface ArcFace ONNX for the FaceID inputs (w600k_r50.onnx).
     #[arg(long)]
     arcface: Option<PathBuf>,
+    /// diffusers' image_encoder/ folder (CLIP vision + projection) for ip-adapter, -plus,
+    /// -full-face and -faceid-plus (OpenCLIP ViT-H/14 for the SD 1.5 adapters).
+    #[arg(long)]
+    image_encoder: Option<PathBuf>,
+    /// Channel order of FaceID-Plus's 224 px face crop given to CLIP: bgr as the published
+    /// demo (and `generate`'s default), or rgb.
+    #[arg(long, value_enum)]
+    face_crop_channels: Option<CropArg>,
+    /// FaceID-Plus V2's shortcut on (true, the default) or v1 (false).
+    #[arg(long)]
+    plus_v2: Option<bool>,
     /// face-api's model folder (default: the asset cache).
     #[arg(long)]
     face_api_weights: Option<PathBuf>,
@@ -143,6 +156,7 @@ pub struct TrainArgs {
 enum MethodArg {
     IpAdapter,
     IpAdapterPlus,
+    IpAdapterFullFace,
     IpAdapterFaceid,
     IpAdapterFaceidPlus,
     Photomaker,
@@ -170,6 +184,12 @@ enum LrDecayArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum CropArg {
+    Bgr,
+    Rgb,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum DropArg {
     IpAdapter,
     Persongen,
@@ -189,6 +209,7 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<(String, PathBuf, TrainSettings)> {
             &mut s.dataset,
             &mut s.adapter,
             &mut s.arcface,
+            &mut s.image_encoder,
             &mut s.face_api_weights,
             &mut s.cache_dir,
         ] {
@@ -221,6 +242,8 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<(String, PathBuf, TrainSettings)> {
     set!(opt dataset);
     set!(opt adapter);
     set!(opt arcface);
+    set!(opt image_encoder);
+    set!(plus_v2);
     set!(opt face_api_weights);
     set!(resolution);
     set!(batch_size);
@@ -250,10 +273,17 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<(String, PathBuf, TrainSettings)> {
         s.method = match m {
             MethodArg::IpAdapter => Method::IpAdapter,
             MethodArg::IpAdapterPlus => Method::IpAdapterPlus,
+            MethodArg::IpAdapterFullFace => Method::IpAdapterFullFace,
             MethodArg::IpAdapterFaceid => Method::IpAdapterFaceid,
             MethodArg::IpAdapterFaceidPlus => Method::IpAdapterFaceidPlus,
             MethodArg::Photomaker => Method::Photomaker,
             MethodArg::SplitPrompt => Method::SplitPrompt,
+        };
+    }
+    if let Some(c) = a.face_crop_channels {
+        s.face_crop_channels = match c {
+            CropArg::Bgr => CropOrder::Bgr,
+            CropArg::Rgb => CropOrder::Rgb,
         };
     }
     if let Some(r) = a.ref_faces {

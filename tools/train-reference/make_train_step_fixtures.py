@@ -90,7 +90,7 @@ CASES = {
         "boxes": [[[16.0, 24.0, 80.0, 96.0], [41.5, 8.0, 127.0, 71.9]],
                   [[0.0, 0.0, 64.0, 64.0], [33.0, 60.0, 110.0, 128.0]]],
         "optimizer": {"kind": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01},
-        "groups": [{"prefix": "image_proj.", "lr": 5e-4}, {"prefix": "", "lr": 1e-3}],
+        "groups": [{"prefix": "image_proj.", "lr": 1e-4}, {"prefix": "", "lr": 1e-3}],
         "schedule": {"warmup": 0, "warmup_style": "persongen", "decay": "constant", "total": 2},
         "max_grad_norm": None,
         "accumulation": 1,
@@ -110,7 +110,104 @@ CASES = {
         "accumulation": 1,
         "timesteps": [[333, 666], [10, 990]],
     },
+    # IP-Adapter Plus as tutorial_train_plus.py trains it: the resampler on CLIP's penultimate
+    # hidden states (its latents, attention and feed-forward) and to_k_ip / to_v_ip. The
+    # projection is a depth-1, 16-wide resampler drawn here (adapter_plus.safetensors, IP-Adapter
+    # layout) and put in diffusers' IPAdapterPlusImageProjection, so the fixture stays small.
+    "plus": {
+        "adapter": "plus.safetensors",
+        "tiny_plus": {"depth": 1, "dim": 16, "queries": 4},
+        "inputs": "hidden_states",
+        "references": 2,
+        "prediction": "epsilon",
+        "optimizer": {"kind": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01},
+        "groups": [{"prefix": "image_proj.", "lr": 1e-3}, {"prefix": "", "lr": 2e-3}],
+        "schedule": {"warmup": 2, "warmup_style": "persongen", "decay": "constant", "total": 2},
+        "max_grad_norm": 0.01,
+        "accumulation": 1,
+        "timesteps": [[120, 870], [505, 3]],
+    },
+    # IP-Adapter-FaceID-PlusV2: the ArcFace MLP, the face perceiver resampler on CLIP's hidden
+    # states of the face crop (diffusers' `clip_embeds`), the shortcut on, to_k_ip / to_v_ip.
+    "faceid_plus_v2": {
+        "adapter": "faceid_plus_v2.safetensors",
+        "inputs": "id_embeds+hidden_states",
+        "shortcut": True,
+        "references": 1,
+        "prediction": "epsilon",
+        "optimizer": {"kind": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01},
+        "groups": [{"prefix": "image_proj.", "lr": 1e-4}, {"prefix": "", "lr": 1e-3}],
+        "schedule": {"warmup": 0, "warmup_style": "persongen", "decay": "constant", "total": 2},
+        "max_grad_norm": None,
+        "accumulation": 1,
+        "timesteps": [[640, 45], [260, 940]],
+    },
 }
+
+# Key spelling of IP-Adapter's Resampler (the adapter file) -> diffusers'
+# IPAdapterPlusImageProjection, as diffusers' `_convert_ip_adapter_image_proj_to_diffusers` maps
+# it (layer index i): i.0.norm1/norm2 -> i.ln0/ln1, i.0.to_q/to_out -> i.attn.to_q/to_out.0,
+# i.0.to_kv -> i.attn.to_k + i.attn.to_v (halves), i.1.{0,1,3} -> i.ff.{0, 1.net.0.proj, 1.net.2}.
+def plus_to_diffusers(state):
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "layers":
+            out[key] = value
+            continue
+        i, sub, name = parts[1], parts[2], ".".join(parts[3:])
+        if sub == "0":
+            if name.startswith("norm1"):
+                out[f"layers.{i}.ln0.{name[6:]}"] = value
+            elif name.startswith("norm2"):
+                out[f"layers.{i}.ln1.{name[6:]}"] = value
+            elif name == "to_q.weight":
+                out[f"layers.{i}.attn.to_q.weight"] = value
+            elif name == "to_out.weight":
+                out[f"layers.{i}.attn.to_out.0.weight"] = value
+            elif name == "to_kv.weight":
+                k, v = value.chunk(2, dim=0)
+                out[f"layers.{i}.attn.to_k.weight"] = k
+                out[f"layers.{i}.attn.to_v.weight"] = v
+            else:
+                raise SystemExit(key)
+        else:
+            idx, rest = name.split(".", 1)
+            out[f"layers.{i}.ff." + {"0": "0", "1": "1.net.0.proj", "3": "1.net.2"}[idx] + "." + rest] = value
+    return out
+
+
+def tiny_plus(shape, ip_layers, out_dir):
+    """A small Plus adapter (IP-Adapter layout) and the diffusers projection holding it."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    g = torch.Generator().manual_seed(7)
+    d, q, depth, embed, cross = shape["dim"], shape["queries"], shape["depth"], 16, 8
+
+    def w(*s, std=0.3):
+        return torch.randn(*s, generator=g) * std
+
+    state = {"latents": w(1, q, d, std=d ** -0.5), "proj_in.weight": w(d, embed), "proj_in.bias": w(d, std=0.05),
+             "proj_out.weight": w(cross, d), "proj_out.bias": w(cross, std=0.05),
+             "norm_out.weight": 1 + w(cross, std=0.1), "norm_out.bias": w(cross, std=0.05)}
+    for i in range(depth):
+        for n in ("norm1", "norm2"):
+            state[f"layers.{i}.0.{n}.weight"] = 1 + w(d, std=0.1)
+            state[f"layers.{i}.0.{n}.bias"] = w(d, std=0.05)
+        state[f"layers.{i}.0.to_q.weight"] = w(d, d)
+        state[f"layers.{i}.0.to_kv.weight"] = w(2 * d, d)
+        state[f"layers.{i}.0.to_out.weight"] = w(d, d)
+        state[f"layers.{i}.1.0.weight"] = 1 + w(d, std=0.1)
+        state[f"layers.{i}.1.0.bias"] = w(d, std=0.05)
+        state[f"layers.{i}.1.1.weight"] = w(4 * d, d)
+        state[f"layers.{i}.1.3.weight"] = w(d, 4 * d)
+    proj = IPAdapterPlusImageProjection(embed_dims=embed, output_dims=cross, hidden_dims=d, depth=depth,
+                                        dim_head=d, heads=1, num_queries=q, ffn_ratio=4)
+    proj.load_state_dict(plus_to_diffusers(state), strict=True)
+    file = {f"image_proj.{k}": v.contiguous() for k, v in state.items()}
+    file.update({k: v for k, v in ip_layers.items() if k.startswith("ip_adapter.")})
+    save_file(file, out_dir / "adapter_plus.safetensors")
+    return proj, out_dir / "adapter_plus.safetensors"
 
 
 def lr_lambda(s):
@@ -138,7 +235,26 @@ def group_of(key, groups):
     raise SystemExit(f"{key} is in no group")
 
 
-def build(case):
+class Joined:
+    """A file tensor diffusers keeps as several parameters (a resampler's `to_kv` as `to_k` and
+    `to_v`): its value, gradient and trainable flag are theirs concatenated on dim 0."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    def detach(self):
+        return torch.cat([p.detach() for p in self.parts], dim=0)
+
+    @property
+    def grad(self):
+        return torch.cat([p.grad for p in self.parts], dim=0)
+
+    def requires_grad_(self, on):
+        for p in self.parts:
+            p.requires_grad_(on)
+
+
+def build(case, out_dir):
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(FIXTURES / "tiny-sd", torch_dtype=torch.float32)
@@ -146,18 +262,32 @@ def build(case):
     path = FIXTURES / "ip-adapter" / case["adapter"]
     pipe.load_ip_adapter(str(path.parent), subfolder="", weight_name=path.name, image_encoder_folder=None)
     pipe.set_ip_adapter_scale(1.0)
+    if "tiny_plus" in case:
+        proj, path = tiny_plus(case["tiny_plus"], load_file(str(path)), out_dir)
+        unet.encoder_hid_proj.image_projection_layers[0] = proj
+    if case.get("shortcut"):
+        unet.encoder_hid_proj.image_projection_layers[0].shortcut = True
     unet.requires_grad_(False)
     unet.train()
     # Each key of the adapter file is the UNet parameter holding the same values (diffusers
-    # copies them unchanged: Linear weights, LayerNorms, PEFT lora_A / lora_B).
+    # copies them unchanged: Linear weights, LayerNorms, PEFT lora_A / lora_B), or two of them
+    # concatenated (a resampler's `to_kv`, split into `to_k` / `to_v`).
     file = load_file(str(path))
     params = dict(unet.named_parameters())
     trained = {}
     for key, value in file.items():
         hits = [n for n, p in params.items() if p.shape == value.shape and torch.equal(p.detach(), value)]
-        if len(hits) != 1:
-            raise SystemExit(f"{key}: {len(hits)} UNet parameters hold its values: {hits}")
-        trained[key] = params[hits[0]]
+        if len(hits) == 1:
+            trained[key] = params[hits[0]]
+            continue
+        if len(hits) == 0 and key.endswith("to_kv.weight"):
+            k, v = value.chunk(2, dim=0)
+            hk = [n for n, p in params.items() if p.shape == k.shape and torch.equal(p.detach(), k)]
+            hv = [n for n, p in params.items() if p.shape == v.shape and torch.equal(p.detach(), v)]
+            if len(hk) == 1 and len(hv) == 1:
+                trained[key] = Joined([params[hk[0]], params[hv[0]]])
+                continue
+        raise SystemExit(f"{key}: {len(hits)} UNet parameters hold its values: {hits}")
     for p in trained.values():
         p.requires_grad_(True)
     return unet, trained
@@ -177,18 +307,22 @@ def main():
     torch.manual_seed(0)
     meta = {"cases": {}, "versions": {"diffusers": diffusers.__version__, "torch": torch.__version__}}
     for name, case in CASES.items():
-        unet, trained = build(case)
+        unet, trained = build(case, args.out)
         sched = DDPMScheduler.from_pretrained(FIXTURES / "tiny-sd", subfolder="scheduler",
                                               prediction_type=case["prediction"])
         keys = sorted(trained)
         groups = case["groups"]
-        param_groups = [{"params": [trained[k] for k in keys if group_of(k, groups) == i], "lr": g["lr"]}
+        def leaves(ks):
+            return [p for k in ks for p in (trained[k].parts if isinstance(trained[k], Joined) else [trained[k]])]
+
+        param_groups = [{"params": leaves([k for k in keys if group_of(k, groups) == i]), "lr": g["lr"]}
                         for i, g in enumerate(groups)]
         o = case["optimizer"]
         opt_cls = torch.optim.AdamW if o["kind"] == "adamw" else torch.optim.Adam
         opt = opt_cls(param_groups, betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
         lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(case["schedule"]))
-        faceid = "faceid" in case["adapter"]
+        inputs = case.get("inputs", "id_embeds" if "faceid" in case["adapter"] else "image_embeds")
+        proj = unet.encoder_hid_proj.image_projection_layers[0]
         tensors, record = {}, {"loss": [], "micro_losses": [], "grad_norm": [], "lr": []}
         k = case["accumulation"]
         for step in range(2):
@@ -204,9 +338,12 @@ def main():
                     "timesteps": torch.tensor(case["timesteps"][step * k + m], dtype=torch.float32),
                 }
                 refs = case["references"]
-                if faceid:
+                if "id_embeds" in inputs:
                     inp["id_embeds"] = F.normalize(torch.randn(b, refs, 16), dim=-1)
-                else:
+                if "hidden_states" in inputs:
+                    # CLIP's penultimate hidden states: [batch, references, 1 + patches, width].
+                    inp["hidden_states"] = torch.randn(b, refs, 5, 16)
+                if inputs == "image_embeds":
                     inp["image_embeds"] = torch.randn(b, refs, 16)
                 if case.get("noise_offset"):
                     inp["offset_noise"] = torch.randn(b, 4)
@@ -217,7 +354,13 @@ def main():
                 if case.get("noise_offset"):
                     noise = noise + case["noise_offset"] * inp["offset_noise"][:, :, None, None]
                 noisy = sched.add_noise(inp["latents"], noise, t)
-                embeds = inp["id_embeds"] if faceid else inp["image_embeds"]
+                if inputs == "id_embeds+hidden_states":
+                    # FaceID-Plus: the ID embeddings go through added_cond_kwargs, CLIP's
+                    # through the projection's `clip_embeds` (diffusers' documented use).
+                    proj.clip_embeds = inp["hidden_states"]
+                    embeds = inp["id_embeds"]
+                else:
+                    embeds = inp[inputs]
                 pred = unet(noisy, t, encoder_hidden_states=inp["context"],
                             added_cond_kwargs={"image_embeds": [embeds]}).sample
                 if case["prediction"] == "epsilon":
@@ -248,7 +391,7 @@ def main():
             if step == 0:
                 for key in keys:
                     tensors[f"grad.{key}"] = trained[key].grad.detach().clone()
-            params = [trained[key] for key in keys]
+            params = leaves(keys)
             if case["max_grad_norm"] is not None:
                 norm = torch.nn.utils.clip_grad_norm_(params, case["max_grad_norm"])
             else:
@@ -260,6 +403,12 @@ def main():
                 tensors[f"step{step + 1}.{key}"] = trained[key].detach().clone()
         if case["max_grad_norm"] is not None:
             assert record["grad_norm"][0] > case["max_grad_norm"], "clipping is not active"
+        # Adam's first step moves a weight by lr * g / (|g| + eps): for |g| near eps (1e-8) the
+        # update hangs on float rounding of g, and no port can match it to 1e-6. Report the
+        # smallest gradient element so that a case's draws can be chosen away from that
+        # (faceid_plus_v2 keeps its projection's rate at 1e-4 for that reason).
+        smallest = min(tensors[f"grad.{key}"].abs().min().item() for key in keys)
+        print(f"{name}: smallest |gradient| element {smallest:.2e}")
         save_file({k: v.float().contiguous() for k, v in tensors.items()}, args.out / f"step_{name}.safetensors")
         meta["cases"][name] = {**case, **record, "trained": keys}
         print(f"{name}: loss {record['loss']}, |g| {record['grad_norm']}, {len(keys)} tensors")

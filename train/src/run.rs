@@ -1,5 +1,8 @@
 //! A whole training run (`idforge train`): the export's train split through the frozen SD 1.x
-//! UNet into an IP-Adapter-FaceID, with cached VAE latents, text and reference embeddings,
+//! UNet into an IP-Adapter of any kind (plain, Plus, full-face: CLIP image features of the
+//! references; FaceID: ArcFace; FaceID-Plus: both, CLIP seeing the 224 px face crop — computed
+//! by [`idforge_models::reference`] as `generate --ref` does), with cached VAE latents, text
+//! and reference features,
 //! checkpoints every N steps, `metrics.jsonl`, `report.html` and the exported adapter.
 //!
 //! The run folder (`runs/<name>/train/`):
@@ -21,15 +24,20 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use idforge_diffusion::adapters::ip_adapter::projection::ResamplerShape;
 use idforge_diffusion::adapters::ip_adapter::{IpAdapter, ProjectionInput, ProjectionSpec};
 use idforge_diffusion::nn::Init;
 use idforge_diffusion::pipeline::TextEncoder;
+use idforge_diffusion::reference::{ip_adapter_clip_width, ip_adapter_id_width};
 use idforge_diffusion::{DdpmSchedule, ScheduleConfig, UNet, Vae};
 use idforge_models::WeightStore;
 use idforge_models::face_api::Detector;
 use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::face_embedder::FaceEmbedder;
 use idforge_models::iresnet::{IResNet, l2_normalize};
+use idforge_models::reference::{
+    ClipInput, CropChannels, FACE_CROP_SIZE, ImageEncoder, ReferenceEncoder, ReferenceNeeds,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -43,7 +51,7 @@ use crate::export::{adapter_tensors, export_ip_adapter, write_atomic};
 use crate::loss::{LossConfig, NoiseDraw};
 use crate::optim::{AdamConfig, AdamKind, Optimizer, ParamGroup};
 use crate::schedule::{Decay, LrSchedule, Warmup};
-use crate::settings::{Drop, LrDecay, OptimizerKind, RefFaces, TrainSettings};
+use crate::settings::{CropOrder, Drop, LrDecay, Method, OptimizerKind, RefFaces, TrainSettings};
 use crate::step::{IpAdapterTrainer, IpBatch, StepConfig, StepReport};
 
 /// The final adapter's file in the run folder.
@@ -102,55 +110,143 @@ pub struct MetricsLine {
     pub seconds: f64,
 }
 
-/// The embedder of references: ArcFace on aligned faces, or on the tight crop.
-enum RefEncoder<B: Backend> {
-    /// The face embedder, and the bare network for photos without a detected face.
-    Detect(Box<FaceEmbedder<B>>, IResNet<B>),
-    Crop(IResNet<B>),
+/// What one reference becomes, flat (as cached): the L2-normalised ArcFace embedding
+/// (`id_dim` values, FaceID kinds) then CLIP's part (plain: `image_embeds`; Plus, full-face,
+/// FaceID-Plus: `hidden_states[-2]`, tokens × width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RefLayout {
+    id_dim: usize,
+    clip: Option<ClipPart>,
 }
 
-impl<B: Backend> RefEncoder<B> {
-    fn dim(&self) -> usize {
-        match self {
-            RefEncoder::Detect(e, _) => e.embedding_dim(),
-            RefEncoder::Crop(n) => n.config().embedding_size,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClipPart {
+    Embeds(usize),
+    Hidden { tokens: usize, width: usize },
+}
+
+impl RefLayout {
+    fn clip_len(&self) -> usize {
+        match self.clip {
+            None => 0,
+            Some(ClipPart::Embeds(d)) => d,
+            Some(ClipPart::Hidden { tokens, width }) => tokens * width,
         }
     }
 
-    /// The normalised ArcFace embedding of a reference photo.
-    fn embed(&self, rgb: &Rgb) -> Vec<f32> {
+    fn len(&self) -> usize {
+        self.id_dim + self.clip_len()
+    }
+}
+
+/// The networks references go through ([`idforge_models::reference`], as `generate --ref`),
+/// and what to do without a detector or without a face.
+struct RefEncoder<B: Backend> {
+    mode: RefFaces,
+    /// face-api + ArcFace (detect mode, FaceID kinds) and the CLIP image encoder.
+    reference: ReferenceEncoder<B>,
+    /// The bare ArcFace network: crop mode, and photos without a detected face.
+    arcface: Option<IResNet<B>>,
+    needs: ReferenceNeeds,
+    layout: RefLayout,
+}
+
+impl<B: Backend> RefEncoder<B> {
+    /// The flat features of a reference photo ([`RefLayout`]).
+    fn embed(&self, rgb: &Rgb) -> Result<Vec<f32>, TrainError> {
         let (w, h, data) = rgb;
         let view = RgbView {
             width: *w,
             height: *h,
             data,
         };
-        match self {
-            RefEncoder::Detect(e, net) => match e.largest_face(view) {
-                Some((_, v)) => v,
+        let detected = match self.mode {
+            RefFaces::Detect => match self.reference.encode(view, Path::new(""), &self.needs) {
+                Ok(r) => Some(r),
                 // No face found: the whole photo, resized, as in crop mode.
-                None => l2_normalize(&resized_embed(net, view)),
+                Err(idforge_models::ModelError::NoFace { .. }) => None,
+                Err(e) => return Err(e.into()),
             },
-            RefEncoder::Crop(net) => l2_normalize(&resized_embed(net, view)),
+            RefFaces::Crop => None,
+        };
+        let mut out = Vec::with_capacity(self.layout.len());
+        if self.layout.id_dim > 0 {
+            match detected.as_ref().and_then(|r| r.face.as_ref()) {
+                Some(f) => out.extend_from_slice(&f.normed_embedding),
+                None => {
+                    let net = self.arcface.as_ref().ok_or_else(|| {
+                        TrainError::Setting("the FaceID kinds need --arcface".into())
+                    })?;
+                    let side = net.config().input_size;
+                    let small = resized(view, side);
+                    out.extend(l2_normalize(&net.embed(RgbView {
+                        width: side,
+                        height: side,
+                        data: &small,
+                    })));
+                }
+            }
         }
+        if let Some(part) = self.layout.clip {
+            let features = match detected.and_then(|r| r.clip) {
+                Some(f) => f,
+                None => {
+                    let enc = self.reference.image_encoder().ok_or_else(|| {
+                        TrainError::Setting("the CLIP kinds need --image-encoder".into())
+                    })?;
+                    let image = match self.needs.clip {
+                        Some(ClipInput::FaceCrop(channels)) => {
+                            // No detector (or no face): the photo resized to the crop's side.
+                            let small = resized(view, FACE_CROP_SIZE);
+                            match channels {
+                                CropChannels::Rgb => small,
+                                CropChannels::Bgr => small
+                                    .chunks_exact(3)
+                                    .flat_map(|p| [p[2], p[1], p[0]])
+                                    .collect(),
+                            }
+                        }
+                        _ => data.clone(),
+                    };
+                    let (iw, ih) = match self.needs.clip {
+                        Some(ClipInput::FaceCrop(_)) => (FACE_CROP_SIZE, FACE_CROP_SIZE),
+                        _ => (*w, *h),
+                    };
+                    enc.encode(&[RgbView {
+                        width: iw,
+                        height: ih,
+                        data: &image,
+                    }])
+                    .pop()
+                    .ok_or_else(|| TrainError::Setting("CLIP encoded no image".into()))?
+                }
+            };
+            match part {
+                ClipPart::Embeds(_) => out.extend(features.image_embeds.ok_or_else(|| {
+                    TrainError::Setting(
+                        "the image encoder has no visual_projection: plain IP-Adapter needs \
+                         CLIPVisionModelWithProjection's image_embeds"
+                            .into(),
+                    )
+                })?),
+                ClipPart::Hidden { .. } => out.extend(features.hidden_states),
+            }
+        }
+        Ok(out)
     }
 }
 
-fn resized_embed<B: Backend>(net: &IResNet<B>, view: RgbView<'_>) -> Vec<f32> {
-    let side = net.config().input_size;
+/// A photo resized to `side` × `side` (RGB8).
+fn resized(view: RgbView<'_>, side: usize) -> Vec<u8> {
     let img = image::RgbImage::from_raw(view.width as u32, view.height as u32, view.data.to_vec())
         .unwrap_or_else(|| image::RgbImage::new(side as u32, side as u32));
-    let small = image::imageops::resize(
+    image::imageops::resize(
         &img,
         side as u32,
         side as u32,
         image::imageops::FilterType::Triangle,
-    );
-    net.embed(RgbView {
-        width: side,
-        height: side,
-        data: small.as_raw(),
-    })
+    )
+    .into_raw()
 }
 
 /// A folder of cached tensors, one safetensors file per key (tensor `v`).
@@ -236,7 +332,6 @@ where
     let started = Instant::now();
     let model = settings.model.clone().expect("validated");
     let export = settings.dataset.clone().expect("validated");
-    let arcface = settings.arcface.clone().expect("validated");
     let index_path = model.join("model_index.json");
     let index = std::fs::read_to_string(&index_path).map_err(|e| {
         TrainError::data(
@@ -286,10 +381,36 @@ where
         )));
     }
 
-    let crop_net = IResNet::<B>::load(&arcface, device)?;
-    let encoder = match settings.ref_faces {
-        RefFaces::Crop => RefEncoder::Crop(crop_net),
-        RefFaces::Detect => {
+    // The reference networks of the method: ArcFace (FaceID kinds), CLIP (the others and
+    // FaceID-Plus), face-api in detect mode.
+    let arcface = settings
+        .arcface
+        .clone()
+        .filter(|_| settings.method.needs_arcface());
+    let crop_net = arcface
+        .as_deref()
+        .map(|a| IResNet::<B>::load(a, device))
+        .transpose()?;
+    let clip = settings
+        .image_encoder
+        .clone()
+        .filter(|_| settings.method.needs_image_encoder())
+        .map(|p| ImageEncoder::<B>::load(&p, device).map(|e| (p, e)))
+        .transpose()?;
+    let crop_channels = match settings.face_crop_channels {
+        CropOrder::Bgr => CropChannels::Bgr,
+        CropOrder::Rgb => CropChannels::Rgb,
+    };
+    let needs = ReferenceNeeds {
+        face: settings.method.needs_arcface(),
+        clip: match settings.method {
+            Method::IpAdapterFaceidPlus => Some(ClipInput::FaceCrop(crop_channels)),
+            m if m.needs_image_encoder() => Some(ClipInput::WholeImage),
+            _ => None,
+        },
+    };
+    let faces = match (settings.ref_faces, &arcface) {
+        (RefFaces::Detect, Some(arcface)) => {
             let weights = settings.face_api_weights.clone().ok_or_else(|| {
                 TrainError::Setting(
                     "`ref_faces = \"detect\"` needs face-api's weights: run `make assets` or \
@@ -297,18 +418,54 @@ where
                         .into(),
                 )
             })?;
-            RefEncoder::Detect(
-                Box::new(FaceEmbedder::load(
-                    &weights,
-                    Detector::default(),
-                    Some(&arcface),
-                    device,
-                )?),
-                crop_net,
-            )
+            Some(FaceEmbedder::load(
+                &weights,
+                Detector::default(),
+                Some(arcface),
+                device,
+            )?)
+        }
+        _ => None,
+    };
+    let id_dim = crop_net.as_ref().map_or(0, |n| n.config().embedding_size);
+    let unconditional = clip.as_ref().map(|(_, e)| e.unconditional());
+    let clip_part = match (&clip, settings.method) {
+        (None, _) => None,
+        (Some((path, e)), Method::IpAdapter) => {
+            Some(ClipPart::Embeds(e.projection_dim().ok_or_else(|| {
+                TrainError::data(
+                    path,
+                    "has no visual_projection: plain IP-Adapter takes the projected \
+                     image_embeds of CLIPVisionModelWithProjection",
+                )
+            })?))
+        }
+        (Some(_), _) => {
+            let u = unconditional.as_ref().expect("computed with the encoder");
+            Some(ClipPart::Hidden {
+                tokens: u.tokens,
+                width: u.width,
+            })
         }
     };
-    let id_dim = encoder.dim();
+    let layout = RefLayout {
+        id_dim,
+        clip: clip_part,
+    };
+    let clip_path = clip.as_ref().map(|(p, _)| p.clone());
+    let encoder = RefEncoder {
+        mode: settings.ref_faces,
+        reference: ReferenceEncoder::new(faces, clip.map(|(_, e)| e)),
+        arcface: crop_net,
+        needs,
+        layout,
+    };
+    // Hidden-state kinds drop an image as CLIP's features of zero pixels (IP-Adapter's
+    // `torch.zeros_like(clip_image)`), the others as zeros.
+    let uncond_hidden: Option<Vec<f32>> = match layout.clip {
+        Some(ClipPart::Hidden { .. }) => unconditional.map(|u| u.hidden_states),
+        _ => None,
+    };
 
     // Caches keyed by the model's components and the content.
     let cache_root = settings
@@ -317,7 +474,14 @@ where
         .unwrap_or_else(|| idforge_core::cache::cache_dir().join("train"));
     let vae_key = folder_fingerprint(&[model.join("vae")])?;
     let text_key = folder_fingerprint(&[model.join("text_encoder"), model.join("tokenizer")])?;
-    let net_key = sha_hex(&std::fs::read(&arcface).map_err(|e| TrainError::io(&arcface, e))?);
+    let net_key = match &arcface {
+        Some(a) => sha_hex(&std::fs::read(a).map_err(|e| TrainError::io(a, e))?)[..16].to_string(),
+        None => "none".into(),
+    };
+    let clip_key = match &clip_path {
+        Some(p) => folder_fingerprint(std::slice::from_ref(p))?[..16].to_string(),
+        None => "none".into(),
+    };
     let latents = Cache {
         dir: cache_root.join("latents").join(&vae_key),
     };
@@ -325,12 +489,22 @@ where
         dir: cache_root.join("text").join(&text_key),
     };
     let refs_cache = Cache {
-        dir: cache_root.join("arcface").join(format!(
-            "{}-{}",
-            &net_key[..16],
+        dir: cache_root.join("references").join(format!(
+            "{net_key}-{clip_key}-{}-{}",
             match settings.ref_faces {
                 RefFaces::Detect => "detect",
                 RefFaces::Crop => "crop",
+            },
+            match needs.clip {
+                None => "id",
+                Some(ClipInput::WholeImage) if layout.clip_len() > 0 && id_dim == 0 =>
+                    match layout.clip {
+                        Some(ClipPart::Embeds(_)) => "embeds",
+                        _ => "hidden",
+                    },
+                Some(ClipInput::FaceCrop(CropChannels::Bgr)) => "facecrop-bgr",
+                Some(ClipInput::FaceCrop(CropChannels::Rgb)) => "facecrop-rgb",
+                Some(ClipInput::WholeImage) => "whole",
             }
         )),
     };
@@ -366,28 +540,7 @@ where
             let store = WeightStore::open(path)?;
             let spec = ProjectionSpec::detect(&store, "image_proj.")
                 .map_err(|e| TrainError::data(path, format!("not an IP-Adapter file: {e}")))?;
-            match spec {
-                ProjectionSpec::FaceId { id_dim: want, .. } if want != id_dim => {
-                    return Err(TrainError::data(
-                        path,
-                        format!(
-                            "takes {want}-d ID embeddings, the ArcFace model {} gives {id_dim}: \
-                             give the ArcFace model the adapter was trained with",
-                            arcface.display()
-                        ),
-                    ));
-                }
-                ProjectionSpec::FaceId { .. } => {}
-                other => {
-                    return Err(TrainError::data(
-                        path,
-                        format!(
-                            "is an {} adapter; `ip-adapter-faceid` fine-tunes FaceID files",
-                            other.kind()
-                        ),
-                    ));
-                }
-            }
+            check_spec(&spec, settings.method, &layout, path)?;
             loaded
         }
         None => {
@@ -397,17 +550,18 @@ where
                 .iter()
                 .find_map(|l| l.cross_attention_dim)
                 .ok_or_else(|| TrainError::Setting("the UNet has no cross-attention".into()))?;
-            let spec = ProjectionSpec::FaceId {
-                id_dim,
-                mlp: id_dim * 2,
-                tokens: 4,
-                cross,
-            };
+            let spec = new_spec(settings.method, &layout, cross)?;
             let a = IpAdapter::new(&Init::Random, spec, &unet, device)?;
             let a = crate::init::ip_layers_from_unet(a, &unet)?;
-            a.with_random_lora(&unet, settings.lora_rank as usize, device)?
+            if settings.method.needs_arcface() {
+                a.with_random_lora(&unet, settings.lora_rank as usize, device)?
+            } else {
+                a
+            }
         }
     };
+    let mut adapter = adapter;
+    adapter.set_shortcut(settings.plus_v2, 1.0);
 
     let lr = settings.lr;
     let groups = if adapter.lora.is_some() {
@@ -543,7 +697,6 @@ where
     let mut last_loss = None;
     let every = settings.checkpoint_every;
     let hold: Option<u64> = std::env::var(HOLD_ENV).ok().and_then(|v| v.parse().ok());
-    let mut adapter = adapter;
     let mut text_memo: HashMap<String, Tensor<B, 3>> = HashMap::new();
     for step in first_step..total {
         let mut batches = Vec::with_capacity(k);
@@ -602,7 +755,7 @@ where
                     let v = match (cached, rgb) {
                         (Some(v), _) => v,
                         (None, Some(rgb)) => {
-                            let v = encoder.embed(&rgb);
+                            let v = encoder.embed(&rgb)?;
                             refs_cache.put(&key, vec![v.len()], v.clone())?;
                             v
                         }
@@ -622,7 +775,8 @@ where
                 &empty_context,
                 ids,
                 refs_per,
-                id_dim,
+                &layout,
+                uncond_hidden.as_deref(),
                 boxes,
                 scaling,
                 latent_channels,
@@ -693,6 +847,110 @@ where
     })
 }
 
+/// Refuses a starting adapter of another kind than `method`, or with other input widths than
+/// the reference networks give.
+fn check_spec(
+    spec: &ProjectionSpec,
+    method: Method,
+    layout: &RefLayout,
+    path: &Path,
+) -> Result<(), TrainError> {
+    if spec.kind() != method.as_str() {
+        return Err(TrainError::data(
+            path,
+            format!(
+                "is an {} adapter; `{}` fine-tunes {} files (set `method` to the file's kind)",
+                spec.kind(),
+                method.as_str(),
+                method.as_str()
+            ),
+        ));
+    }
+    if let Some(want) = ip_adapter_id_width(spec)
+        && want != layout.id_dim
+    {
+        return Err(TrainError::data(
+            path,
+            format!(
+                "takes {want}-d ID embeddings, the ArcFace model gives {}: give the ArcFace \
+                 model the adapter was trained with",
+                layout.id_dim
+            ),
+        ));
+    }
+    if let Some((what, want)) = ip_adapter_clip_width(spec) {
+        let have = match layout.clip {
+            Some(ClipPart::Embeds(d)) => d,
+            Some(ClipPart::Hidden { width, .. }) => width,
+            None => 0,
+        };
+        if have != want {
+            return Err(TrainError::data(
+                path,
+                format!(
+                    "takes {want}-wide CLIP {what}, the image encoder gives {have}: give the \
+                     image encoder the adapter was trained with"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A new adapter's projection for `method`, shaped as the reference training scripts build it
+/// (`tutorial_train.py`: 4 tokens; `tutorial_train_plus.py`: a depth-4 resampler, 16 queries,
+/// 64-wide heads, width = the UNet's cross width; FaceID(-Plus): 4 tokens, MLP twice the ID
+/// width, FaceID-Plus's resampler with cross / 64 heads).
+fn new_spec(
+    method: Method,
+    layout: &RefLayout,
+    cross: usize,
+) -> Result<ProjectionSpec, TrainError> {
+    let (embeds, hidden) = match layout.clip {
+        Some(ClipPart::Embeds(d)) => (d, 0),
+        Some(ClipPart::Hidden { width, .. }) => (0, width),
+        None => (0, 0),
+    };
+    let resampler = |heads: usize| ResamplerShape {
+        embedding_dim: hidden,
+        dim: cross,
+        output_dim: cross,
+        heads,
+        head_dim: 64,
+        depth: 4,
+    };
+    Ok(match method {
+        Method::IpAdapter => ProjectionSpec::Plain {
+            embed_dim: embeds,
+            tokens: 4,
+            cross,
+        },
+        Method::IpAdapterPlus => ProjectionSpec::Plus {
+            queries: 16,
+            resampler: resampler(12),
+        },
+        Method::IpAdapterFullFace => ProjectionSpec::FullFace { hidden, cross },
+        Method::IpAdapterFaceid => ProjectionSpec::FaceId {
+            id_dim: layout.id_dim,
+            mlp: layout.id_dim * 2,
+            tokens: 4,
+            cross,
+        },
+        Method::IpAdapterFaceidPlus => ProjectionSpec::FaceIdPlus {
+            id_dim: layout.id_dim,
+            mlp: layout.id_dim * 2,
+            tokens: 4,
+            resampler: resampler((cross / 64).max(1)),
+        },
+        Method::Photomaker | Method::SplitPrompt => {
+            return Err(TrainError::Setting(format!(
+                "method `{}` is not an IP-Adapter kind",
+                method.as_str()
+            )));
+        }
+    })
+}
+
 /// The text encoder's `last_hidden_state` of `prompt` (`[1, tokens, width]`), cached.
 fn text_embedding<B: Backend>(
     text: &TextEncoder<B>,
@@ -735,7 +993,8 @@ fn make_batch<A: Backend, B: Backend>(
     empty_context: &Tensor<B, 3>,
     ids: Vec<Vec<Vec<f32>>>,
     refs_per: usize,
-    id_dim: usize,
+    layout: &RefLayout,
+    uncond_hidden: Option<&[f32]>,
     boxes: Vec<Option<[f32; 4]>>,
     scaling: f32,
     latent_channels: usize,
@@ -803,7 +1062,12 @@ fn make_batch<A: Backend, B: Backend>(
     let context = Tensor::<B, 3>::cat(contexts, 0);
     let cdims = context.dims();
     let context = Tensor::<A, 3>::from_data(context.into_data(), device);
+    // Each reference's features split into the adapter's inputs; a dropped image's are zeros
+    // (ArcFace, image_embeds) or CLIP's features of zero pixels (hidden states).
+    let id_dim = layout.id_dim;
+    let clip_len = layout.clip_len();
     let mut id_values = Vec::with_capacity(b * refs_per * id_dim);
+    let mut clip_values = Vec::with_capacity(b * refs_per * clip_len);
     for (these, &dropped) in ids.iter().zip(&drop_image) {
         if these.len() != refs_per {
             return Err(TrainError::Setting(
@@ -811,19 +1075,45 @@ fn make_batch<A: Backend, B: Backend>(
             ));
         }
         for v in these {
-            if v.len() != id_dim {
+            if v.len() != layout.len() {
                 return Err(TrainError::Setting(format!(
-                    "a cached reference embedding has {} values, the ArcFace model gives {id_dim}",
-                    v.len()
+                    "a cached reference has {} values, the reference networks give {}",
+                    v.len(),
+                    layout.len()
                 )));
             }
+            let (id, clip) = v.split_at(id_dim);
             if dropped {
                 id_values.extend(std::iter::repeat_n(0f32, id_dim));
+                match (layout.clip, uncond_hidden) {
+                    (Some(ClipPart::Hidden { .. }), Some(u)) => clip_values.extend_from_slice(u),
+                    _ => clip_values.extend(std::iter::repeat_n(0f32, clip_len)),
+                }
             } else {
-                id_values.extend_from_slice(v);
+                id_values.extend_from_slice(id);
+                clip_values.extend_from_slice(clip);
             }
         }
     }
+    let n_refs = b * refs_per;
+    let references = ProjectionInput {
+        image_embeds: match layout.clip {
+            Some(ClipPart::Embeds(d)) => Some(Tensor::from_data(
+                TensorData::new(clip_values.clone(), [n_refs, d]),
+                device,
+            )),
+            _ => None,
+        },
+        hidden_states: match layout.clip {
+            Some(ClipPart::Hidden { tokens, width }) => Some(Tensor::from_data(
+                TensorData::new(clip_values, [n_refs, tokens, width]),
+                device,
+            )),
+            _ => None,
+        },
+        id_embeds: (id_dim > 0)
+            .then(|| Tensor::from_data(TensorData::new(id_values, [n_refs, id_dim]), device)),
+    };
     let masked = mask_draw < settings.masked_loss_p
         && boxes.iter().all(|fb| {
             fb.is_some_and(|[x0, y0, x1, y1]| {
@@ -841,14 +1131,7 @@ fn make_batch<A: Backend, B: Backend>(
             timesteps,
         },
         context,
-        references: ProjectionInput {
-            image_embeds: None,
-            hidden_states: None,
-            id_embeds: Some(Tensor::from_data(
-                TensorData::new(id_values, [b * refs_per, id_dim]),
-                device,
-            )),
-        },
+        references,
         face_boxes: masked.then(|| boxes.into_iter().map(|fb| fb.unwrap_or_default()).collect()),
     })
 }

@@ -16,6 +16,8 @@ pub enum Method {
     IpAdapter,
     /// IP-Adapter Plus (CLIP hidden states → resampler).
     IpAdapterPlus,
+    /// IP-Adapter full-face (CLIP hidden states → MLP, one token per hidden state).
+    IpAdapterFullFace,
     /// IP-Adapter-FaceID (ArcFace embedding → MLP tokens) with its LoRA.
     #[default]
     IpAdapterFaceid,
@@ -33,6 +35,7 @@ impl Method {
         match self {
             Method::IpAdapter => "ip-adapter",
             Method::IpAdapterPlus => "ip-adapter-plus",
+            Method::IpAdapterFullFace => "ip-adapter-full-face",
             Method::IpAdapterFaceid => "ip-adapter-faceid",
             Method::IpAdapterFaceidPlus => "ip-adapter-faceid-plus",
             Method::Photomaker => "photomaker",
@@ -43,22 +46,47 @@ impl Method {
     /// `Err` with what to do for a method this build cannot train yet.
     pub fn check_implemented(self) -> Result<(), String> {
         match self {
-            Method::IpAdapterFaceid => Ok(()),
-            Method::IpAdapter | Method::IpAdapterPlus | Method::IpAdapterFaceidPlus => {
-                Err(format!(
-                    "method `{}` is not implemented yet: it needs CLIP image inputs computed from the \
-                 reference photos, which the trainer does not compute yet; train \
-                 `ip-adapter-faceid` (ArcFace inputs, --arcface) for now",
-                    self.as_str()
-                ))
-            }
+            Method::IpAdapter
+            | Method::IpAdapterPlus
+            | Method::IpAdapterFullFace
+            | Method::IpAdapterFaceid
+            | Method::IpAdapterFaceidPlus => Ok(()),
             Method::Photomaker | Method::SplitPrompt => Err(format!(
                 "method `{}` is not implemented yet: this build trains the IP-Adapter family \
-                 (`ip-adapter-faceid` for now)",
+                 (ip-adapter, ip-adapter-plus, ip-adapter-full-face, ip-adapter-faceid, \
+                 ip-adapter-faceid-plus)",
                 self.as_str()
             )),
         }
     }
+
+    /// Whether the method's references go through ArcFace.
+    pub fn needs_arcface(self) -> bool {
+        matches!(self, Method::IpAdapterFaceid | Method::IpAdapterFaceidPlus)
+    }
+
+    /// Whether the method's references go through a CLIP image encoder.
+    pub fn needs_image_encoder(self) -> bool {
+        matches!(
+            self,
+            Method::IpAdapter
+                | Method::IpAdapterPlus
+                | Method::IpAdapterFullFace
+                | Method::IpAdapterFaceidPlus
+        )
+    }
+}
+
+/// The channel order of FaceID-Plus's 224 px face crop given to CLIP (as `generate
+/// --face-crop-channels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CropOrder {
+    /// Red and blue swapped, as IP-Adapter-FaceID-Plus's published demo feeds CLIP.
+    #[default]
+    Bgr,
+    /// True colours.
+    Rgb,
 }
 
 /// Adam or AdamW (torch's).
@@ -123,6 +151,12 @@ pub struct TrainSettings {
     pub adapter: Option<PathBuf>,
     /// The insightface ArcFace ONNX for FaceID inputs.
     pub arcface: Option<PathBuf>,
+    /// diffusers' `image_encoder/` folder (CLIP vision + projection) for the CLIP-based kinds.
+    pub image_encoder: Option<PathBuf>,
+    /// FaceID-Plus's face crop channel order for CLIP.
+    pub face_crop_channels: CropOrder,
+    /// FaceID-Plus V2 (the shortcut `tokens + resampled`; false: FaceID-Plus v1).
+    pub plus_v2: bool,
     /// face-api's model folder (default: the asset cache).
     pub face_api_weights: Option<PathBuf>,
     /// How reference photos become ArcFace inputs.
@@ -188,6 +222,9 @@ impl Default for TrainSettings {
             dataset: None,
             adapter: None,
             arcface: None,
+            image_encoder: None,
+            face_crop_channels: CropOrder::default(),
+            plus_v2: true,
             face_api_weights: None,
             ref_faces: RefFaces::default(),
             resolution: 512,
@@ -318,12 +355,20 @@ impl TrainSettings {
                     .into(),
             );
         }
-        if self.method == Method::IpAdapterFaceid && self.arcface.is_none() {
-            return Err(
-                "`ip-adapter-faceid` needs the ArcFace ONNX that makes its ID embeddings: \
-                        give --arcface (recipe key `arcface`), e.g. insightface's w600k_r50.onnx"
-                    .into(),
-            );
+        if self.method.needs_arcface() && self.arcface.is_none() {
+            return Err(format!(
+                "`{}` needs the ArcFace ONNX that makes its ID embeddings: give --arcface \
+                 (recipe key `arcface`), e.g. insightface's w600k_r50.onnx",
+                self.method.as_str()
+            ));
+        }
+        if self.method.needs_image_encoder() && self.image_encoder.is_none() {
+            return Err(format!(
+                "`{}` needs the CLIP image encoder its references go through: give \
+                 --image-encoder (recipe key `image_encoder`), diffusers' image_encoder/ folder \
+                 (OpenCLIP ViT-H/14 for the SD 1.5 adapters)",
+                self.method.as_str()
+            ));
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! One IP-Adapter training step against PyTorch (fixtures from
+//! One IP-Adapter training step (plain, Plus, FaceID with LoRA, FaceID-PlusV2) against PyTorch (fixtures from
 //! tools/train-reference/make_train_step_fixtures.py: diffusers 0.38 `load_ip_adapter` on the
 //! tiny SD UNet, torch 2.5 AdamW / Adam, `clip_grad_norm_`, `LambdaLR`).
 //!
@@ -75,11 +75,22 @@ impl Case {
     }
 
     /// The batch of micro-batch `m` of step `s`.
-    fn batch<A: AutodiffBackend>(&self, s: usize, m: usize, k: usize, faceid: bool) -> IpBatch<A> {
+    /// The recorded inputs (`image_embeds`, `id_embeds`, CLIP `hidden_states`) are
+    /// `[batch, references, ...]`, made one row per reference.
+    fn batch<A: AutodiffBackend>(&self, s: usize, m: usize, k: usize) -> IpBatch<A> {
         let p = |n: &str| format!("in.{s}.{m}.{n}");
-        let embeds = self.t::<A, 3>(&p(if faceid { "id_embeds" } else { "image_embeds" }));
-        let [b, r, c] = embeds.dims();
-        let embeds = embeds.reshape([b * r, c]);
+        let rows = |n: &str| -> Option<Tensor<A, 2>> {
+            self.store.contains(&p(n)).then(|| {
+                let t = self.t::<A, 3>(&p(n));
+                let [b, r, c] = t.dims();
+                t.reshape([b * r, c])
+            })
+        };
+        let hidden_states = self.store.contains(&p("hidden_states")).then(|| {
+            let t = self.t::<A, 4>(&p("hidden_states"));
+            let [b, r, n, c] = t.dims();
+            t.reshape([b * r, n, c])
+        });
         let timesteps = self
             .values(&p("timesteps"))
             .into_iter()
@@ -111,9 +122,9 @@ impl Case {
             },
             context: self.t(&p("context")),
             references: ProjectionInput {
-                image_embeds: (!faceid).then(|| embeds.clone()),
-                hidden_states: None,
-                id_embeds: faceid.then_some(embeds),
+                image_embeds: rows("image_embeds"),
+                hidden_states,
+                id_embeds: rows("id_embeds"),
             },
             face_boxes: boxes,
         }
@@ -199,11 +210,18 @@ fn run_case<A: AutodiffBackend<InnerBackend = Flex>>(name: &str) {
     let m = &case.meta;
     let device = Default::default();
     let unet = UNet::<A>::load(&tiny_sd().join("unet"), &device).unwrap();
-    let adapter_file = root()
-        .join("../diffusion/tests/fixtures/ip-adapter")
-        .join(m["adapter"].as_str().unwrap());
+    // Plus trains a small resampler the fixture script drew (adapter_plus.safetensors).
+    let adapter_file = if m.get("tiny_plus").is_some() {
+        root().join("tests/fixtures/adapter_plus.safetensors")
+    } else {
+        root()
+            .join("../diffusion/tests/fixtures/ip-adapter")
+            .join(m["adapter"].as_str().unwrap())
+    };
     let mut adapter = IpAdapter::<A>::load(&adapter_file, &unet, &device).unwrap();
-    let faceid = adapter.lora.is_some();
+    if m["shortcut"].as_bool() == Some(true) {
+        adapter.set_shortcut(true, 1.0);
+    }
 
     let mut sched =
         ScheduleConfig::from_file(&tiny_sd().join("scheduler/scheduler_config.json")).unwrap();
@@ -280,7 +298,7 @@ fn run_case<A: AutodiffBackend<InnerBackend = Flex>>(name: &str) {
     let k = m["accumulation"].as_u64().unwrap() as usize;
     let (mut worst_grad, mut worst_cos, mut worst_weight) = (0f64, 0f64, 0f64);
     for step in 0..2 {
-        let batches: Vec<_> = (0..k).map(|i| case.batch(step, i, k, faceid)).collect();
+        let batches: Vec<_> = (0..k).map(|i| case.batch(step, i, k)).collect();
         if step == 0 {
             // The frozen UNet gets no gradient: burn does not even track its weights.
             let mut raw = trainer.loss(&adapter, &batches[0]).unwrap().backward();
@@ -372,6 +390,16 @@ fn faceid_with_lora() {
 }
 
 #[test]
+fn plus_resampler_on_clip_hidden_states() {
+    run_case::<A>("plus");
+}
+
+#[test]
+fn faceid_plus_v2_with_clip_face_features() {
+    run_case::<A>("faceid_plus_v2");
+}
+
+#[test]
 fn faceid_with_gradient_checkpointing() {
     // The backend the GPU trainer uses (recomputing memory-bound operations in the backward
     // pass) takes the same step.
@@ -408,7 +436,7 @@ fn frozen_tensors_are_not_stepped() {
     adapter.projection = adapter.projection.no_grad();
     let mut trainer = IpAdapterTrainer::new(unet, &adapter, schedule, only_ip(), config).unwrap();
     let before = values_of(&adapter);
-    let batch = open_case("plain").batch::<A>(0, 0, 1, false);
+    let batch = open_case("plain").batch::<A>(0, 0, 1);
     let (after, _) = trainer.step(adapter, &[batch]).unwrap();
     let now = values_of(&after);
     let names = trainer.names(&after).unwrap();
