@@ -9,6 +9,7 @@ mod dataset;
 mod device;
 mod faces;
 mod generate;
+mod methods;
 mod ingest;
 mod show;
 mod train;
