@@ -322,18 +322,6 @@ impl Method {
         self.ip.is_some() || self.photomaker.is_some()
     }
 
-    /// Whether the split-prompt adapter is loaded (it takes background and body prompts).
-    pub fn has_split(&self) -> bool {
-        self.split.is_some()
-    }
-
-    /// The trigger word a PhotoMaker method needs in the prompt.
-    pub fn trigger(&self) -> Option<&str> {
-        self.photomaker
-            .as_ref()
-            .map(|_| self.options.trigger.as_deref().unwrap_or("img"))
-    }
-
     /// The identity's inputs from reference photos, each photo described on stderr when
     /// `verbose`. `id_embeds` gives PhotoMaker v2's ArcFace embeddings instead of --arcface.
     pub fn identity_from_photos(

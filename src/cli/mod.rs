@@ -2,6 +2,7 @@
 
 mod arena;
 mod bench;
+mod bench_generate;
 mod caption;
 mod clip;
 mod curate;
