@@ -289,7 +289,7 @@ impl Method {
                             method.pipe.family
                         );
                     }
-                    let heads = method.options.id_encoder_heads.clone().unwrap_or_default();
+                    let heads = method.options.id_encoder_heads.unwrap_or_default();
                     let mut pm = PhotoMaker::load_with(&path, &method.pipe, &heads, device)
                         .with_context(|| wrong_base(&path))?;
                     if let Some(t) = &method.options.trigger {
