@@ -10,8 +10,8 @@ mod dataset;
 mod device;
 mod faces;
 mod generate;
-mod methods;
 mod ingest;
+mod methods;
 mod show;
 mod train;
 
