@@ -381,6 +381,8 @@ fn bad_input_is_a_clear_error_everywhere() {
         ("--adapter-scale=nan", "--adapter-scale"),
         ("--adapter-scale=-1", "--adapter-scale"),
         ("--id-start-step=100000", "--id-start-step"),
+        ("--bg-scale=nan", "--bg-scale"),
+        ("--body-scale=-1", "--body-scale"),
     ] {
         let mut args = generate("--adapter=a.bin").to_vec();
         args.push(arg);
@@ -393,9 +395,9 @@ fn bad_input_is_a_clear_error_everywhere() {
             &[
                 "--adapter=a.bin",
                 "--ref=photos/ann/1.jpg",
-                "--id-embeds=e.safetensors",
+                "--image-embeds=e.safetensors",
             ][..],
-            "--id-embeds",
+            "--image-embeds",
         ),
         (&["--adapter=a.bin", "--arcface=w.onnx"][..], "--ref"),
         (

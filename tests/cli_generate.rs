@@ -699,7 +699,8 @@ fn generate_from_references_says_what_is_missing() {
             "pass the adapter made for this base model",
         ],
     );
-    // Flags that do not go together: clap's usage errors.
+    // An IP-Adapter's input twice (PhotoMaker v2 takes --ref with --id-embeds; IP-Adapters
+    // one or the other), checked from the file's keys.
     refuse(
         &[
             "--adapter",
@@ -709,9 +710,10 @@ fn generate_from_references_says_what_is_missing() {
             "--id-embeds",
             "ids.safetensors",
         ],
-        2,
-        &["--id-embeds"],
+        1,
+        &["--id-embeds", "not both"],
     );
+    // Flags that do not go together: clap's usage errors.
     refuse(&["--ref", photo], 2, &["--adapter"]);
     refuse(&["--adapter", faceid, "--arcface", arcface], 2, &["--ref"]);
     let five: Vec<&str> = ["--adapter", faceid, "--arcface", arcface]
@@ -719,4 +721,446 @@ fn generate_from_references_says_what_is_missing() {
         .chain((0..5).flat_map(|_| ["--ref", photo]))
         .collect();
     refuse(&five, 1, &["1 to 4 reference photos"]);
+}
+
+/// The largest difference, in 8-bit levels, between a PNG and a fixture image (`[1, 3, 64, 64]`
+/// in [0, 1]); includes the PNG's rounding (≤ 0.5).
+fn levels_from_fixture(png: &Path, fixture: &Path, tensor: &str) -> f32 {
+    let img = image::open(png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (64, 64));
+    let want = Weights::open(fixture)
+        .unwrap()
+        .tensor::<Flex, 4>(tensor, [1, 3, 64, 64], &Default::default())
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let mut worst = 0f32;
+    for (x, y, p) in img.enumerate_pixels() {
+        for c in 0..3 {
+            let w = want[c * 64 * 64 + y as usize * 64 + x as usize] * 255.0;
+            worst = worst.max((p[c] as f32 - w).abs());
+        }
+    }
+    worst
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The PhotoMaker loop of diffusion/tests/fixtures/photomaker/parity.json from the CLI.
+fn photomaker_args(f: &Path, version: &str, out: &Path) -> Vec<String> {
+    let pm = f.join("photomaker");
+    let file = if version == "v1" {
+        "photomaker-v1.bin"
+    } else {
+        "photomaker-v2.safetensors"
+    };
+    let mut args: Vec<String> = [
+        "--model",
+        path_str(&f.join("tiny-sdxl")),
+        "--adapter",
+        path_str(&pm.join(file)),
+        "--ref",
+        path_str(&pm.join("ref0.png")),
+        "--ref",
+        path_str(&pm.join("ref1.png")),
+        "--prompt",
+        "a photo of a man img wearing a red hat",
+        "--steps",
+        "4",
+        "--cfg",
+        "5",
+        "--id-start-step",
+        "1",
+        "--noise",
+        path_str(&pm.join("parity.safetensors")),
+        "--noise-tensor",
+        "noise",
+        "--id-encoder-heads",
+        "16,32",
+        "-o",
+        path_str(out),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if version == "v2" {
+        // The fixture's ArcFace stand-ins (`id_embeds`, one per reference).
+        args.extend([
+            "--id-embeds".into(),
+            path_str(&pm.join("parity.safetensors")).into(),
+        ]);
+    }
+    args
+}
+
+/// Both PhotoMaker versions from the CLI (`--ref` photos through PhotoMaker's CLIP
+/// preprocessing, v2's embeddings from `--id-embeds`) end at the image of the PhotoMaker
+/// repository's pipeline (fixture `<v>.loop.image`) within one 8-bit level, PNG rounding
+/// included (measured: printed, ≤ 0.5).
+#[test]
+fn generate_photomaker_ends_at_the_reference_pipelines_image() {
+    let f = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    for version in ["v1", "v2"] {
+        let png = tmp.path().join(format!("{version}.png"));
+        let out = idforge()
+            .arg("generate")
+            .args(photomaker_args(&f, version, &png))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("photomaker-{version}")),
+            "the kind is printed: {}",
+            text(&out)
+        );
+        let d = levels_from_fixture(
+            &png,
+            &f.join("photomaker/parity.safetensors"),
+            &format!("{version}.loop.image"),
+        );
+        println!("photomaker {version}: max |Δ| {d:.3} levels");
+        assert!(d <= 1.0, "{version}: {d} levels from the reference image");
+    }
+}
+
+/// The split-prompt adapter from the CLI ends at persongen's pipeline image (fixture
+/// `loop.image`) within one 8-bit level, PNG rounding included.
+#[test]
+fn generate_split_prompt_ends_at_persongens_image() {
+    let f = fixtures();
+    let sp = f.join("split-prompt");
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("split.png");
+    let out = generate(&[
+        "--model",
+        path_str(&f.join("tiny-sdxl")),
+        "--adapter",
+        path_str(&sp.join("adapter.safetensors")),
+        "--prompt",
+        "a photo of a man",
+        "--bg-prompt",
+        "a sunny beach with palm trees",
+        "--body-prompt",
+        "wearing a red jacket",
+        "--negative-prompt",
+        "lowres, blurry",
+        "--steps",
+        "10",
+        "--cfg",
+        "5",
+        "--noise",
+        path_str(&sp.join("parity.safetensors")),
+        "--noise-tensor",
+        "loop.noise",
+        "-o",
+        path_str(&png),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("split-prompt"), "{}", text(&out));
+    let d = levels_from_fixture(&png, &sp.join("parity.safetensors"), "loop.image");
+    println!("split-prompt: max |Δ| {d:.3} levels");
+    assert!(d <= 1.0, "{d} levels from persongen's image");
+}
+
+/// PhotoMaker with the split-prompt adapter (persongen's ipmakerbgbody): the CLI's image is
+/// the library path's — PhotoMaker's two-phase conditioning, its LoRA and the split parts
+/// composed in `Hooks` — byte for byte.
+#[test]
+fn generate_photomaker_with_split_prompt_equals_the_library_path() {
+    use idforge_diffusion::adapters::photomaker::{IdEncoderOptions, PhotoMaker};
+    use idforge_diffusion::adapters::split_prompt::{
+        SplitPrompt, SplitPrompts, SplitScale, encode_split_prompt,
+    };
+    use idforge_diffusion::pipeline::to_rgb8;
+    use idforge_diffusion::{Hooks, Pipeline, SampleSettings, SamplerKind};
+    use idforge_models::face_api::preprocess::RgbView;
+
+    let f = fixtures();
+    let pm_dir = f.join("photomaker");
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("both.png");
+    let mut args = photomaker_args(&f, "v1", &png);
+    args.extend(
+        [
+            "--adapter",
+            path_str(&f.join("split-prompt/adapter.safetensors")),
+            "--bg-prompt",
+            "a sunny beach",
+            "--body-prompt",
+            "wearing a red jacket",
+            "--bg-scale",
+            "0.6",
+        ]
+        .map(String::from),
+    );
+    let out = idforge().arg("generate").args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let got = image::open(&png).unwrap().to_rgb8().into_raw();
+
+    let device = Default::default();
+    let pipe = Pipeline::<Flex>::load(&f.join("tiny-sdxl"), &device).unwrap();
+    let options = IdEncoderOptions {
+        vision_head_dim: 16,
+        perceiver_head_dim: 32,
+    };
+    let pm =
+        PhotoMaker::load_with(&pm_dir.join("photomaker-v1.bin"), &pipe, &options, &device).unwrap();
+    let split = SplitPrompt::load(
+        &f.join("split-prompt/adapter.safetensors"),
+        &pipe.unet,
+        &device,
+    )
+    .unwrap();
+    let photos: Vec<image::RgbImage> = ["ref0.png", "ref1.png"]
+        .iter()
+        .map(|p| image::open(pm_dir.join(p)).unwrap().to_rgb8())
+        .collect();
+    let views: Vec<RgbView<'_>> = photos
+        .iter()
+        .map(|i| RgbView {
+            width: i.width() as usize,
+            height: i.height() as usize,
+            data: i.as_raw(),
+        })
+        .collect();
+    let prompt = "a photo of a man img wearing a red hat";
+    let cond = pm
+        .conditioning(&pipe, prompt, pm.preprocess(&views, &device), None)
+        .unwrap();
+    let parts = encode_split_prompt(
+        &pipe,
+        &SplitPrompts {
+            main: prompt,
+            background: "a sunny beach",
+            body: "wearing a red jacket",
+            negative: None,
+        },
+        true,
+    )
+    .unwrap();
+    let split_hook = split.hook(
+        &parts,
+        SplitScale {
+            background: 0.6,
+            body: 1.0,
+        },
+    );
+    let hooks = Hooks(vec![pm.hook(), &split_hook]);
+    let plan = cond.plan(parts.uncond.as_ref(), &hooks, 1);
+    let noise = Weights::open(pm_dir.join("parity.safetensors"))
+        .unwrap()
+        .tensor::<Flex, 4>("noise", [1, 4, 32, 32], &device)
+        .unwrap();
+    let settings = SampleSettings {
+        steps: 4,
+        guidance: 5.0,
+        sampler: SamplerKind::Euler,
+        time_ids: [64.0, 64.0, 0.0, 0.0, 64.0, 64.0],
+    };
+    let image = pipe.decode(
+        pipe.sample_with(&plan, &settings, noise, &mut |_, _| {})
+            .unwrap(),
+    );
+    let (_, _, want) = to_rgb8(image.reshape([3, 64, 64]));
+    let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        differing, 0,
+        "{differing} bytes differ from the library path"
+    );
+    // The split parts matter: without them the image is another one.
+    let plain = pipe.decode(
+        pipe.sample_with(
+            &cond.plan(parts.uncond.as_ref(), pm.hook(), 1),
+            &settings,
+            Weights::open(pm_dir.join("parity.safetensors"))
+                .unwrap()
+                .tensor::<Flex, 4>("noise", [1, 4, 32, 32], &device)
+                .unwrap(),
+            &mut |_, _| {},
+        )
+        .unwrap(),
+    );
+    let (_, _, plain) = to_rgb8(plain.reshape([3, 64, 64]));
+    assert_ne!(plain, want, "the split parts change the image");
+}
+
+/// Each missing piece of the PhotoMaker and split-prompt kinds, and an `--id-embeds` width
+/// the adapter does not take, is an error (exit 1) that names what to pass; nothing is
+/// written.
+#[test]
+fn generate_photomaker_and_split_prompt_say_what_is_missing() {
+    let f = fixtures();
+    let pm = f.join("photomaker");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let v1 = pm.join("photomaker-v1.bin");
+    let v2 = pm.join("photomaker-v2.safetensors");
+    let split = f.join("split-prompt/adapter.safetensors");
+    let faceid = f.join("ip-adapter/faceid.safetensors");
+    let ref0 = pm.join("ref0.png");
+    let wide = tmp.path().join("wide.safetensors");
+    write_id_embeds(&wide, &[0.1; 24], 24);
+    let (sdxl, sd) = (f.join("tiny-sdxl"), f.join("tiny-sd"));
+    let refuse = |model: &Path, extra: &[&Path], flags: &[&str], wants: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "--model".into(),
+            path_str(model).into(),
+            "--steps".into(),
+            "2".into(),
+            "--id-encoder-heads".into(),
+            "16,32".into(),
+            "-o".into(),
+            path_str(&out).into(),
+        ];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        for (i, p) in extra.iter().enumerate() {
+            // Paths fill the `{}` placeholders of `flags`, in order.
+            let at = args
+                .iter()
+                .position(|a| a == "{}")
+                .unwrap_or_else(|| panic!("{i}"));
+            args[at] = path_str(p).into();
+        }
+        let o = idforge().arg("generate").args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}\n{}", text(&o));
+        for w in wants {
+            assert!(
+                text(&o).contains(w),
+                "{args:?} should say {w:?}\n{}",
+                text(&o)
+            );
+        }
+        assert!(!out.exists(), "an image was written");
+    };
+    let prompt = "a photo of a man img";
+    // PhotoMaker: no trigger word; no photos; v2 without --arcface or --id-embeds; on SD 1.5.
+    refuse(
+        &sdxl,
+        &[&v1, &ref0],
+        &[
+            "--adapter",
+            "{}",
+            "--ref",
+            "{}",
+            "--prompt",
+            "a photo of a man",
+        ],
+        &["trigger word `img`", "--trigger"],
+    );
+    refuse(
+        &sdxl,
+        &[&v1, &ref0],
+        &[
+            "--adapter",
+            "{}",
+            "--ref",
+            "{}",
+            "--prompt",
+            "a man img",
+            "--trigger",
+            "sks",
+        ],
+        &["`sks` 0 times"],
+    );
+    refuse(
+        &sdxl,
+        &[&v1],
+        &["--adapter", "{}", "--prompt", prompt],
+        &["photomaker-v1", "--ref"],
+    );
+    refuse(
+        &sdxl,
+        &[&v2, &ref0],
+        &["--adapter", "{}", "--ref", "{}", "--prompt", prompt],
+        &["photomaker-v2", "--arcface", "--id-embeds"],
+    );
+    refuse(
+        &sdxl,
+        &[&v2, &ref0, &wide],
+        &[
+            "--adapter",
+            "{}",
+            "--ref",
+            "{}",
+            "--id-embeds",
+            "{}",
+            "--prompt",
+            prompt,
+        ],
+        &["24 wide", "photomaker-v2 takes 16"],
+    );
+    refuse(
+        &sd,
+        &[&v1, &ref0],
+        &["--adapter", "{}", "--ref", "{}", "--prompt", prompt],
+        &["PhotoMaker", "SDXL"],
+    );
+    // Split-prompt: parts without the adapter; on SD 1.5; an identity with no identity adapter;
+    // two identity adapters.
+    refuse(
+        &sdxl,
+        &[],
+        &[
+            "--adapter",
+            "/nonexistent.bin",
+            "--prompt",
+            "p",
+            "--bg-prompt",
+            "a beach",
+        ],
+        &["/nonexistent.bin"],
+    );
+    refuse(
+        &sdxl,
+        &[&v1, &ref0],
+        &[
+            "--adapter",
+            "{}",
+            "--ref",
+            "{}",
+            "--prompt",
+            prompt,
+            "--bg-prompt",
+            "a beach",
+        ],
+        &["--bg-prompt", "split-prompt"],
+    );
+    refuse(
+        &sd,
+        &[&split],
+        &["--adapter", "{}", "--prompt", "p", "--bg-prompt", "a beach"],
+        &["split-prompt", "SDXL"],
+    );
+    refuse(
+        &sdxl,
+        &[&split, &ref0],
+        &["--adapter", "{}", "--ref", "{}", "--prompt", "p"],
+        &["PhotoMaker file"],
+    );
+    refuse(
+        &sdxl,
+        &[&v1, &faceid, &ref0],
+        &[
+            "--adapter",
+            "{}",
+            "--adapter",
+            "{}",
+            "--ref",
+            "{}",
+            "--prompt",
+            prompt,
+        ],
+        &["photomaker-v1, ip-adapter-faceid"],
+    );
+    // An --id-embeds width the IP-Adapter does not take: an error, not a panic in matmul.
+    refuse(
+        &sd,
+        &[&faceid, &wide],
+        &["--adapter", "{}", "--id-embeds", "{}", "--prompt", "p"],
+        &["24 wide", "ip-adapter-faceid adapter takes 16"],
+    );
 }

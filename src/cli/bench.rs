@@ -49,6 +49,10 @@ enum BenchCommand {
     /// against the plan and copy it into the bench folder; missing, extra and unreadable images
     /// are listed, never guessed.
     Import(ImportArgs),
+    /// Render every job of the plan with idforge's own pipelines (an adapter file, or none:
+    /// the text-only baseline) into the method folder layout, then import it. Resumable and
+    /// shardable; settings and measured costs go to method.toml.
+    Generate(super::bench_generate::GenerateArgs),
     /// Write a calibration baseline as a method folder ready for `bench import`:
     /// `flipped-reference` (the same person mirrored) or `other-identity` (another identity's
     /// reference: the floor of Face-Sim).
@@ -217,6 +221,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Init(a) => init(a),
         BenchCommand::Plan(a) => plan_cmd(a),
         BenchCommand::Import(a) => import_cmd(a),
+        BenchCommand::Generate(a) => super::bench_generate::run(a),
         BenchCommand::Baseline(a) => baseline(a),
         BenchCommand::Score(a) => score(a),
         BenchCommand::Leaderboard(a) => leaderboard(a),

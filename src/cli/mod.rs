@@ -2,6 +2,7 @@
 
 mod arena;
 mod bench;
+mod bench_generate;
 mod caption;
 mod clip;
 mod curate;
@@ -10,6 +11,7 @@ mod device;
 mod faces;
 mod generate;
 mod ingest;
+mod methods;
 mod show;
 mod train;
 
