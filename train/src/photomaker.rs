@@ -17,11 +17,13 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
-use idforge_diffusion::adapters::lora::Lora;
+use idforge_diffusion::Projection;
+use idforge_diffusion::adapters::lora::{Lora, LoraLayer};
 use idforge_diffusion::adapters::photomaker::IdEncoder;
 use idforge_diffusion::unet::AddedConditions;
 use idforge_diffusion::{DdpmSchedule, UNet, UNetInput};
 use idforge_models::WeightStore;
+use idforge_models::nn::Init;
 
 use crate::error::TrainError;
 use crate::export::{F32Tensor, param_values, write_safetensors};
@@ -69,6 +71,32 @@ impl<B: Backend> PhotoMakerParts<B> {
         }
         Ok(self.map(&mut Freeze(frozen)))
     }
+}
+
+/// A fresh UNet LoRA as persongen starts one (PEFT `LoraConfig(r = rank, lora_alpha = rank,
+/// init_lora_weights = "gaussian", target_modules = [to_q, to_k, to_v, to_out.0])`): every
+/// attention's four projections, `down` N(0, 1/rank²), `up` zero, scale 1.
+pub fn fresh_lora<B: Backend>(
+    unet: &UNet<B>,
+    rank: usize,
+    device: &B::Device,
+) -> Result<Lora<B>, TrainError> {
+    let mut layers = Vec::new();
+    for l in unet.attention_layers() {
+        let hidden = l.heads * l.head_dim;
+        let kv_in = l.cross_attention_dim.unwrap_or(l.query_dim);
+        for (p, inp, out) in [
+            (Projection::Query, l.query_dim, hidden),
+            (Projection::Key, kv_in, hidden),
+            (Projection::Value, kv_in, hidden),
+            (Projection::Out, hidden, l.query_dim),
+        ] {
+            let name = format!("{}.{}", l.name, p.module());
+            let layer = LoraLayer::new(&Init::Random, &name, inp, out, rank, device)?;
+            layers.push((name, layer));
+        }
+    }
+    Ok(Lora::new(layers, 1.0))
 }
 
 /// persongen's optimizer groups: the LoRA at `lora_lr` (1e-4), the ID encoder's trained

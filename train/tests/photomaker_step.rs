@@ -13,7 +13,7 @@ use idforge_diffusion::{AddedConditions, DdpmSchedule, Pipeline, ScheduleConfig}
 use idforge_models::WeightStore;
 use idforge_train::export::param_values;
 use idforge_train::photomaker::{
-    FROZEN_PREFIX, export_photomaker, photomaker_groups, photomaker_tensors,
+    FROZEN_PREFIX, export_photomaker, fresh_lora, photomaker_groups, photomaker_tensors,
 };
 use idforge_train::{
     AdamConfig, LossConfig, LrSchedule, NoiseDraw, Optimizer, ParamNames, PhotoMakerParts,
@@ -126,5 +126,33 @@ fn a_step_trains_the_groups_and_the_export_loads_back() {
     }
     println!("export → load: max |Δ| {max:e} over {} tensors", t1.len());
     assert_eq!(max, 0.0, "export → load must give the same tensors");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_fresh_lora_covers_every_attention_projection_and_exports() {
+    let device = Default::default();
+    let pipe = Pipeline::<A>::load(&fixtures().join("tiny-sdxl"), &device).unwrap();
+    let file = fixtures().join("photomaker/photomaker-v1.bin");
+    let pm = PhotoMaker::<A>::load_with(&file, &pipe, &options(), &device).unwrap();
+    let lora = fresh_lora(&pipe.unet, 4, &device).unwrap();
+    assert_eq!(lora.names().len(), 4 * pipe.unet.attention_layers().len());
+    let parts = PhotoMakerParts {
+        encoder: pm.encoder,
+        lora,
+    };
+    let dir = std::env::temp_dir().join(format!("idforge-pm-fresh-{}", std::process::id()));
+    let out = dir.join("fresh.safetensors");
+    let base = WeightStore::open(&file).unwrap();
+    export_photomaker(&parts, &pipe.unet, &base, &out).unwrap();
+    let back = PhotoMaker::<A>::load_with(&out, &pipe, &options(), &device).unwrap();
+    assert_eq!(back.lora.names().len(), parts.lora.names().len());
+    let t1 = photomaker_tensors(&parts, &pipe.unet, &base).unwrap();
+    let back = PhotoMakerParts {
+        encoder: back.encoder,
+        lora: back.lora,
+    };
+    let t2 = photomaker_tensors(&back, &pipe.unet, &base).unwrap();
+    assert_eq!(t1, t2);
     std::fs::remove_dir_all(&dir).ok();
 }
