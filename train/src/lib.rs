@@ -9,6 +9,8 @@
 //! - [`schedule`]: linear warm-up (persongen's or diffusers') then constant or cosine.
 //! - [`names`]: the checkpoint key of every trained tensor (groups, optimizer state, export).
 //! - [`step`]: one IP-Adapter(-FaceID) step on a frozen UNet.
+//! - [`photomaker`]: one PhotoMaker v1 step (UNet LoRA, ID encoder projections, fuse module)
+//!   and its export as a PhotoMaker file.
 //! - [`data`]: the dataset export's train split, references, per-epoch shuffles, decoding on
 //!   worker threads.
 //! - [`checkpoint`]: atomic checkpoints (weights, optimizer, counters) and `--resume`.
@@ -30,6 +32,7 @@ pub mod init;
 pub mod loss;
 pub mod names;
 pub mod optim;
+pub mod photomaker;
 pub mod run;
 pub mod schedule;
 pub mod settings;
@@ -40,6 +43,7 @@ pub use init::ip_layers_from_unet;
 pub use loss::{LossConfig, NoiseDraw};
 pub use names::{NamedTensor, ParamNames};
 pub use optim::{AdamConfig, AdamKind, GradAccumulator, Optimizer, ParamGroup, clip_grad_norm};
+pub use photomaker::{PhotoMakerParts, PhotoMakerTrainer, PmBatch, PmSample};
 pub use schedule::{Decay, LrSchedule, Warmup};
 pub use settings::{Method, TrainSettings};
 pub use step::{Gradients, IpAdapterTrainer, IpBatch, StepConfig, StepReport};

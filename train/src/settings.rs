@@ -52,10 +52,16 @@ impl Method {
             | Method::IpAdapterFaceid
             | Method::IpAdapterFaceidPlus => Ok(()),
             Method::Photomaker | Method::SplitPrompt => Err(format!(
-                "method `{}` is not implemented yet: this build trains the IP-Adapter family \
+                "method `{}` is not implemented yet{}: this build trains the IP-Adapter family \
                  (ip-adapter, ip-adapter-plus, ip-adapter-full-face, ip-adapter-faceid, \
                  ip-adapter-faceid-plus)",
-                self.as_str()
+                self.as_str(),
+                if self == Method::Photomaker {
+                    " in `idforge train` (its training step and export are in the library, \
+                     `idforge_train::photomaker`)"
+                } else {
+                    ""
+                }
             )),
         }
     }

@@ -1,0 +1,409 @@
+//! One PhotoMaker v1 training step, as persongen's PhotoMaker baseline trains it
+//! (`train_photomaker.py`, `src/model/photomaker/`): a UNet LoRA (rank 64 on `to_q` / `to_k` /
+//! `to_v` / `to_out.0` of every attention), `visual_projection`, `visual_projection_2` and the
+//! fuse module trained, CLIP's vision backbone and the UNet frozen. The prompt holds the trigger
+//! word (its class token repeated per reference), the references go through the ID encoder, the
+//! fused prompt embeddings into the SDXL UNet; the loss is the ε (or v) MSE of [`crate::loss`].
+//!
+//! Checkpoint keys are the PhotoMaker file's: `id_encoder.visual_projection.weight`,
+//! `id_encoder.fuse_module.…`, `lora_weights.unet.{layer}.processor.to_{q,k,v,out}_lora.{down,up}.weight`,
+//! so that [`export_photomaker`] writes what `PhotoMaker::load` reads.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use idforge_diffusion::Projection;
+use idforge_diffusion::adapters::lora::{Lora, LoraLayer};
+use idforge_diffusion::adapters::photomaker::IdEncoder;
+use idforge_diffusion::unet::AddedConditions;
+use idforge_diffusion::{DdpmSchedule, UNet, UNetInput};
+use idforge_models::WeightStore;
+use idforge_models::nn::Init;
+
+use crate::error::TrainError;
+use crate::export::{F32Tensor, param_values, write_safetensors};
+use crate::loss::{NoiseDraw, diffusion_loss, noised};
+use crate::names::ParamNames;
+use crate::optim::{GradAccumulator, Optimizer, ParamGroup, clip_grad_norm};
+use crate::step::{Gradients, StepConfig, StepReport};
+
+/// The key prefix of the frozen CLIP backbone's tensors in [`ParamNames::photomaker`] (not a
+/// checkpoint key: the export copies the backbone from the base file).
+pub const FROZEN_PREFIX: &str = "frozen.";
+
+/// What a PhotoMaker run trains: the ID encoder (backbone frozen by [`PhotoMakerParts::freeze`])
+/// and the UNet LoRA.
+#[derive(Module, Debug)]
+pub struct PhotoMakerParts<B: Backend> {
+    /// The ID encoder with `visual_projection`, `visual_projection_2` and the fuse module.
+    pub encoder: IdEncoder<B>,
+    /// The UNet LoRA (`lora_weights`).
+    pub lora: Lora<B>,
+}
+
+impl<B: Backend> PhotoMakerParts<B> {
+    /// Stops gradients for every tensor whose key is under [`FROZEN_PREFIX`] (CLIP's vision
+    /// backbone), so that only the trained groups get gradients.
+    pub fn freeze(self, unet: &UNet<B>) -> Result<Self, TrainError> {
+        let names = ParamNames::photomaker(&self, unet)?;
+        let frozen: HashSet<ParamId> = names
+            .iter()
+            .filter(|t| t.key.starts_with(FROZEN_PREFIX))
+            .map(|t| t.id)
+            .collect();
+        struct Freeze(HashSet<ParamId>);
+        impl<B: Backend> ModuleMapper<B> for Freeze {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                if self.0.contains(&param.id) {
+                    param.set_require_grad(false)
+                } else {
+                    param
+                }
+            }
+        }
+        Ok(self.map(&mut Freeze(frozen)))
+    }
+}
+
+/// A fresh UNet LoRA as persongen starts one (PEFT `LoraConfig(r = rank, lora_alpha = rank,
+/// init_lora_weights = "gaussian", target_modules = [to_q, to_k, to_v, to_out.0])`): every
+/// attention's four projections, `down` N(0, 1/rank²), `up` zero, scale 1.
+pub fn fresh_lora<B: Backend>(
+    unet: &UNet<B>,
+    rank: usize,
+    device: &B::Device,
+) -> Result<Lora<B>, TrainError> {
+    let mut layers = Vec::new();
+    for l in unet.attention_layers() {
+        let hidden = l.heads * l.head_dim;
+        let kv_in = l.cross_attention_dim.unwrap_or(l.query_dim);
+        for (p, inp, out) in [
+            (Projection::Query, l.query_dim, hidden),
+            (Projection::Key, kv_in, hidden),
+            (Projection::Value, kv_in, hidden),
+            (Projection::Out, hidden, l.query_dim),
+        ] {
+            let name = format!("{}.{}", l.name, p.module());
+            let layer = LoraLayer::new(&Init::Random, &name, inp, out, rank, device)?;
+            layers.push((name, layer));
+        }
+    }
+    Ok(Lora::new(layers, 1.0))
+}
+
+/// persongen's optimizer groups: the LoRA at `lora_lr` (1e-4), the ID encoder's trained
+/// tensors at `encoder_lr` (1e-5).
+pub fn photomaker_groups(lora_lr: f64, encoder_lr: f64) -> Vec<ParamGroup> {
+    vec![
+        ParamGroup::new("lora_weights.", lora_lr),
+        ParamGroup::new("id_encoder.", encoder_lr),
+    ]
+}
+
+impl ParamNames {
+    /// PhotoMaker's parameters under the keys of its file (`id_encoder.*`,
+    /// `lora_weights.unet.{layer}.processor.to_{q,k,v,out}_lora.{down,up}.weight`); the CLIP
+    /// backbone under [`FROZEN_PREFIX`] and its burn path.
+    pub fn photomaker<B: Backend>(
+        parts: &PhotoMakerParts<B>,
+        unet: &UNet<B>,
+    ) -> Result<Self, TrainError> {
+        let lora_names = parts.lora.names().to_vec();
+        let layers: HashSet<String> = unet
+            .attention_layers()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        Self::of_module(parts, |path| {
+            let p: Vec<&str> = path.iter().map(String::as_str).collect();
+            let unknown = || {
+                TrainError::Setting(format!(
+                    "no PhotoMaker checkpoint key for the tensor `{}`",
+                    p.join(".")
+                ))
+            };
+            match p.as_slice() {
+                ["encoder", "vision", "projection", "weight"] => {
+                    Ok("id_encoder.visual_projection.weight".into())
+                }
+                ["encoder", "vision", rest @ ..] => {
+                    Ok(format!("{FROZEN_PREFIX}vision.{}", rest.join(".")))
+                }
+                ["encoder", "visual_projection_2", "weight"] => {
+                    Ok("id_encoder.visual_projection_2.weight".into())
+                }
+                ["encoder", "fuse_module", rest @ ..] => {
+                    Ok(format!("id_encoder.fuse_module.{}", rest.join(".")))
+                }
+                ["lora", "layers", j, which @ ("down" | "up"), "weight"] => {
+                    let j: usize = j.parse().map_err(|_| unknown())?;
+                    let name = lora_names.get(j).ok_or_else(unknown)?;
+                    let (short, layer) = [
+                        ("q", ".to_q"),
+                        ("k", ".to_k"),
+                        ("v", ".to_v"),
+                        ("out", ".to_out.0"),
+                    ]
+                    .into_iter()
+                    .find_map(|(s, suffix)| name.strip_suffix(suffix).map(|l| (s, l)))
+                    .filter(|(_, l)| layers.contains(*l))
+                    .ok_or_else(unknown)?;
+                    Ok(format!(
+                        "lora_weights.unet.{layer}.processor.to_{short}_lora.{which}.weight"
+                    ))
+                }
+                _ => Err(unknown()),
+            }
+        })
+    }
+}
+
+/// The trained tensors under their keys in torch's layout, then every other `id_encoder.*`
+/// tensor of `base` (the frozen backbone, unchanged by training), sorted by key.
+pub fn photomaker_tensors<B: Backend>(
+    parts: &PhotoMakerParts<B>,
+    unet: &UNet<B>,
+    base: &WeightStore,
+) -> Result<Vec<F32Tensor>, TrainError> {
+    let names = ParamNames::photomaker(parts, unet)?;
+    let mut values = param_values(parts);
+    let mut out: Vec<F32Tensor> = Vec::new();
+    for t in names.iter().filter(|t| !t.key.starts_with(FROZEN_PREFIX)) {
+        let v = values.remove(&t.id).ok_or_else(|| {
+            TrainError::Setting(format!("no value for the PhotoMaker tensor `{}`", t.key))
+        })?;
+        if t.transposed {
+            let (inp, outd) = (t.shape[0], t.shape[1]);
+            out.push((
+                t.key.clone(),
+                vec![outd, inp],
+                idforge_models::weights::transpose(&v, inp, outd),
+            ));
+        } else {
+            out.push((t.key.clone(), t.shape.clone(), v));
+        }
+    }
+    let written: HashSet<String> = out.iter().map(|t| t.0.clone()).collect();
+    let mut base_names: Vec<&str> = base
+        .names()
+        .filter(|n| n.starts_with("id_encoder.") && !written.contains(*n))
+        .collect();
+    base_names.sort_unstable();
+    for name in base_names {
+        let (shape, v) = base.read_f32(name).map_err(|e| {
+            TrainError::Setting(format!(
+                "reading `{name}` of the base PhotoMaker file {}: {e}",
+                base.origin().display()
+            ))
+        })?;
+        out.push((name.to_string(), shape, v));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Writes the trained PhotoMaker as one safetensors file `{id_encoder.*, lora_weights.*}`
+/// (the CLIP backbone copied from `base`, the file training started from), atomically.
+pub fn export_photomaker<B: Backend>(
+    parts: &PhotoMakerParts<B>,
+    unet: &UNet<B>,
+    base: &WeightStore,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let tensors = photomaker_tensors(parts, unet, base)?;
+    write_safetensors(path, &tensors, Some(("format", "pt")))
+}
+
+/// One training sample's prompt and references.
+#[derive(Debug, Clone)]
+pub struct PmSample<B: Backend> {
+    /// The class-expanded prompt's embeddings (`TriggerPrompt::expanded.context`), `[1,
+    /// tokens, 2048]`.
+    pub context: Tensor<B, 3>,
+    /// Where the class tokens are in `context`.
+    pub class_tokens: Range<usize>,
+    /// The references, CLIP-preprocessed, `[n, 3, 224, 224]`.
+    pub pixels: Tensor<B, 4>,
+}
+
+/// One (micro-)batch.
+#[derive(Debug, Clone)]
+pub struct PmBatch<B: Backend> {
+    /// VAE latents × scaling factor, `[batch, 4, h, w]`.
+    pub latents: Tensor<B, 4>,
+    /// Noise, offset noise and timesteps.
+    pub draw: NoiseDraw<B>,
+    /// Each sample's prompt and references (`batch` of them).
+    pub samples: Vec<PmSample<B>>,
+    /// SDXL's pooled text embeddings and time ids, `batch` rows.
+    pub added: AddedConditions<B>,
+    /// Face boxes for the masked loss.
+    pub face_boxes: Option<Vec<[f32; 4]>>,
+}
+
+/// Trains [`PhotoMakerParts`] on a frozen SDXL UNet.
+pub struct PhotoMakerTrainer<A: AutodiffBackend> {
+    unet: UNet<A>,
+    schedule: DdpmSchedule,
+    optimizer: Optimizer<A::InnerBackend>,
+    config: StepConfig,
+    step: u64,
+}
+
+impl<A: AutodiffBackend> PhotoMakerTrainer<A> {
+    /// A trainer on `unet` (frozen here). Fails when a trainable tensor of `parts` is in no
+    /// group (freeze the backbone first: [`PhotoMakerParts::freeze`]).
+    pub fn new(
+        unet: UNet<A>,
+        parts: &PhotoMakerParts<A>,
+        schedule: DdpmSchedule,
+        optimizer: Optimizer<A::InnerBackend>,
+        config: StepConfig,
+    ) -> Result<Self, TrainError> {
+        let unet = unet.no_grad();
+        optimizer.check(&ParamNames::photomaker(parts, &unet)?)?;
+        Ok(Self {
+            unet,
+            schedule,
+            optimizer,
+            config,
+            step: 0,
+        })
+    }
+
+    /// The frozen UNet.
+    pub fn unet(&self) -> &UNet<A> {
+        &self.unet
+    }
+
+    /// The optimizer (its state, for checkpoints).
+    pub fn optimizer(&self) -> &Optimizer<A::InnerBackend> {
+        &self.optimizer
+    }
+
+    /// The loss of one batch, in the autodiff graph.
+    pub fn loss(
+        &self,
+        parts: &PhotoMakerParts<A>,
+        batch: &PmBatch<A>,
+    ) -> Result<Tensor<A, 1>, TrainError> {
+        let b = batch.latents.dims()[0];
+        if batch.samples.len() != b {
+            return Err(TrainError::Setting(format!(
+                "a PhotoMaker batch of {b} latents with {} prompts",
+                batch.samples.len()
+            )));
+        }
+        let mut contexts = Vec::with_capacity(b);
+        for s in &batch.samples {
+            let id = parts.encoder.forward(s.pixels.clone(), None)?;
+            let [n, t, d] = id.dims();
+            contexts.push(parts.encoder.fuse_module.forward(
+                s.context.clone(),
+                s.class_tokens.clone(),
+                id.reshape([n * t, d]),
+            )?);
+        }
+        let n = noised(
+            &self.schedule,
+            &self.config.loss,
+            batch.latents.clone(),
+            &batch.draw,
+        )?;
+        let timesteps: Vec<f32> = batch.draw.timesteps.iter().map(|&t| t as f32).collect();
+        let device = batch.latents.device();
+        let prediction = self.unet.forward_with(
+            &UNetInput {
+                sample: n.noisy,
+                timesteps: Tensor::from_floats(timesteps.as_slice(), &device),
+                context: Tensor::cat(contexts, 0),
+                added: Some(batch.added.clone()),
+            },
+            &parts.lora,
+        );
+        diffusion_loss(
+            &self.schedule,
+            &self.config.loss,
+            prediction,
+            n.target,
+            &batch.draw.timesteps,
+            batch.face_boxes.as_deref(),
+        )
+    }
+
+    /// Forward and backward over the micro-batches (the mean of their gradients).
+    pub fn gradients(
+        &self,
+        parts: &PhotoMakerParts<A>,
+        micro_batches: &[PmBatch<A>],
+    ) -> Result<Gradients, TrainError> {
+        let k = micro_batches.len();
+        if k == 0 {
+            return Err(TrainError::Setting(
+                "a step needs at least one batch".into(),
+            ));
+        }
+        let mut acc = GradAccumulator::<A, PhotoMakerParts<A>>::default();
+        let mut micro_losses = Vec::with_capacity(k);
+        for batch in micro_batches {
+            let loss = self.loss(parts, batch)?;
+            let scaled = if k == 1 {
+                loss.clone()
+            } else {
+                loss.clone() / k as f32
+            };
+            acc.add(parts, scaled.backward());
+            micro_losses.push(loss.into_scalar().elem::<f32>());
+        }
+        let loss = micro_losses.iter().sum::<f32>() / k as f32;
+        Ok(Gradients {
+            params: acc.take(),
+            loss,
+            micro_losses,
+        })
+    }
+
+    /// Clips `grads`, takes the step's learning rate and updates the trained tensors.
+    pub fn apply(
+        &mut self,
+        parts: PhotoMakerParts<A>,
+        grads: Gradients,
+    ) -> Result<(PhotoMakerParts<A>, StepReport), TrainError> {
+        let names = ParamNames::photomaker(&parts, &self.unet)?;
+        let mut params: GradientsParams = grads.params;
+        let grad_norm = clip_grad_norm(&parts, &mut params, self.config.max_grad_norm);
+        let factor = self.config.lr.factor(self.step);
+        let parts = self.optimizer.step(parts, params, &names, factor)?;
+        let report = StepReport {
+            step: self.step,
+            loss: grads.loss,
+            grad_norm,
+            lrs: self
+                .optimizer
+                .groups()
+                .iter()
+                .map(|g| g.lr * factor)
+                .collect(),
+        };
+        self.step += 1;
+        Ok((parts, report))
+    }
+
+    /// [`PhotoMakerTrainer::gradients`] then [`PhotoMakerTrainer::apply`].
+    pub fn step(
+        &mut self,
+        parts: PhotoMakerParts<A>,
+        micro_batches: &[PmBatch<A>],
+    ) -> Result<(PhotoMakerParts<A>, StepReport), TrainError> {
+        let grads = self.gradients(&parts, micro_batches)?;
+        self.apply(parts, grads)
+    }
+}
