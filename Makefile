@@ -25,7 +25,8 @@ demo: assets
 	$(CARGO) run --quiet -- dataset export runs/demo
 	$(CARGO) run --quiet -- show runs/demo --rows 6
 	test -f runs/demo/bench/protocol.toml || $(CARGO) run --quiet -- bench init runs/demo/bench \
-		--protocol datasets/benchmarks/demo-v1.toml --from-dataset runs/demo/dataset --identities-per-set 4
+		--protocol datasets/benchmarks/demo-v1.toml --from-dataset runs/demo/dataset --identities-per-set 4 \
+		--drop-faceless-references
 	for m in flipped-reference other-identity; do \
 		$(CARGO) run --quiet -- bench baseline $$m --bench runs/demo/bench -o runs/demo/methods/$$m && \
 		$(CARGO) run --quiet -- bench import runs/demo/methods/$$m --bench runs/demo/bench || exit 1; \

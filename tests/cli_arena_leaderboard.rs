@@ -13,7 +13,7 @@ use idforge_core::schema::{
 };
 use serde_json::Value;
 
-use common::{idforge, ok, text};
+use common::{idforge, ok, sample_photos_dir, text};
 
 const PROTOCOL: &str = r#"
 [protocol]
@@ -38,7 +38,9 @@ fn make_bench(root: &Path) -> PathBuf {
     for (k, id) in ["p1", "p2"].iter().enumerate() {
         let d = refs.join("in-train").join(id);
         std::fs::create_dir_all(&d).unwrap();
-        image::RgbImage::from_pixel(64, 64, image::Rgb([40 + 80 * k as u8, 90, 160]))
+        // A photo with a face: `bench init` refuses references the face detector finds none in.
+        image::open(sample_photos_dir().join(format!("sample{}.jpg", k + 1)))
+            .unwrap()
             .save(d.join("ref.png"))
             .unwrap();
     }

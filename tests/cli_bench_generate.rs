@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{idforge, ok, text};
+use common::{idforge, ok, sample_photos_dir, text};
 
 const PROTOCOL: &str = r#"
 [protocol]
@@ -49,7 +49,17 @@ fn make_bench(root: &Path) -> PathBuf {
     for (id, photo) in [("p1", "ref0.png"), ("p2", "ref1.png")] {
         let dir = refs.join("in-train").join(id);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(fixtures().join("photomaker").join(photo), dir.join(photo)).unwrap();
+        // A photo with a face (`bench init` refuses references without one), under the
+        // fixture's name.
+        let sample = if photo == "ref0.png" {
+            "sample1.jpg"
+        } else {
+            "sample2.jpg"
+        };
+        image::open(sample_photos_dir().join(sample))
+            .unwrap()
+            .save(dir.join(photo))
+            .unwrap();
     }
     std::fs::write(root.join("p.toml"), PROTOCOL).unwrap();
     let bench = root.join("bench");

@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest, Sha256};
 
 use crate::error::BenchError;
-use crate::layout::{BenchDir, is_image_file};
+use crate::layout::{BenchDir, REFERENCES_DIR, is_image_file};
 use crate::protocol::Protocol;
 
 /// File of per-identity class words at the top of a references folder.
@@ -370,6 +370,134 @@ fn toml_key(s: &str) -> String {
     toml_string(s)
 }
 
+/// File of the bench's own settings (beside `protocol.toml`), written by `bench init`.
+pub const SETTINGS_FILE: &str = "bench.toml";
+
+/// The face detector every per-image face metric uses. `bench init` keeps only references in
+/// which it finds a face, so Face-Sim, Face-Div and No-face % all count the same items; `bench
+/// score` runs the same detector, and the leaderboard records it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FaceDetectorSetting {
+    /// Detector name: `ssd_mobilenetv1` (face-api's default).
+    pub detector: String,
+    /// Minimum detection score (face-api: 0.5).
+    pub min_confidence: f32,
+}
+
+impl Default for FaceDetectorSetting {
+    fn default() -> Self {
+        FaceDetectorSetting {
+            detector: "ssd_mobilenetv1".into(),
+            min_confidence: 0.5,
+        }
+    }
+}
+
+impl FaceDetectorSetting {
+    /// `ssd_mobilenetv1@0.5`: the name the leaderboard records.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.detector, self.min_confidence)
+    }
+}
+
+/// The bench settings file's contents.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BenchSettings {
+    /// The scoring face detector.
+    pub face_detector: FaceDetectorSetting,
+}
+
+impl BenchSettings {
+    /// Reads the bench's settings; a bench made before the file existed gets the defaults
+    /// (face-api's SSD at 0.5, what `bench score` always used).
+    pub fn load(bench: &BenchDir) -> Result<Self, BenchError> {
+        let path = bench.root.join(SETTINGS_FILE);
+        if !path.is_file() {
+            return Ok(BenchSettings::default());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
+        let s: BenchSettings = toml::from_str(&text)
+            .map_err(|e| BenchError::invalid(&path, format!("not a bench settings file: {e}")))?;
+        if s.face_detector.detector != "ssd_mobilenetv1"
+            || !(0.0..=1.0).contains(&s.face_detector.min_confidence)
+        {
+            return Err(BenchError::invalid(
+                &path,
+                "face_detector: detector must be `ssd_mobilenetv1` and min_confidence in [0, 1]",
+            ));
+        }
+        Ok(s)
+    }
+
+    /// Writes the settings file into the bench folder.
+    pub fn save(&self, bench: &BenchDir) -> Result<(), BenchError> {
+        let path = bench.root.join(SETTINGS_FILE);
+        let text = toml::to_string(self)
+            .map_err(|e| BenchError::invalid(&path, format!("serialising settings: {e}")))?;
+        std::fs::write(&path, text).map_err(|e| BenchError::io(&path, e))
+    }
+}
+
+/// Every reference image in the bench folder (`references/<set>/<identity>/<image>`, relative
+/// to the bench folder, sorted) in which `has_face` finds no face. All images are checked, not
+/// only the first `references_per_identity`, so dropping one never lets an unchecked one in.
+pub fn find_faceless<F>(bench: &BenchDir, has_face: F) -> Result<Vec<String>, BenchError>
+where
+    F: Fn(&Path) -> Result<bool, BenchError> + Sync,
+{
+    use rayon::prelude::*;
+    let root = bench.references_dir();
+    let mut images = Vec::new();
+    for set in read_dir_sorted(&root)?.into_iter().filter(|p| p.is_dir()) {
+        for id in read_dir_sorted(&set)?.into_iter().filter(|p| p.is_dir()) {
+            images.extend(
+                read_dir_sorted(&id)?
+                    .into_iter()
+                    .filter(|p| p.is_file() && is_image_file(p)),
+            );
+        }
+    }
+    let found: Vec<bool> = images
+        .par_iter()
+        .map(|p| has_face(p))
+        .collect::<Result<_, _>>()?;
+    Ok(images
+        .iter()
+        .zip(found)
+        .filter(|(_, f)| !f)
+        .map(|(p, _)| bench.relative(p))
+        .collect())
+}
+
+/// Deletes the `faceless` references (paths relative to the bench folder) and then every
+/// identity folder left without an image. Returns those identities as `set/identity`.
+pub fn drop_references(bench: &BenchDir, faceless: &[String]) -> Result<Vec<String>, BenchError> {
+    let mut dirs = BTreeSet::new();
+    for rel in faceless {
+        let path = bench.root.join(rel);
+        std::fs::remove_file(&path).map_err(|e| BenchError::io(&path, e))?;
+        if let Some(dir) = path.parent() {
+            dirs.insert(dir.to_path_buf());
+        }
+    }
+    let mut emptied = Vec::new();
+    for dir in dirs {
+        let left = read_dir_sorted(&dir)?
+            .into_iter()
+            .any(|p| p.is_file() && is_image_file(&p));
+        if !left {
+            std::fs::remove_dir_all(&dir).map_err(|e| BenchError::io(&dir, e))?;
+            let rel = bench.relative(&dir);
+            let rel = rel
+                .strip_prefix(&format!("{REFERENCES_DIR}/"))
+                .unwrap_or(&rel)
+                .to_string();
+            emptied.push(rel);
+        }
+    }
+    Ok(emptied)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -488,5 +616,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`identity`") && err.contains("Int32"), "{err}");
+    }
+
+    #[test]
+    fn faceless_references_are_found_dropped_and_settings_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bench = BenchDir::new(tmp.path());
+        for (id, files) in [("a", &["1.png", "2.png"][..]), ("b", &["1.png"][..])] {
+            let d = bench.references_dir().join("in-train").join(id);
+            std::fs::create_dir_all(&d).unwrap();
+            for f in files {
+                std::fs::write(d.join(f), b"x").unwrap();
+            }
+        }
+        // "2.png" of a and b's only image have no face.
+        let faceless = find_faceless(&bench, |p| {
+            Ok(!(p.ends_with("a/2.png") || p.ends_with("b/1.png")))
+        })
+        .unwrap();
+        assert_eq!(
+            faceless,
+            ["references/in-train/a/2.png", "references/in-train/b/1.png"]
+        );
+        let emptied = drop_references(&bench, &faceless).unwrap();
+        assert_eq!(emptied, ["in-train/b"]);
+        assert!(bench.references_dir().join("in-train/a/1.png").is_file());
+        assert!(!bench.references_dir().join("in-train/b").exists());
+
+        assert_eq!(
+            BenchSettings::load(&bench).unwrap(),
+            BenchSettings::default()
+        );
+        let s = BenchSettings {
+            face_detector: FaceDetectorSetting {
+                min_confidence: 0.7,
+                ..FaceDetectorSetting::default()
+            },
+        };
+        s.save(&bench).unwrap();
+        assert_eq!(BenchSettings::load(&bench).unwrap(), s);
+        assert_eq!(s.face_detector.label(), "ssd_mobilenetv1@0.7");
+        std::fs::write(
+            tmp.path().join(SETTINGS_FILE),
+            "[face_detector]\ndetector = \"x\"\nmin_confidence = 0.5\n",
+        )
+        .unwrap();
+        assert!(BenchSettings::load(&bench).is_err());
     }
 }

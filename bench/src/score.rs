@@ -16,6 +16,7 @@ use idforge_core::progress::Progress;
 use idforge_core::schema::{ScoreRow, ScoreStatus, ScoresTable};
 use idforge_models::clip::ClipCheckpoint;
 use idforge_models::dino::DinoEmbedder;
+use idforge_models::face_api::Detector;
 use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::face_embedder::FaceEmbedder;
 use idforge_models::inception::{FidInception, FidPreprocess};
@@ -49,6 +50,7 @@ impl<B: Backend> ScoringModels<B> {
             clip: self.clip.as_ref().map(|c| c.name.clone()),
             dino: self.dino.as_ref().map(|(_, n)| n.clone()),
             inception: self.inception.as_ref().map(|(_, _, n)| n.clone()),
+            face_detector: Some(detector_label(self.faces.detector())),
         }
     }
 
@@ -273,6 +275,35 @@ where
         row.inception_logits = f.logits;
         Ok(row)
     }
+}
+
+/// `ssd_mobilenetv1@0.5` or `tiny_face_detector@0.5`: the detector and threshold the
+/// leaderboard records.
+pub fn detector_label(d: Detector) -> String {
+    match d {
+        Detector::SsdMobilenetV1 { min_confidence, .. } => {
+            format!("ssd_mobilenetv1@{min_confidence}")
+        }
+        Detector::Tiny {
+            score_threshold, ..
+        } => format!("tiny_face_detector@{score_threshold}"),
+    }
+}
+
+/// Whether the scoring detector finds a face in the image at `path` (`bench init`'s check of
+/// every reference).
+pub fn has_face<B: Backend>(faces: &FaceEmbedder<B>, path: &Path) -> Result<bool, BenchError> {
+    let bytes = std::fs::read(path).map_err(|e| BenchError::io(path, e))?;
+    let img = decode(&bytes, DEFAULT_MAX_PIXELS)
+        .map_err(|e| BenchError::invalid(path, format!("reference does not decode: {e}")))?
+        .image
+        .into_rgb8();
+    let view = RgbView {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        data: img.as_raw(),
+    };
+    Ok(!faces.detect(view).is_empty())
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

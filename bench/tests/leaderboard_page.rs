@@ -108,6 +108,7 @@ fn leaderboard() -> Leaderboard {
             clip: Some("open_clip ViT-L-14".into()),
             dino: None,
             inception: Some("pt_inception-2015-12-05.pth".into()),
+            face_detector: None,
         },
         bootstrap: BootstrapInfo {
             resamples: 1000,

@@ -15,8 +15,11 @@ use idforge_bench::method::MethodFile;
 use idforge_bench::plan::{Job, layout_help, plan, to_table, to_tsv};
 use idforge_bench::protocol::Protocol;
 use idforge_bench::ratings::{NeitherPolicy, RatingOptions};
-use idforge_bench::references::{References, copy_references, references_from_export};
-use idforge_bench::score::{ReferenceFeatures, ScoringModels, models_of};
+use idforge_bench::references::{
+    BenchSettings, FaceDetectorSetting, References, copy_references, drop_references,
+    find_faceless, references_from_export,
+};
+use idforge_bench::score::{ReferenceFeatures, ScoringModels, has_face, models_of};
 use idforge_core::Name;
 use idforge_core::limits::{Amount, Resamples, Threads};
 use idforge_core::schema::ScoresTable;
@@ -85,6 +88,17 @@ struct InitArgs {
     /// With --from-dataset: keep the first N identities (by name) of each set.
     #[arg(long)]
     identities_per_set: Option<Amount>,
+    /// face-api's model folder for the face check (default: the asset cache's).
+    #[arg(long)]
+    face_api_weights: Option<PathBuf>,
+    /// Minimum score of the scoring face detector (face-api's SSD), a bench setting: every
+    /// reference must have a face at this score, and `bench score` detects at it.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_confidence)]
+    face_min_confidence: f32,
+    /// Delete (and list) the references in which the detector finds no face, and identities
+    /// left without a reference, instead of refusing the bench.
+    #[arg(long)]
+    drop_faceless_references: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -272,6 +286,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
             }
             (None, None) => unreachable!("clap requires one"),
         }
+        check_faces(&bench, &a)?;
         References::scan(&bench, &protocol)?;
         Ok(())
     })();
@@ -291,6 +306,67 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         bench.root.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the scoring detector on every reference: without a face a reference would drop out of
+/// Face-Sim but not of No-face %, so the bench is refused, or with --drop-faceless-references
+/// those references (and identities left without one) are deleted and listed. Records the
+/// detector in the bench settings.
+fn check_faces(bench: &BenchDir, a: &InitArgs) -> anyhow::Result<()> {
+    let settings = BenchSettings {
+        face_detector: FaceDetectorSetting {
+            min_confidence: a.face_min_confidence,
+            ..FaceDetectorSetting::default()
+        },
+    };
+    let face_dir = super::face_api_models(a.face_api_weights.clone())?;
+    let faces =
+        FaceEmbedder::<Backend>::load(&face_dir, detector_of(&settings), None, &Default::default())
+            .with_context(|| format!("loading the face networks from {}", face_dir.display()))?;
+    let faceless = find_faceless(bench, |p| has_face(&faces, p))?;
+    if faceless.is_empty() {
+        eprintln!(
+            "face check: every reference has a face ({})",
+            settings.face_detector.label()
+        );
+    } else if a.drop_faceless_references {
+        let emptied = drop_references(bench, &faceless)?;
+        for p in &faceless {
+            eprintln!(
+                "dropped reference {p}: no face at {}",
+                settings.face_detector.label()
+            );
+        }
+        for id in &emptied {
+            eprintln!("dropped identity {id}: no reference with a face left");
+        }
+    } else {
+        bail!(
+            "{} reference(s) have no face that the scoring detector ({}) finds, so they would \
+             count in No-face % but not in Face-Sim:\n  {}\nreplace them, or pass \
+             --drop-faceless-references to drop them (and identities left without a reference)",
+            faceless.len(),
+            settings.face_detector.label(),
+            faceless.join("\n  ")
+        );
+    }
+    settings.save(bench)?;
+    Ok(())
+}
+
+/// The face-api detector a bench setting names.
+fn detector_of(s: &BenchSettings) -> Detector {
+    Detector::SsdMobilenetV1 {
+        min_confidence: s.face_detector.min_confidence,
+        max_results: 100,
+    }
+}
+
+fn parse_confidence(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}`: a score in [0, 1], e.g. 0.5")),
+    }
 }
 
 fn open(bench: &Path) -> anyhow::Result<(BenchDir, Protocol, References)> {
@@ -361,16 +437,11 @@ fn baseline(a: BaselineArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_models(m: &ModelArgs) -> anyhow::Result<ScoringModels<Backend>> {
+fn load_models(m: &ModelArgs, detector: Detector) -> anyhow::Result<ScoringModels<Backend>> {
     let device = Default::default();
     let face_dir = super::face_api_models(m.face_api_weights.clone())?;
-    let faces = FaceEmbedder::load(
-        &face_dir,
-        Detector::default(),
-        m.arcface.as_deref(),
-        &device,
-    )
-    .with_context(|| format!("loading the face networks from {}", face_dir.display()))?;
+    let faces = FaceEmbedder::load(&face_dir, detector, m.arcface.as_deref(), &device)
+        .with_context(|| format!("loading the face networks from {}", face_dir.display()))?;
     let clip = match &m.clip {
         Some(path) => Some(
             ClipCheckpoint::load(
@@ -459,7 +530,8 @@ fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let models = load_models(&a.models)?;
+    let settings = BenchSettings::load(&bench)?;
+    let models = load_models(&a.models, detector_of(&settings))?;
     let jobs = plan(&protocol, &refs, None);
     let ref_features = ReferenceFeatures::compute(&models, &bench, &jobs, &refs.sha256)?;
     for p in &ref_features.faceless {

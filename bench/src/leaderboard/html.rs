@@ -174,8 +174,12 @@ fn header(html: &mut String, lb: &Leaderboard) {
         (
             "Models",
             format!(
-                "<ul class=\"plain\">{}{}{}{}</ul>",
+                "<ul class=\"plain\">{}{}{}{}{}</ul>",
                 model("Face", &Some(m.face_embedder.clone()), ""),
+                m.face_detector
+                    .as_ref()
+                    .map(|d| model("Face detector", &Some(d.clone()), ""))
+                    .unwrap_or_default(),
                 model("CLIP", &m.clip, "CLIP-T, CLIP-I, CMMD"),
                 model("DINO", &m.dino, "DINO score"),
                 model("Inception", &m.inception, "FID, KID, IS")

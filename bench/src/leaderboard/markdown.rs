@@ -248,8 +248,12 @@ fn header(md: &mut String, lb: &Leaderboard) {
     );
     let _ = writeln!(
         md,
-        "- **Models:** face embedder {}; CLIP {}; DINO {}; Inception {}",
+        "- **Models:** face embedder {}{}; CLIP {}; DINO {}; Inception {}",
         code(&m.face_embedder),
+        m.face_detector
+            .as_ref()
+            .map(|d| format!(" after detector {}", code(d)))
+            .unwrap_or_default(),
         opt(&m.clip),
         opt(&m.dino),
         opt(&m.inception)
@@ -840,6 +844,7 @@ pub(crate) mod tests {
                 clip: Some("ViT-L-14.safetensors".into()),
                 dino: None,
                 inception: Some("pt_inception.pth".into()),
+                face_detector: None,
             },
             bootstrap: BootstrapInfo {
                 resamples: 1000,

@@ -85,6 +85,10 @@ pub struct ModelsUsed {
     pub dino: Option<String>,
     /// The FID Inception weights for FID, KID and IS, if given.
     pub inception: Option<String>,
+    /// The face detector and its threshold (`ssd_mobilenetv1@0.5`), a bench setting: absent in
+    /// leaderboards written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_detector: Option<String>,
 }
 
 /// The bootstrap behind every interval.
