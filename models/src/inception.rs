@@ -245,12 +245,19 @@ struct ConvBn<B: Backend> {
 impl<B: Backend> ConvBn<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let s = self.stride;
-        relu(conv2d(
-            x,
-            self.weight.val(),
-            Some(self.bias.val()),
-            ConvOptions::new([s, s], [self.pad_h, self.pad_w], [1, 1], 1),
-        ))
+        let (weight, bias) = (self.weight.val(), self.bias.val());
+        let pad = [self.pad_h, self.pad_w];
+        relu(
+            match crate::nn::fast::conv2d(x, &weight, Some(&bias), [s, s], pad) {
+                Ok(y) => y,
+                Err(x) => conv2d(
+                    x,
+                    weight,
+                    Some(bias),
+                    ConvOptions::new([s, s], pad, [1, 1], 1),
+                ),
+            },
+        )
     }
 }
 
