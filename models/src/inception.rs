@@ -263,7 +263,10 @@ impl<B: Backend> ConvBn<B> {
 
 /// TensorFlow's 3×3 average pool, stride 1, 'SAME': zero padding not counted.
 fn avg_pool_same<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    avg_pool2d(x, [3, 3], [1, 1], [1, 1], false, false)
+    match crate::nn::fast::avg_pool_3x3_same(x) {
+        Ok(y) => y,
+        Err(x) => avg_pool2d(x, [3, 3], [1, 1], [1, 1], false, false),
+    }
 }
 
 /// `FIDInceptionA` (`Mixed_5b`–`5d`).
@@ -550,9 +553,11 @@ impl<B: Backend> FidInception<B> {
             mixed_7a,
             mixed_7b,
             mixed_7c,
-            fc_weight: Param::from_tensor(
-                Tensor::<B, 2>::from_data(TensorData::new(fc, [k, f]), device).transpose(),
-            ),
+            // Laid out `[f, k]` once here (a transposed view would be copied by every matmul).
+            fc_weight: Param::from_tensor(Tensor::<B, 2>::from_data(
+                TensorData::new(crate::weights::transpose(&fc, k, f), [f, k]),
+                device,
+            )),
             fc_bias: Param::from_tensor(Tensor::from_floats(
                 get("fc.bias", &[k])?.as_slice(),
                 device,

@@ -333,6 +333,59 @@ pub(crate) fn conv2d<B: Backend>(
     ))
 }
 
+/// A 3×3 average pool, stride 1, zero padding 1 not counted (torch's `avg_pool2d(x, 3, 1, 1,
+/// count_include_pad=False)`, TensorFlow's 'SAME'), separably: row sums of three, then sums of
+/// three rows, over the count of taps inside the plane. `Err(x)` back where the fast path does
+/// not apply.
+pub(crate) fn avg_pool_3x3_same<B: Backend>(x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let [batch, channels, h, w] = x.dims();
+    if !applies(&x) || h == 0 || w == 0 {
+        return Err(x);
+    }
+    let device = x.device();
+    let Some(xt) = host_f32(x) else {
+        unreachable!("applies() checked the backend and dtype");
+    };
+    let input = values(&xt);
+    let plane = h * w;
+    let mut out = vec![0f32; batch * channels * plane];
+    let taps =
+        |i: usize, n: usize| (if i > 0 { 2.0 } else { 1.0 }) + f32::from(u8::from(i + 1 < n));
+    let run = |(o, x): (&mut [f32], &[f32])| {
+        let mut rows = vec![0f32; plane];
+        for (r, line) in rows.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
+            for j in 0..w {
+                let left = if j > 0 { line[j - 1] } else { 0.0 };
+                let right = if j + 1 < w { line[j + 1] } else { 0.0 };
+                r[j] = left + line[j] + right;
+            }
+        }
+        for i in 0..h {
+            let up = i.checked_sub(1).map(|u| &rows[u * w..][..w]);
+            let down = (i + 1 < h).then(|| &rows[(i + 1) * w..][..w]);
+            let mid = &rows[i * w..][..w];
+            let ti = taps(i, h);
+            for (j, v) in o[i * w..][..w].iter_mut().enumerate() {
+                let s = up.map_or(0.0, |u| u[j]) + mid[j] + down.map_or(0.0, |d| d[j]);
+                *v = s / (ti * taps(j, w));
+            }
+        }
+    };
+    #[cfg(feature = "flex-rayon")]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(plane)
+            .zip(input.par_chunks(plane))
+            .for_each(run);
+    }
+    #[cfg(not(feature = "flex-rayon"))]
+    out.chunks_mut(plane).zip(input.chunks(plane)).for_each(run);
+    Ok(Tensor::from_data(
+        TensorData::new(out, [batch, channels, h, w]),
+        &device,
+    ))
+}
+
 /// The GEMM's threads: rayon's pool under `flex-rayon` for products big enough to share (flex's
 /// own threshold), else the calling thread.
 fn gemm_threads(m: usize, n: usize, k: usize) -> gemm::Parallelism {
@@ -652,6 +705,83 @@ mod tests {
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn average_pool_matches_burns() {
+        use burn::tensor::Distribution;
+        use burn::tensor::module::avg_pool2d;
+        let d = Default::default();
+        for (h, w) in [(5, 7), (1, 1), (2, 3)] {
+            let x = Tensor::<Flex, 4>::random([2, 3, h, w], Distribution::Normal(0., 1.), &d);
+            let want = avg_pool2d(x.clone(), [3, 3], [1, 1], [1, 1], false, false);
+            let got = avg_pool_3x3_same(x).unwrap_or_else(|_| panic!("flex f32 takes the kernel"));
+            let diff = (got - want).abs().max().into_scalar();
+            assert!(diff < 1e-6, "{h}x{w}: {diff}");
+        }
+    }
+
+    #[test]
+    fn conv_matches_burns_with_padding_and_strides() {
+        use burn::tensor::Distribution;
+        use burn::tensor::module::conv2d as burn_conv2d;
+        use burn::tensor::ops::ConvOptions;
+        let d = Default::default();
+        for (k, s, p, (h, w)) in [
+            ([3, 3], [1, 1], [1, 1], (6, 5)),
+            ([3, 3], [2, 2], [1, 1], (7, 6)),
+            ([1, 7], [1, 1], [0, 3], (5, 9)),
+            ([7, 1], [1, 1], [3, 0], (9, 4)),
+            ([1, 1], [1, 1], [0, 0], (4, 4)),
+            ([3, 3], [2, 2], [0, 0], (9, 9)),
+            ([4, 4], [4, 4], [0, 0], (8, 12)),
+        ] {
+            let x = Tensor::<Flex, 4>::random([2, 5, h, w], Distribution::Normal(0., 1.), &d);
+            let wt =
+                Tensor::<Flex, 4>::random([6, 5, k[0], k[1]], Distribution::Normal(0., 1.), &d);
+            let b = Tensor::<Flex, 1>::random([6], Distribution::Normal(0., 1.), &d);
+            let want = burn_conv2d(
+                x.clone(),
+                wt.clone(),
+                Some(b.clone()),
+                ConvOptions::new(s, p, [1, 1], 1),
+            );
+            let got = conv2d(x, &wt, Some(&b), s, p)
+                .unwrap_or_else(|_| panic!("flex f32 takes the kernel"));
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want).abs().max().into_scalar();
+            assert!(diff < 1e-4, "{k:?} {s:?} {p:?}: {diff}");
+        }
+    }
+
+    #[test]
+    fn attention_matches_the_formula_on_strided_heads_and_causal() {
+        use burn::tensor::Distribution;
+        use burn::tensor::activation::softmax;
+        let d = Default::default();
+        // q, k, v as narrow views of one packed projection, split into heads (strided).
+        let qkv = Tensor::<Flex, 3>::random([2, 9, 3 * 8], Distribution::Normal(0., 1.), &d);
+        let part = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * 8, 8)
+                .reshape([2, 9, 2, 4])
+                .swap_dims(1, 2)
+        };
+        for causal in [false, true] {
+            let got = attention(&part(0), &part(1), &part(2), causal)
+                .unwrap_or_else(|| panic!("flex f32 takes the kernel"));
+            let mut scores = part(0).matmul(part(1).swap_dims(2, 3)) / 2.0;
+            if causal {
+                let mask = Tensor::<Flex, 2>::ones([9, 9], &d).triu(1) * -1e30;
+                scores = scores + mask.unsqueeze::<4>();
+            }
+            let want = softmax(scores, 3)
+                .matmul(part(2))
+                .swap_dims(1, 2)
+                .reshape([2, 9, 8]);
+            let diff = (got - want).abs().max().into_scalar();
+            assert!(diff < 1e-5, "causal {causal}: {diff}");
+        }
     }
 
     #[test]
