@@ -402,9 +402,13 @@ impl<B: Backend> DinoModel<B> {
                 eps,
             ))
         };
-        // torch `[out, in]` → burn `[in, out]`.
+        // torch `[out, in]` → burn `[in, out]`, laid out contiguously once here (a transposed
+        // view would be copied by every matmul).
         let transposed = |w: Vec<f32>, out: usize, inp: usize| {
-            Tensor::<B, 2>::from_data(TensorData::new(w, [out, inp]), device).transpose()
+            Tensor::<B, 2>::from_data(
+                TensorData::new(crate::weights::transpose(&w, out, inp), [inp, out]),
+                device,
+            )
         };
         let dense = |prefix: &str, out: usize, inp: usize| -> Result<Linear<B>, ModelError> {
             Ok(Linear::from_tensors(

@@ -245,18 +245,28 @@ struct ConvBn<B: Backend> {
 impl<B: Backend> ConvBn<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let s = self.stride;
-        relu(conv2d(
-            x,
-            self.weight.val(),
-            Some(self.bias.val()),
-            ConvOptions::new([s, s], [self.pad_h, self.pad_w], [1, 1], 1),
-        ))
+        let (weight, bias) = (self.weight.val(), self.bias.val());
+        let pad = [self.pad_h, self.pad_w];
+        relu(
+            match crate::nn::fast::conv2d(x, &weight, Some(&bias), [s, s], pad) {
+                Ok(y) => y,
+                Err(x) => conv2d(
+                    x,
+                    weight,
+                    Some(bias),
+                    ConvOptions::new([s, s], pad, [1, 1], 1),
+                ),
+            },
+        )
     }
 }
 
 /// TensorFlow's 3×3 average pool, stride 1, 'SAME': zero padding not counted.
 fn avg_pool_same<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    avg_pool2d(x, [3, 3], [1, 1], [1, 1], false, false)
+    match crate::nn::fast::avg_pool_3x3_same(x) {
+        Ok(y) => y,
+        Err(x) => avg_pool2d(x, [3, 3], [1, 1], [1, 1], false, false),
+    }
 }
 
 /// `FIDInceptionA` (`Mixed_5b`–`5d`).
@@ -543,9 +553,11 @@ impl<B: Backend> FidInception<B> {
             mixed_7a,
             mixed_7b,
             mixed_7c,
-            fc_weight: Param::from_tensor(
-                Tensor::<B, 2>::from_data(TensorData::new(fc, [k, f]), device).transpose(),
-            ),
+            // Laid out `[f, k]` once here (a transposed view would be copied by every matmul).
+            fc_weight: Param::from_tensor(Tensor::<B, 2>::from_data(
+                TensorData::new(crate::weights::transpose(&fc, k, f), [f, k]),
+                device,
+            )),
             fc_bias: Param::from_tensor(Tensor::from_floats(
                 get("fc.bias", &[k])?.as_slice(),
                 device,

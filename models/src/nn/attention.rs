@@ -20,13 +20,17 @@ pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
 
 /// `softmax(q·kᵀ / √d)·v` over `[batch, heads, tokens, head_dim]` tensors (causal: each query
 /// sees only keys at or before its position), merged back to `[batch, tokens, heads·head_dim]`,
-/// through burn's fused attention.
+/// through burn's fused attention, or on flex (f32) through the host kernel of `nn::fast`
+/// (vectorised softmax; burn-flex 0.21's is scalar).
 pub fn multi_head_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     causal: bool,
 ) -> Tensor<B, 3> {
+    if let Some(out) = super::fast::attention(&q, &k, &v, causal) {
+        return out;
+    }
     let options = AttentionModuleOptions {
         scale: None,
         softcap: None,

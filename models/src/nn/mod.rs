@@ -9,6 +9,7 @@
 
 mod attention;
 mod conv;
+pub(crate) mod fast;
 mod linear;
 mod norm;
 
