@@ -14,9 +14,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
-use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
 use idforge_diffusion::Projection;
 use idforge_diffusion::adapters::lora::{Lora, LoraLayer};
 use idforge_diffusion::adapters::photomaker::IdEncoder;
@@ -29,8 +28,8 @@ use crate::error::TrainError;
 use crate::export::{F32Tensor, param_values, write_safetensors};
 use crate::loss::{NoiseDraw, diffusion_loss, noised};
 use crate::names::ParamNames;
-use crate::optim::{GradAccumulator, Optimizer, ParamGroup, clip_grad_norm};
-use crate::step::{Gradients, StepConfig, StepReport};
+use crate::optim::{Optimizer, ParamGroup};
+use crate::step::{Gradients, StepConfig, StepReport, accumulate_gradients, apply_update};
 
 /// The key prefix of the frozen CLIP backbone's tensors in [`ParamNames::photomaker`] (not a
 /// checkpoint key: the export copies the backbone from the base file).
@@ -345,30 +344,7 @@ impl<A: AutodiffBackend> PhotoMakerTrainer<A> {
         parts: &PhotoMakerParts<A>,
         micro_batches: &[PmBatch<A>],
     ) -> Result<Gradients, TrainError> {
-        let k = micro_batches.len();
-        if k == 0 {
-            return Err(TrainError::Setting(
-                "a step needs at least one batch".into(),
-            ));
-        }
-        let mut acc = GradAccumulator::<A, PhotoMakerParts<A>>::default();
-        let mut micro_losses = Vec::with_capacity(k);
-        for batch in micro_batches {
-            let loss = self.loss(parts, batch)?;
-            let scaled = if k == 1 {
-                loss.clone()
-            } else {
-                loss.clone() / k as f32
-            };
-            acc.add(parts, scaled.backward());
-            micro_losses.push(loss.into_scalar().elem::<f32>());
-        }
-        let loss = micro_losses.iter().sum::<f32>() / k as f32;
-        Ok(Gradients {
-            params: acc.take(),
-            loss,
-            micro_losses,
-        })
+        accumulate_gradients(parts, micro_batches, |p, b| self.loss(p, b))
     }
 
     /// Clips `grads`, takes the step's learning rate and updates the trained tensors.
@@ -378,23 +354,14 @@ impl<A: AutodiffBackend> PhotoMakerTrainer<A> {
         grads: Gradients,
     ) -> Result<(PhotoMakerParts<A>, StepReport), TrainError> {
         let names = ParamNames::photomaker(&parts, &self.unet)?;
-        let mut params: GradientsParams = grads.params;
-        let grad_norm = clip_grad_norm(&parts, &mut params, self.config.max_grad_norm);
-        let factor = self.config.lr.factor(self.step);
-        let parts = self.optimizer.step(parts, params, &names, factor)?;
-        let report = StepReport {
-            step: self.step,
-            loss: grads.loss,
-            grad_norm,
-            lrs: self
-                .optimizer
-                .groups()
-                .iter()
-                .map(|g| g.lr * factor)
-                .collect(),
-        };
-        self.step += 1;
-        Ok((parts, report))
+        apply_update(
+            &mut self.optimizer,
+            &self.config,
+            &mut self.step,
+            parts,
+            grads,
+            &names,
+        )
     }
 
     /// [`PhotoMakerTrainer::gradients`] then [`PhotoMakerTrainer::apply`].

@@ -176,30 +176,7 @@ impl<A: AutodiffBackend> IpAdapterTrainer<A> {
         adapter: &IpAdapter<A>,
         micro_batches: &[IpBatch<A>],
     ) -> Result<Gradients, TrainError> {
-        let k = micro_batches.len();
-        if k == 0 {
-            return Err(TrainError::Setting(
-                "a step needs at least one batch".into(),
-            ));
-        }
-        let mut acc = GradAccumulator::<A, IpAdapter<A>>::default();
-        let mut micro_losses = Vec::with_capacity(k);
-        for batch in micro_batches {
-            let loss = self.loss(adapter, batch)?;
-            let scaled = if k == 1 {
-                loss.clone()
-            } else {
-                loss.clone() / k as f32
-            };
-            acc.add(adapter, scaled.backward());
-            micro_losses.push(loss.into_scalar().elem::<f32>());
-        }
-        let loss = micro_losses.iter().sum::<f32>() / k as f32;
-        Ok(Gradients {
-            params: acc.take(),
-            loss,
-            micro_losses,
-        })
+        accumulate_gradients(adapter, micro_batches, |a, b| self.loss(a, b))
     }
 
     /// Clips `grads`, takes the step's learning rate and updates the adapter.
@@ -209,23 +186,14 @@ impl<A: AutodiffBackend> IpAdapterTrainer<A> {
         grads: Gradients,
     ) -> Result<(IpAdapter<A>, StepReport), TrainError> {
         let names = ParamNames::ip_adapter(&adapter, &self.unet)?;
-        let mut params = grads.params;
-        let grad_norm = clip_grad_norm(&adapter, &mut params, self.config.max_grad_norm);
-        let factor = self.config.lr.factor(self.step);
-        let adapter = self.optimizer.step(adapter, params, &names, factor)?;
-        let report = StepReport {
-            step: self.step,
-            loss: grads.loss,
-            grad_norm,
-            lrs: self
-                .optimizer
-                .groups()
-                .iter()
-                .map(|g| g.lr * factor)
-                .collect(),
-        };
-        self.step += 1;
-        Ok((adapter, report))
+        apply_update(
+            &mut self.optimizer,
+            &self.config,
+            &mut self.step,
+            adapter,
+            grads,
+            &names,
+        )
     }
 
     /// [`IpAdapterTrainer::gradients`] then [`IpAdapterTrainer::apply`].
@@ -237,4 +205,70 @@ impl<A: AutodiffBackend> IpAdapterTrainer<A> {
         let grads = self.gradients(&adapter, micro_batches)?;
         self.apply(adapter, grads)
     }
+}
+
+/// Forward and backward over `micro_batches` with `loss`: each loss divided by their count
+/// before its backward pass (as accelerate does), the gradients summed (their mean). The
+/// common half of every trainer's step.
+pub(crate) fn accumulate_gradients<A, M, T>(
+    module: &M,
+    micro_batches: &[T],
+    loss: impl Fn(&M, &T) -> Result<Tensor<A, 1>, TrainError>,
+) -> Result<Gradients, TrainError>
+where
+    A: AutodiffBackend,
+    M: burn::module::AutodiffModule<A>,
+{
+    let k = micro_batches.len();
+    if k == 0 {
+        return Err(TrainError::Setting(
+            "a step needs at least one batch".into(),
+        ));
+    }
+    let mut acc = GradAccumulator::<A, M>::default();
+    let mut micro_losses = Vec::with_capacity(k);
+    for batch in micro_batches {
+        let loss = loss(module, batch)?;
+        let scaled = if k == 1 {
+            loss.clone()
+        } else {
+            loss.clone() / k as f32
+        };
+        acc.add(module, scaled.backward());
+        micro_losses.push(loss.into_scalar().elem::<f32>());
+    }
+    let loss = micro_losses.iter().sum::<f32>() / k as f32;
+    Ok(Gradients {
+        params: acc.take(),
+        loss,
+        micro_losses,
+    })
+}
+
+/// Clips `grads`, takes the step's learning rate, updates `module`'s trained tensors and
+/// counts the step: the other half of every trainer's step.
+pub(crate) fn apply_update<A, M>(
+    optimizer: &mut Optimizer<A::InnerBackend>,
+    config: &StepConfig,
+    step: &mut u64,
+    module: M,
+    grads: Gradients,
+    names: &ParamNames,
+) -> Result<(M, StepReport), TrainError>
+where
+    A: AutodiffBackend,
+    M: burn::module::AutodiffModule<A>,
+{
+    let mut params: GradientsParams = grads.params;
+    let grad_norm = clip_grad_norm(&module, &mut params, config.max_grad_norm);
+    let factor = config.lr.factor(*step);
+    let module = optimizer.step(module, params, names, factor)?;
+    let report = StepReport {
+        step: *step,
+        loss: grads.loss,
+        grad_norm,
+        lrs: optimizer.groups().iter().map(|g| g.lr * factor).collect(),
+    };
+    *step += 1;
+    Ok((module, report))
 }
