@@ -6,12 +6,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::{CuratedRun, idforge, text};
 use idforge_core::resample::Plane8;
-use idforge_core::schema::{
-    CaptionRow, CaptionStatus, CaptionsTable, FaceRow, FacesTable, Reason, Verdict,
-};
-
-use common::{idforge, text};
 
 fn save_jpeg(path: &Path, side: usize, shade: u8) {
     let plane = Plane8 {
@@ -27,77 +23,25 @@ fn save_jpeg(path: &Path, side: usize, shade: u8) {
 /// captioned except the last face, whose caption failed.
 fn make_run(runs: &Path, per_identity: u64) -> PathBuf {
     let run = runs.join("demo");
-    let mut faces = Vec::new();
-    let mut captions = Vec::new();
-    for (k, who) in ["ana", "ben", "cleo", "dan"].iter().enumerate() {
-        for j in 0..per_identity {
-            let row_id = k as u64 * per_identity + j;
-            let image_id = format!("{row_id:064x}");
-            let crop = format!("curate/crops/{image_id}_0.jpg");
-            let reference = format!("curate/refs/{image_id}_0.jpg");
-            save_jpeg(&run.join(&crop), 32, row_id as u8);
-            save_jpeg(&run.join(&reference), 16, row_id as u8);
-            let mut f = FaceRow::image_rejected(
-                row_id,
-                image_id.clone(),
-                Some(who.to_string()),
-                Reason::NoFace,
-                String::new(),
-            );
-            f.verdict = Verdict::Kept;
-            f.reason = None;
-            f.detail = None;
-            f.group = Some(who.to_string());
-            f.face_index = Some(0);
-            f.crop_path = Some(crop.clone());
-            f.face_box_in_crop = Some([4.0, 5.0, 28.0, 30.0]);
-            f.ref_path = Some(reference);
-            let ok = !(k == 3 && j + 1 == per_identity);
-            captions.push(CaptionRow {
-                row_id,
-                image_id,
-                face_index: 0,
-                identity: f.identity.clone(),
-                group: f.group.clone(),
-                crop_path: crop,
-                input_sha256: "00".repeat(32),
-                captioner: "attributes".into(),
-                model: "face-api-1.7.15".into(),
-                prompt_version: "v1".into(),
-                splitter: "none".into(),
-                status: if ok {
-                    CaptionStatus::Ok
-                } else {
-                    CaptionStatus::Failed
-                },
-                error: (!ok).then(|| "timeout".into()),
-                caption: None,
-                general: ok.then(|| format!("a person sks, row {row_id}")),
-                general_raw: ok.then(|| format!("a person, row {row_id}")),
-                background: None,
-                body: None,
-                class_word: ok.then(|| "person".into()),
-                trigger: ok.then(|| "sks".into()),
-                raw: None,
-                attempts: 0,
-                cached: false,
-                latency_ms: None,
-                prompt_tokens: None,
-                completion_tokens: None,
-            });
-            faces.push(f);
-        }
+    let last = 4 * per_identity - 1;
+    CuratedRun {
+        identities: &["ana", "ben", "cleo", "dan"],
+        per_identity,
+        crop_side: 32,
+        face_box: [4.0, 5.0, 28.0, 30.0],
     }
-    FacesTable {
-        embedder: "face-api".into(),
-        embedding_dim: 128,
-        rows: faces,
-    }
-    .write(&run.join("curate/faces.parquet"))
-    .unwrap();
-    CaptionsTable { rows: captions }
-        .write(&run.join("caption/captions.parquet"))
-        .unwrap();
+    .write(
+        &run,
+        |path, side, row_id| save_jpeg(path, side, row_id as u8),
+        |row_id, _| {
+            (row_id != last).then(|| {
+                (
+                    format!("a person sks, row {row_id}"),
+                    format!("a person, row {row_id}"),
+                )
+            })
+        },
+    );
     run
 }
 

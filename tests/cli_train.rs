@@ -8,12 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{CuratedRun, idforge, text};
 use idforge_core::resample::Plane8;
-use idforge_core::schema::{
-    CaptionRow, CaptionStatus, CaptionsTable, FaceRow, FacesTable, Reason, Verdict,
-};
-
-use common::{idforge, text};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -44,73 +40,18 @@ fn save_jpeg(path: &Path, side: usize, seed: u64) {
 fn make_export(dir: &Path) -> PathBuf {
     let runs = dir.join("runs");
     let run = runs.join("demo");
-    let who = ["ana", "ben", "cleo"];
-    let mut faces = Vec::new();
-    let mut captions = Vec::new();
-    for (k, name) in who.iter().enumerate() {
-        for j in 0..3u64 {
-            let row_id = k as u64 * 3 + j;
-            let image_id = format!("{row_id:064x}");
-            let crop = format!("curate/crops/{image_id}_0.jpg");
-            let reference = format!("curate/refs/{image_id}_0.jpg");
-            save_jpeg(&run.join(&crop), 48, row_id);
-            save_jpeg(&run.join(&reference), 24, row_id);
-            let mut f = FaceRow::image_rejected(
-                row_id,
-                image_id.clone(),
-                Some(name.to_string()),
-                Reason::NoFace,
-                String::new(),
-            );
-            f.verdict = Verdict::Kept;
-            f.reason = None;
-            f.detail = None;
-            f.group = Some(name.to_string());
-            f.face_index = Some(0);
-            f.crop_path = Some(crop.clone());
-            f.face_box_in_crop = Some([8.0, 6.0, 40.0, 44.0]);
-            f.ref_path = Some(reference);
-            captions.push(CaptionRow {
-                row_id,
-                image_id,
-                face_index: 0,
-                identity: f.identity.clone(),
-                group: f.group.clone(),
-                crop_path: crop,
-                input_sha256: "00".repeat(32),
-                captioner: "attributes".into(),
-                model: "face-api-1.7.15".into(),
-                prompt_version: "v1".into(),
-                splitter: "none".into(),
-                status: CaptionStatus::Ok,
-                error: None,
-                caption: None,
-                general: Some(format!("a photo of a person sks, take {j}")),
-                general_raw: Some(format!("a photo of a person, take {j}")),
-                background: None,
-                body: None,
-                class_word: Some("person".into()),
-                trigger: Some("sks".into()),
-                raw: None,
-                attempts: 0,
-                cached: false,
-                latency_ms: None,
-                prompt_tokens: None,
-                completion_tokens: None,
-            });
-            faces.push(f);
-        }
+    CuratedRun {
+        identities: &["ana", "ben", "cleo"],
+        per_identity: 3,
+        crop_side: 48,
+        face_box: [8.0, 6.0, 40.0, 44.0],
     }
-    FacesTable {
-        embedder: "face-api".into(),
-        embedding_dim: 128,
-        rows: faces,
-    }
-    .write(&run.join("curate/faces.parquet"))
-    .unwrap();
-    CaptionsTable { rows: captions }
-        .write(&run.join("caption/captions.parquet"))
-        .unwrap();
+    .write(&run, save_jpeg, |_, j| {
+        Some((
+            format!("a photo of a person sks, take {j}"),
+            format!("a photo of a person, take {j}"),
+        ))
+    });
     let out = idforge()
         .args(["dataset", "export"])
         .arg(&run)
