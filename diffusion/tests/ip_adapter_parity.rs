@@ -5,42 +5,16 @@
 //!
 //! Tolerance: max |Δ| ≤ 1e-4 of the output's scale (its max |value|), as the base UNet's parity.
 
-use std::path::PathBuf;
+mod common;
 
-use burn::backend::Flex;
-use burn::tensor::{Tensor, TensorData};
+use common::{B, Fixture as Parity, fixtures};
+
+use burn::tensor::Tensor;
 use idforge_diffusion::adapters::ip_adapter::{IpAdapter, IpScale, ProjectionInput};
 use idforge_diffusion::{AddedConditions, UNet, UNetInput};
-use idforge_models::WeightStore;
 use idforge_models::readback::ReadBack;
 
-type B = Flex;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-struct Parity {
-    store: WeightStore,
-    meta: serde_json::Value,
-}
-
 impl Parity {
-    fn open() -> Self {
-        let dir = fixtures().join("ip-adapter");
-        Self {
-            store: WeightStore::open(dir.join("parity.safetensors")).unwrap(),
-            meta: serde_json::from_str(&std::fs::read_to_string(dir.join("parity.json")).unwrap())
-                .unwrap(),
-        }
-    }
-
-    fn t<const D: usize>(&self, key: &str) -> Tensor<B, D> {
-        let (shape, values) = self.store.read_f32(key).unwrap();
-        let shape: [usize; D] = shape.try_into().unwrap();
-        Tensor::from_data(TensorData::new(values, shape), &Default::default())
-    }
-
     /// `[batch, images, …]` → `[batch·images, …]`, the projection's batch.
     fn per_image<const D: usize, const E: usize>(&self, key: &str) -> Tensor<B, E> {
         let t = self.t::<D>(key);
@@ -76,7 +50,7 @@ fn max_rel_diff(got: Tensor<B, 4>, want: Tensor<B, 4>) -> f32 {
 }
 
 fn run(kind: &str, input: ProjectionInput<B>, shortcut: bool) -> (f32, f32) {
-    let p = Parity::open();
+    let p = Parity::open("ip-adapter");
     let device = Default::default();
     let unet = UNet::<B>::load(&fixtures().join("tiny-sd/unet"), &device).unwrap();
     let mut adapter = IpAdapter::load(
@@ -107,7 +81,7 @@ fn none() -> ProjectionInput<B> {
 
 #[test]
 fn plain_ip_adapter_with_two_references_matches_diffusers() {
-    let p = Parity::open();
+    let p = Parity::open("ip-adapter");
     let input = ProjectionInput {
         image_embeds: Some(p.per_image::<3, 2>("plain.image_embeds")),
         ..none()
@@ -122,7 +96,7 @@ fn plain_ip_adapter_with_two_references_matches_diffusers() {
 
 #[test]
 fn ip_adapter_plus_matches_diffusers() {
-    let p = Parity::open();
+    let p = Parity::open("ip-adapter");
     let input = ProjectionInput {
         hidden_states: Some(p.per_image::<4, 3>("plus.hidden_states")),
         ..none()
@@ -133,7 +107,7 @@ fn ip_adapter_plus_matches_diffusers() {
 
 #[test]
 fn ip_adapter_full_face_matches_diffusers() {
-    let p = Parity::open();
+    let p = Parity::open("ip-adapter");
     let input = ProjectionInput {
         hidden_states: Some(p.per_image::<4, 3>("full_face.hidden_states")),
         ..none()
@@ -144,7 +118,7 @@ fn ip_adapter_full_face_matches_diffusers() {
 
 #[test]
 fn ip_adapter_faceid_with_its_lora_matches_diffusers() {
-    let p = Parity::open();
+    let p = Parity::open("ip-adapter");
     let input = ProjectionInput {
         id_embeds: Some(p.per_image::<3, 2>("faceid.id_embeds")),
         ..none()
@@ -155,7 +129,7 @@ fn ip_adapter_faceid_with_its_lora_matches_diffusers() {
 
 #[test]
 fn ip_adapter_faceid_plus_v2_matches_diffusers() {
-    let p = Parity::open();
+    let p = Parity::open("ip-adapter");
     let input = ProjectionInput {
         id_embeds: Some(p.per_image::<3, 2>("faceid_plus_v2.id_embeds")),
         hidden_states: Some(p.per_image::<4, 3>("faceid_plus_v2.hidden_states")),
@@ -193,7 +167,7 @@ fn wrong_inputs_and_files_are_clear_errors() {
 /// The tiny SDXL UNet (two transformer blocks per attention module in its second level): the
 /// `attn_processors` numbering of SDXL files and its added conditions.
 fn run_sdxl(kind: &str, input: ProjectionInput<B>) -> (f32, f32) {
-    let p = Parity::open();
+    let p = Parity::open("ip-adapter");
     let device = Default::default();
     let unet = UNet::<B>::load(&fixtures().join("tiny-sdxl/unet"), &device).unwrap();
     let adapter = IpAdapter::load(
@@ -225,7 +199,7 @@ fn run_sdxl(kind: &str, input: ProjectionInput<B>) -> (f32, f32) {
 
 #[test]
 fn sdxl_plain_and_faceid_match_diffusers() {
-    let p = Parity::open();
+    let p = Parity::open("ip-adapter");
     let plain = ProjectionInput {
         image_embeds: Some(p.per_image::<3, 2>("sdxl.plain.image_embeds")),
         ..none()
@@ -243,7 +217,7 @@ fn sdxl_plain_and_faceid_match_diffusers() {
 #[test]
 fn references_pool_by_mean_or_max_before_projection() {
     use idforge_diffusion::adapters::ip_adapter::ReferencePooling;
-    let p = Parity::open();
+    let p = Parity::open("ip-adapter");
     let device = Default::default();
     let unet = UNet::<B>::load(&fixtures().join("tiny-sd/unet"), &device).unwrap();
     let adapter = IpAdapter::load(

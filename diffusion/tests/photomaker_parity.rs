@@ -7,10 +7,13 @@
 //! absolute (measured: printed by each test, about 1e-6); the guided loop's decoded image within
 //! one 8-bit level.
 
+mod common;
+
+use common::{B, Fixture, fixtures};
+
 use std::path::PathBuf;
 
-use burn::backend::Flex;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use idforge_diffusion::adapters::photomaker::{
     IdEncoderOptions, IdEncoderSpec, PhotoMaker, Version, trigger_ids,
 };
@@ -21,40 +24,13 @@ use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::readback::ReadBack;
 use serde_json::Value;
 
-type B = Flex;
-
 const EMBED_TOL: f32 = 1e-4;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn dir() -> PathBuf {
     fixtures().join("photomaker")
 }
 
-struct Fixture {
-    store: WeightStore,
-    meta: Value,
-}
-
 impl Fixture {
-    fn open() -> Self {
-        Self {
-            store: WeightStore::open(dir().join("parity.safetensors")).unwrap(),
-            meta: serde_json::from_str(
-                &std::fs::read_to_string(dir().join("parity.json")).unwrap(),
-            )
-            .unwrap(),
-        }
-    }
-
-    fn t<const D: usize>(&self, key: &str) -> Tensor<B, D> {
-        let (shape, values) = self.store.read_f32(key).unwrap();
-        let shape: [usize; D] = shape.try_into().unwrap();
-        Tensor::from_data(TensorData::new(values, shape), &Default::default())
-    }
-
     fn options(&self) -> IdEncoderOptions {
         IdEncoderOptions {
             vision_head_dim: self.meta["vision_head_dim"].as_u64().unwrap() as usize,
@@ -124,7 +100,7 @@ fn full_size_key_lists_match_the_reference_classes() {
 
 #[test]
 fn tiny_files_hold_exactly_what_the_loader_reads() {
-    let f = Fixture::open();
+    let f = Fixture::open("photomaker");
     for version in ["v1", "v2"] {
         let store = WeightStore::open(f.file(version)).unwrap();
         let mut stored: Vec<_> = store
@@ -143,7 +119,7 @@ fn tiny_files_hold_exactly_what_the_loader_reads() {
 
 #[test]
 fn id_encoders_match_the_reference() {
-    let f = Fixture::open();
+    let f = Fixture::open("photomaker");
     let pipe = pipeline();
     for (version, tokens) in [("v1", 1), ("v2", 2)] {
         let pm = load(&f, version, &pipe);
@@ -163,7 +139,7 @@ fn id_encoders_match_the_reference() {
 
 #[test]
 fn fused_prompt_embeddings_match_the_reference() {
-    let f = Fixture::open();
+    let f = Fixture::open("photomaker");
     let pipe = pipeline();
     let prompt = f.meta["prompt"].as_str().unwrap();
     for version in ["v1", "v2"] {
@@ -211,7 +187,7 @@ fn fused_prompt_embeddings_match_the_reference() {
 
 #[test]
 fn guided_loops_end_at_the_reference_image() {
-    let f = Fixture::open();
+    let f = Fixture::open("photomaker");
     let pipe = pipeline();
     let l = &f.meta["loop"];
     let (h, w) = (
@@ -306,7 +282,7 @@ fn prompts_need_exactly_one_trigger() {
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
-    let f = Fixture::open();
+    let f = Fixture::open("photomaker");
     let pipe = pipeline();
     let v2 = load(&f, "v2", &pipe);
     let e = v2.id_tokens(f.t("pixels"), None).unwrap_err().to_string();
@@ -356,7 +332,7 @@ fn write_safetensors(path: &std::path::Path, tensors: &[(String, Vec<usize>, Vec
 
 /// The v2 fixture's `lora_weights.*` (attention-processor spelling), renamed by `rename`.
 fn respelled_lora(rename: impl Fn(&str) -> String) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let f = Fixture::open();
+    let f = Fixture::open("photomaker");
     let store = WeightStore::open(f.file("v2")).unwrap();
     store
         .shapes()
@@ -478,7 +454,7 @@ fn unet_lora_refuses_what_diffusers_would_not_load_as_a_unet_lora() {
 
 #[test]
 fn reference_images_preprocess_as_clip_image_processor() {
-    let f = Fixture::open();
+    let f = Fixture::open("photomaker");
     let pipe = pipeline();
     let pm = load(&f, "v1", &pipe);
     let rgb: Vec<(usize, usize, Vec<u8>)> = ["ref0.png", "ref1.png"]

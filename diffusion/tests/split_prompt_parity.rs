@@ -7,10 +7,11 @@
 //! Tolerances: the UNet output within 1e-4 of its scale (max |value|), as every UNet parity
 //! here; the loop's image within one 8-bit level (1/255). Measured values are printed.
 
-use std::path::PathBuf;
+mod common;
 
-use burn::backend::Flex;
-use burn::tensor::{Tensor, TensorData};
+use common::{B, Fixture as Parity, fixtures};
+
+use burn::tensor::Tensor;
 use idforge_diffusion::adapters::split_prompt::{
     SplitPrompt, SplitPrompts, SplitScale, encode_split_prompt,
 };
@@ -20,35 +21,9 @@ use idforge_diffusion::{
 use idforge_models::WeightStore;
 use idforge_models::readback::ReadBack;
 
-type B = Flex;
-
 const UNET_TOL: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-struct Parity {
-    store: WeightStore,
-    meta: serde_json::Value,
-}
-
 impl Parity {
-    fn open() -> Self {
-        let dir = fixtures().join("split-prompt");
-        Self {
-            store: WeightStore::open(dir.join("parity.safetensors")).unwrap(),
-            meta: serde_json::from_str(&std::fs::read_to_string(dir.join("parity.json")).unwrap())
-                .unwrap(),
-        }
-    }
-
-    fn t<const D: usize>(&self, key: &str) -> Tensor<B, D> {
-        let (shape, values) = self.store.read_f32(key).unwrap();
-        let shape: [usize; D] = shape.try_into().unwrap();
-        Tensor::from_data(TensorData::new(values, shape), &Default::default())
-    }
-
     fn scale(&self) -> SplitScale {
         let s = &self.meta["scales"];
         SplitScale {
@@ -116,7 +91,7 @@ fn adapter(unet: &UNet<B>) -> SplitPrompt<B> {
 
 #[test]
 fn unet_output_with_separate_scales_matches_persongens_processor() {
-    let p = Parity::open();
+    let p = Parity::open("split-prompt");
     let unet = unet();
     let adapter = adapter(&unet);
     let parts = p.parts();
@@ -139,7 +114,7 @@ fn unet_output_with_separate_scales_matches_persongens_processor() {
 
 #[test]
 fn zero_scales_give_the_plain_unet() {
-    let p = Parity::open();
+    let p = Parity::open("split-prompt");
     let unet = unet();
     let adapter = adapter(&unet);
     let zero = SplitScale {
@@ -175,7 +150,7 @@ fn persongens_checkpoint_dict_loads_the_same_weights() {
 
 #[test]
 fn guided_loop_image_is_within_one_level_of_persongens_pipeline() {
-    let p = Parity::open();
+    let p = Parity::open("split-prompt");
     let device = Default::default();
     let pipe = Pipeline::<B>::load(&fixtures().join("tiny-sdxl"), &device).unwrap();
     let adapter = adapter(&pipe.unet);
