@@ -46,7 +46,7 @@ pub use optim::{AdamConfig, AdamKind, GradAccumulator, Optimizer, ParamGroup, cl
 pub use photomaker::{PhotoMakerParts, PhotoMakerTrainer, PmBatch, PmSample};
 pub use schedule::{Decay, LrSchedule, Warmup};
 pub use settings::{Method, TrainSettings};
-pub use step::{Gradients, IpAdapterTrainer, IpBatch, StepConfig, StepReport};
+pub use step::{Gradients, IpAdapterTrainer, IpBatch, StepConfig, StepReport, ToDevice};
 
 /// Autodiff that recomputes cheap (memory-bound) operations in the backward pass instead of
 /// keeping their outputs: burn's gradient checkpointing, for training large UNets in less

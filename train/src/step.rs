@@ -80,6 +80,7 @@ pub struct IpAdapterTrainer<A: AutodiffBackend> {
     optimizer: Optimizer<A::InnerBackend>,
     config: StepConfig,
     step: u64,
+    replicas: Replicas<A, UNet<A>>,
 }
 
 impl<A: AutodiffBackend> IpAdapterTrainer<A> {
@@ -95,12 +96,23 @@ impl<A: AutodiffBackend> IpAdapterTrainer<A> {
         let unet = unet.no_grad();
         optimizer.check(&ParamNames::ip_adapter(adapter, &unet)?)?;
         Ok(Self {
+            replicas: Replicas::single(&unet),
             unet,
             schedule,
             optimizer,
             config,
             step: 0,
         })
+    }
+
+    /// Spreads each step's micro-batches over `devices` (data parallelism): the frozen UNet is
+    /// copied to each, each copy runs its share of the micro-batches on its own thread, and the
+    /// gradients are summed on the first device in micro-batch order, so the step equals the
+    /// one-device step with the same micro-batches bit for bit. The first device must be the
+    /// one the UNet and the adapter are on.
+    pub fn with_devices(mut self, devices: Vec<A::Device>) -> Self {
+        self.replicas = Replicas::new(&self.unet, devices);
+        self
     }
 
     /// The frozen UNet.
@@ -139,6 +151,15 @@ impl<A: AutodiffBackend> IpAdapterTrainer<A> {
         adapter: &IpAdapter<A>,
         batch: &IpBatch<A>,
     ) -> Result<Tensor<A, 1>, TrainError> {
+        self.loss_on(&self.unet, adapter, batch)
+    }
+
+    fn loss_on(
+        &self,
+        unet: &UNet<A>,
+        adapter: &IpAdapter<A>,
+        batch: &IpBatch<A>,
+    ) -> Result<Tensor<A, 1>, TrainError> {
         let b = batch.latents.dims()[0];
         let n = noised(
             &self.schedule,
@@ -150,7 +171,7 @@ impl<A: AutodiffBackend> IpAdapterTrainer<A> {
         let hook = adapter.hook(tokens, IpScale::uniform(1.0));
         let timesteps: Vec<f32> = batch.draw.timesteps.iter().map(|&t| t as f32).collect();
         let device = batch.latents.device();
-        let prediction = self.unet.forward_with(
+        let prediction = unet.forward_with(
             &UNetInput {
                 sample: n.noisy,
                 timesteps: Tensor::from_floats(timesteps.as_slice(), &device),
@@ -176,7 +197,10 @@ impl<A: AutodiffBackend> IpAdapterTrainer<A> {
         adapter: &IpAdapter<A>,
         micro_batches: &[IpBatch<A>],
     ) -> Result<Gradients, TrainError> {
-        accumulate_gradients(adapter, micro_batches, |a, b| self.loss(a, b))
+        self.replicas
+            .accumulate(adapter, micro_batches, |unet, a, b| {
+                self.loss_on(unet, a, b)
+            })
     }
 
     /// Clips `grads`, takes the step's learning rate and updates the adapter.
@@ -271,4 +295,130 @@ where
     };
     *step += 1;
     Ok((module, report))
+}
+
+/// A batch that can be copied to another device (a replica's).
+pub trait ToDevice<B: Backend> {
+    /// This batch on `device`.
+    fn to_device(&self, device: &B::Device) -> Self;
+}
+
+impl<B: Backend> ToDevice<B> for IpBatch<B> {
+    fn to_device(&self, device: &B::Device) -> Self {
+        let opt2 = |t: &Option<Tensor<B, 2>>| t.as_ref().map(|t| t.clone().to_device(device));
+        IpBatch {
+            latents: self.latents.clone().to_device(device),
+            draw: NoiseDraw {
+                noise: self.draw.noise.clone().to_device(device),
+                offset_noise: opt2(&self.draw.offset_noise),
+                timesteps: self.draw.timesteps.clone(),
+            },
+            context: self.context.clone().to_device(device),
+            references: ProjectionInput {
+                image_embeds: opt2(&self.references.image_embeds),
+                hidden_states: self
+                    .references
+                    .hidden_states
+                    .as_ref()
+                    .map(|t| t.clone().to_device(device)),
+                id_embeds: opt2(&self.references.id_embeds),
+            },
+            face_boxes: self.face_boxes.clone(),
+        }
+    }
+}
+
+/// The devices of a data-parallel step and a copy of the frozen model `F` on each (the first
+/// is the trainer's own device).
+pub(crate) struct Replicas<A: AutodiffBackend, F> {
+    devices: Vec<A::Device>,
+    frozen: Vec<F>,
+}
+
+impl<A: AutodiffBackend, F: burn::module::Module<A> + Sync> Replicas<A, F> {
+    /// One device: the step runs on the calling thread.
+    pub(crate) fn single(frozen: &F) -> Self {
+        Self {
+            devices: Vec::new(),
+            frozen: vec![frozen.clone()],
+        }
+    }
+
+    /// `frozen` copied to each of `devices` (shared, not copied, where a device repeats the
+    /// first: the CPU backend's threads).
+    pub(crate) fn new(frozen: &F, devices: Vec<A::Device>) -> Self {
+        let copies = devices.iter().map(|d| frozen.clone().fork(d)).collect();
+        Self {
+            devices,
+            frozen: copies,
+        }
+    }
+
+    /// [`accumulate_gradients`] over the replicas: micro-batch `i` runs on replica
+    /// `i / ceil(k / replicas)` with a fresh copy of `module` there (its own autodiff leaves),
+    /// each gradient is moved to the first device and the sum is taken there in micro-batch
+    /// order: the same numbers as one device running them in turn.
+    pub(crate) fn accumulate<M, T>(
+        &self,
+        module: &M,
+        micro_batches: &[T],
+        loss: impl Fn(&F, &M, &T) -> Result<Tensor<A, 1>, TrainError> + Sync,
+    ) -> Result<Gradients, TrainError>
+    where
+        M: burn::module::AutodiffModule<A> + Sync,
+        T: ToDevice<A> + Sync,
+    {
+        let k = micro_batches.len();
+        let r = self.devices.len().min(k);
+        if r <= 1 {
+            return accumulate_gradients(module, micro_batches, |m, b| loss(&self.frozen[0], m, b));
+        }
+        let chunk = k.div_ceil(r);
+        let main = &self.devices[0];
+        let loss = &loss;
+        let parts: Vec<Result<Vec<(GradientsParams, f32)>, TrainError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..r)
+                .map(|ri| {
+                    s.spawn(move || {
+                        let device = &self.devices[ri];
+                        let replica = module.clone().fork(device);
+                        let mut out = Vec::with_capacity(chunk);
+                        for batch in micro_batches.iter().skip(ri * chunk).take(chunk) {
+                            let batch = batch.to_device(device);
+                            let l = loss(&self.frozen[ri], &replica, &batch)?;
+                            let scaled = l.clone() / k as f32;
+                            let grads = GradientsParams::from_grads(scaled.backward(), &replica)
+                                .to_device(main, &replica);
+                            out.push((grads, l.into_scalar().elem::<f32>()));
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(TrainError::Setting(
+                            "a data-parallel replica's thread panicked".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        let mut acc = burn::optim::GradientsAccumulator::<M>::new();
+        let mut micro_losses = Vec::with_capacity(k);
+        for part in parts {
+            for (grads, l) in part? {
+                acc.accumulate(module, grads);
+                micro_losses.push(l);
+            }
+        }
+        let loss = micro_losses.iter().sum::<f32>() / k as f32;
+        Ok(Gradients {
+            params: acc.grads(),
+            loss,
+            micro_losses,
+        })
+    }
 }
