@@ -46,8 +46,13 @@ struct Shape {
     replicas: usize,
 }
 
-fn run<A: AutodiffBackend>(args: &BenchArgs, shape: &Shape, backend: &str) {
-    let device = A::Device::default();
+fn run<A: AutodiffBackend>(
+    args: &BenchArgs,
+    shape: &Shape,
+    backend: &str,
+    devices: Vec<A::Device>,
+) {
+    let device = devices[0].clone();
     let t0 = Instant::now();
     let (model, unet) = if shape.sd15 {
         ("unet-sd15", UNet::<A>::random(&UNetConfig::sd15(), &device))
@@ -95,7 +100,7 @@ fn run<A: AutodiffBackend>(args: &BenchArgs, shape: &Shape, backend: &str) {
     let mut trainer =
         IpAdapterTrainer::new(unet, &adapter, schedule, optimizer, config).expect("a trainer");
     if shape.replicas > 1 {
-        trainer = trainer.with_devices(vec![device.clone(); shape.replicas]);
+        trainer = trainer.with_devices(devices.clone());
     }
     let b = shape.batch;
     let batch = || IpBatch::<A> {
@@ -190,10 +195,28 @@ fn main() {
         rank: get("--lora-rank", 128),
         replicas: get("--replicas", 1).max(1),
     };
-    type Cpu = burn::backend::Flex;
-    if has("--checkpointing") {
-        run::<CheckpointedAutodiff<Cpu>>(&args, &shape, "flex+checkpointing");
-    } else {
-        run::<Autodiff<Cpu>>(&args, &shape, "flex");
+    #[cfg(feature = "cuda")]
+    {
+        // One replica per GPU, as `idforge train --devices`.
+        type Gpu = burn::backend::Cuda;
+        let devices: Vec<_> = (0..shape.replicas)
+            .map(burn::backend::cuda::CudaDevice::new)
+            .collect();
+        if has("--checkpointing") {
+            run::<CheckpointedAutodiff<Gpu>>(&args, &shape, "cuda-f32+checkpointing", devices);
+        } else {
+            run::<Autodiff<Gpu>>(&args, &shape, "cuda-f32", devices);
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        // The CPU backend is one device: its replicas are threads.
+        type Cpu = burn::backend::Flex;
+        let devices = vec![Default::default(); shape.replicas];
+        if has("--checkpointing") {
+            run::<CheckpointedAutodiff<Cpu>>(&args, &shape, "flex+checkpointing", devices);
+        } else {
+            run::<Autodiff<Cpu>>(&args, &shape, "flex", devices);
+        }
     }
 }
