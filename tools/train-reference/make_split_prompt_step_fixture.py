@@ -19,8 +19,7 @@ from tencent-ailab/IP-Adapter, given with --ip-adapter-src):
   - The optimizer groups of train_ipmakerbg_body.py l.75-87 (lora_modules, adapter_modules,
     visual_projection, visual_projection_2, fuse_module), `torch.optim.Adam` as
     train_ipmakerbgbody.yaml, `LambdaLR(min((s + 1) / warmup, 1))` (l.103) with warm-up 2, and
-    distinct rates per group (not persongen's 1e-5 everywhere: larger, so that a weight compared
-    to 1e-6 says something, and distinct, so that a group mix-up shows).
+    distinct rates per group of persongen's size (1e-5 … 5e-5, see GROUPS).
   - Two steps of src/trainer/trainer.py's `process_batch` (l.41-65) with `DiffusionLoss`
     (src/loss/diffusion_loss.py) on a batch of two captions "main\\n\\nbackground\\n\\nbody"
     with 1 and 2 references: step 0 with the masked loss (face boxes), step 1 with the whole
@@ -70,7 +69,10 @@ BOXES = [[8.0, 8.0, 40.0, 48.0], [0.0, 16.0, 56.0, 64.0]]
 STEPS = [{"do_cfg": False, "masked_loss": True}, {"do_cfg": True, "masked_loss": False}]
 ORIGINAL_SIZES = [[64, 64], [80, 60]]
 CROP_TOP_LEFTS = [[0, 0], [4, 2]]
-GROUPS = {"lora": 1e-3, "adapter": 2e-3, "vis_proj": 3e-3, "vis_proj_2": 4e-3, "fuse": 5e-3}
+# persongen trains every group at 1e-5; distinct rates of that size show a group mix-up. (Larger
+# rates would not test more: the tiny model's ID-encoder gradients hold elements below Adam's
+# eps 1e-8, where an update lr·g/(|g| + eps) turns float32 rounding of g into lr-sized noise.)
+GROUPS = {"lora": 1e-5, "adapter": 2e-5, "vis_proj": 3e-5, "vis_proj_2": 4e-5, "fuse": 5e-5}
 WARMUP = 2
 RANK = 2
 
