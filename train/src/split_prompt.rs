@@ -68,10 +68,11 @@ use std::path::Path;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use idforge_diffusion::adapters::photomaker::PhotoMaker;
 use idforge_diffusion::adapters::split_prompt::{
-    PartTokens, SplitConditioning, SplitPrompt, SplitScale,
+    PartTokens, SplitConditioning, SplitPrompt, SplitPrompts, SplitScale,
 };
-use idforge_diffusion::pipeline::Conditioning;
+use idforge_diffusion::pipeline::{Conditioning, Pipeline};
 use idforge_diffusion::unet::AddedConditions;
 use idforge_diffusion::{DdpmSchedule, Hooks, UNet, UNetInput};
 use idforge_models::WeightStore;
@@ -229,6 +230,51 @@ pub struct SplitSample<B: Backend> {
     pub background: Tensor<B, 3>,
     /// The body prompt's embeddings, `[1, 77, cross]`.
     pub body: Tensor<B, 3>,
+}
+
+impl<B: Backend> SplitSample<B> {
+    /// persongen's encoding of one caption (`model.py` l.294-330): `"main\n\nbackground\n\n
+    /// body"` split ([`SplitPrompts::from_caption`]), the main prompt through `photomaker`'s
+    /// trigger word with its class token repeated per reference, the background and body as
+    /// plain prompts. `references` (CLIP-preprocessed, `[n, 3, size, size]`) `None` is the
+    /// dropped condition (`do_cfg`): every part the empty prompt. Returns the sample and the
+    /// main prompt's pooled embedding (`[1, width]`, for [`AddedConditions::text_embeds`]).
+    pub fn encode(
+        pipe: &Pipeline<B>,
+        photomaker: &PhotoMaker<B>,
+        caption: &str,
+        references: Option<Tensor<B, 4>>,
+    ) -> Result<(Self, Tensor<B, 2>), TrainError> {
+        let pooled = |c: &Conditioning<B>| {
+            c.pooled.clone().ok_or_else(|| {
+                TrainError::Setting(
+                    "the split-prompt adapter needs SDXL's pooled text embedding".into(),
+                )
+            })
+        };
+        let Some(pixels) = references else {
+            let empty = pipe.encode_prompt("")?;
+            let sample = Self {
+                main: empty.context.clone(),
+                identity: None,
+                background: empty.context.clone(),
+                body: empty.context.clone(),
+            };
+            return Ok((sample, pooled(&empty)?));
+        };
+        let parts = SplitPrompts::from_caption(caption);
+        let main = photomaker.encode_prompt(pipe, parts.main, pixels.dims()[0])?;
+        let sample = Self {
+            main: main.expanded.context.clone(),
+            identity: Some(SplitIdentity {
+                class_tokens: main.class_tokens.clone(),
+                pixels,
+            }),
+            background: pipe.encode_prompt(parts.background)?.context,
+            body: pipe.encode_prompt(parts.body)?.context,
+        };
+        Ok((sample, pooled(&main.expanded)?))
+    }
 }
 
 /// One (micro-)batch.

@@ -227,12 +227,11 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-30)
 }
 
-/// The text encodings idforge computes for the fixture's captions equal the recorded ones.
+/// `SplitSample::encode` gives the encodings persongen recorded for the fixture's captions.
 fn check_encodings(f: &Fixture, pipe: &Pipeline<A>, pm: &PhotoMaker<A>) -> f64 {
-    use idforge_diffusion::adapters::split_prompt::SplitPrompts;
     let mut worst = 0f64;
-    let mut check = |what: &str, got: Vec<f32>, key: &str| {
-        let d = max_diff(&got, &f.values(key));
+    let mut check = |what: &str, got: Tensor<A, 3>, key: &str| {
+        let d = max_diff(&to_vec(got), &f.values(key));
         assert!(
             d <= ENCODING_ABS,
             "{what} ({key}): max |Δ| {d:e} (tolerance {ENCODING_ABS:e})"
@@ -241,9 +240,11 @@ fn check_encodings(f: &Fixture, pipe: &Pipeline<A>, pm: &PhotoMaker<A>) -> f64 {
     };
     let refs = f.meta["references"].as_array().unwrap();
     for (i, caption) in f.meta["captions"].as_array().unwrap().iter().enumerate() {
-        let parts = SplitPrompts::from_caption(caption.as_str().unwrap());
         let n = refs[i].as_u64().unwrap() as usize;
-        let main = pm.encode_prompt(pipe, parts.main, n).unwrap();
+        let pixels: Tensor<A, 4> = f.t(&format!("in.0.{i}.pixels"));
+        assert_eq!(pixels.dims()[0], n);
+        let (sample, pooled) =
+            SplitSample::encode(pipe, pm, caption.as_str().unwrap(), Some(pixels)).unwrap();
         let class: Vec<usize> = f.step(0)["class_tokens"][i]
             .as_array()
             .unwrap()
@@ -251,32 +252,26 @@ fn check_encodings(f: &Fixture, pipe: &Pipeline<A>, pm: &PhotoMaker<A>) -> f64 {
             .map(|v| v.as_u64().unwrap() as usize)
             .collect();
         assert_eq!(
-            main.class_tokens,
+            sample.identity.unwrap().class_tokens,
             class[0]..class[class.len() - 1] + 1,
             "class tokens of caption {i}"
         );
+        check("main", sample.main, &format!("in.0.{i}.main"));
+        check("pooled", pooled.unsqueeze(), &format!("in.0.{i}.pooled"));
         check(
-            "main",
-            to_vec(main.expanded.context),
-            &format!("in.0.{i}.main"),
+            "background",
+            sample.background,
+            &format!("in.0.{i}.background"),
         );
-        check(
-            "pooled",
-            to_vec(main.expanded.pooled.unwrap()),
-            &format!("in.0.{i}.pooled"),
-        );
-        for (part, text) in [("background", parts.background), ("body", parts.body)] {
-            let got = pipe.encode_prompt(text).unwrap().context;
-            check(part, to_vec(got), &format!("in.0.{i}.{part}"));
-        }
+        check("body", sample.body, &format!("in.0.{i}.body"));
+        let (dropped, pooled) =
+            SplitSample::encode(pipe, pm, caption.as_str().unwrap(), None).unwrap();
+        assert!(dropped.identity.is_none());
+        check("dropped main", dropped.main, "in.empty");
+        check("dropped background", dropped.background, "in.empty");
+        check("dropped body", dropped.body, "in.empty");
+        check("dropped pooled", pooled.unsqueeze(), "in.empty_pooled");
     }
-    let empty = pipe.encode_prompt("").unwrap();
-    check("empty", to_vec(empty.context), "in.empty");
-    check(
-        "empty pooled",
-        to_vec(empty.pooled.unwrap()),
-        "in.empty_pooled",
-    );
     worst
 }
 
