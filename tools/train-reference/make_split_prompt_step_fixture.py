@@ -39,10 +39,9 @@ Get the checkouts without the network from the mirrors:
   mkdir -p /tmp/pg /tmp/ipa
   git -C /work/.mirror/matosjan+persongen/repo archive HEAD src | tar -x -C /tmp/pg
   git -C /work/.mirror/tencent-ailab+IP-Adapter/repo archive HEAD ip_adapter | tar -x -C /tmp/ipa
-(or clone github.com/matosjan/persongen and github.com/tencent-ailab/IP-Adapter), then run with
-the venv of tools/diffusers-reference (seconds, offline):
-  HF_HUB_OFFLINE=1 $IDFORGE_CACHE/venv-diffusers-reference/bin/python \\
-      tools/train-reference/make_split_prompt_step_fixture.py --persongen-src /tmp/pg --ip-adapter-src /tmp/ipa
+(or clone github.com/matosjan/persongen and github.com/tencent-ailab/IP-Adapter), then run
+(the venv of tools/diffusers-reference with this folder's requirements, offline, seconds):
+  tools/train-reference/run split --persongen-src /tmp/pg --ip-adapter-src /tmp/ipa
 """
 import argparse
 import importlib
