@@ -65,7 +65,7 @@
 use std::ops::Range;
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use idforge_diffusion::adapters::photomaker::PhotoMaker;
@@ -103,7 +103,7 @@ impl<B: Backend> SplitParts<B> {
         photomaker: PhotoMakerParts<B>,
         unet: &UNet<B>,
     ) -> Result<Self, TrainError> {
-        let split = own_leaves(SplitPrompt::new_from_unet(unet)?);
+        let split = SplitPrompt::new_from_unet(unet)?;
         Ok(Self {
             photomaker: photomaker.freeze(unet)?,
             split,
@@ -491,21 +491,6 @@ fn trainable_sum<B: Backend, M: Module<B>>(module: &M) -> Option<Tensor<B, 1>> {
     let mut sum = Sum(None);
     module.visit(&mut sum);
     sum.0
-}
-
-/// `module` with every float tensor a leaf of its own in the autodiff graph.
-/// [`SplitPrompt::new_from_unet`] builds the background and the body projections of a layer
-/// from the same `to_k` / `to_v` tensor, and burn's `require_grad` keeps a tensor's graph node:
-/// the copies (and the UNet's own weight) would share one node, and so one gradient, which only
-/// the first of them receives. Detaching gives each its own node.
-fn own_leaves<B: Backend, M: Module<B>>(module: M) -> M {
-    struct OwnLeaves;
-    impl<B: Backend> ModuleMapper<B> for OwnLeaves {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            param.map(|t| t.detach().require_grad())
-        }
-    }
-    module.map(&mut OwnLeaves)
 }
 
 /// Where [`export_split_prompt`] writes.

@@ -133,7 +133,9 @@ impl<B: Backend> SplitPrompt<B> {
             if !l.is_cross() {
                 continue;
             }
-            let copy = |w: &Linear<B>| Linear::from_tensors(w.weight.val(), None);
+            // Detached: each copy is its own autodiff leaf (a shared node would give its
+            // gradient to only one of the four copies when the adapter trains).
+            let copy = |w: &Linear<B>| Linear::from_tensors(w.weight.val().detach(), None);
             layers.push(SplitPromptLayer {
                 to_k_ip_bg: copy(&attn.to_k),
                 to_v_ip_bg: copy(&attn.to_v),
