@@ -36,6 +36,17 @@ pub struct NoiseDraw<B: Backend> {
     pub timesteps: Vec<usize>,
 }
 
+impl<B: Backend> NoiseDraw<B> {
+    /// The same draws on `device` (a data-parallel replica's).
+    pub fn to_device(&self, device: &B::Device) -> Self {
+        NoiseDraw {
+            noise: self.noise.clone().to_device(device),
+            offset_noise: self.offset_noise.clone().map(|t| t.to_device(device)),
+            timesteps: self.timesteps.clone(),
+        }
+    }
+}
+
 /// The UNet's input and what it should predict.
 #[derive(Debug, Clone)]
 pub struct Noised<B: Backend> {

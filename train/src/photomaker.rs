@@ -17,19 +17,19 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use idforge_diffusion::Projection;
+use idforge_diffusion::UNet;
 use idforge_diffusion::adapters::lora::{Lora, LoraLayer};
 use idforge_diffusion::adapters::photomaker::IdEncoder;
 use idforge_diffusion::unet::AddedConditions;
-use idforge_diffusion::{DdpmSchedule, UNet, UNetInput};
 use idforge_models::WeightStore;
 use idforge_models::nn::Init;
 
 use crate::error::TrainError;
 use crate::export::{F32Tensor, param_values, write_safetensors};
-use crate::loss::{NoiseDraw, diffusion_loss, noised};
+use crate::loss::NoiseDraw;
 use crate::names::ParamNames;
-use crate::optim::{Optimizer, ParamGroup};
-use crate::step::{Gradients, StepConfig, StepReport, accumulate_gradients, apply_update};
+use crate::optim::ParamGroup;
+use crate::step::{Objective, ToDevice, Trained, Trainer};
 
 /// The key prefix of the frozen CLIP backbone's tensors in [`ParamNames::photomaker`] (not a
 /// checkpoint key: the export copies the backbone from the base file).
@@ -248,50 +248,21 @@ pub struct PmBatch<B: Backend> {
     pub face_boxes: Option<Vec<[f32; 4]>>,
 }
 
-/// Trains [`PhotoMakerParts`] on a frozen SDXL UNet.
-pub struct PhotoMakerTrainer<A: AutodiffBackend> {
-    unet: UNet<A>,
-    schedule: DdpmSchedule,
-    optimizer: Optimizer<A::InnerBackend>,
-    config: StepConfig,
-    step: u64,
-}
+/// Trains PhotoMaker's parts on a frozen SDXL UNet.
+pub type PhotoMakerTrainer<A> = Trainer<A, PhotoMakerParts<A>>;
 
-impl<A: AutodiffBackend> PhotoMakerTrainer<A> {
-    /// A trainer on `unet` (frozen here). Fails when a trainable tensor of `parts` is in no
-    /// group (freeze the backbone first: [`PhotoMakerParts::freeze`]).
-    pub fn new(
-        unet: UNet<A>,
-        parts: &PhotoMakerParts<A>,
-        schedule: DdpmSchedule,
-        optimizer: Optimizer<A::InnerBackend>,
-        config: StepConfig,
-    ) -> Result<Self, TrainError> {
-        let unet = unet.no_grad();
-        optimizer.check(&ParamNames::photomaker(parts, &unet)?)?;
-        Ok(Self {
-            unet,
-            schedule,
-            optimizer,
-            config,
-            step: 0,
-        })
+impl<A: AutodiffBackend> Trained<A> for PhotoMakerParts<A> {
+    type Batch = PmBatch<A>;
+
+    fn names(&self, unet: &UNet<A>) -> Result<ParamNames, TrainError> {
+        ParamNames::photomaker(self, unet)
     }
 
-    /// The frozen UNet.
-    pub fn unet(&self) -> &UNet<A> {
-        &self.unet
-    }
-
-    /// The optimizer (its state, for checkpoints).
-    pub fn optimizer(&self) -> &Optimizer<A::InnerBackend> {
-        &self.optimizer
-    }
-
-    /// The loss of one batch, in the autodiff graph.
-    pub fn loss(
+    /// Each sample's prompt fused with its ID tokens, the UNet with the LoRA.
+    fn loss(
         &self,
-        parts: &PhotoMakerParts<A>,
+        unet: &UNet<A>,
+        objective: &Objective<'_>,
         batch: &PmBatch<A>,
     ) -> Result<Tensor<A, 1>, TrainError> {
         let b = batch.latents.dims()[0];
@@ -303,74 +274,53 @@ impl<A: AutodiffBackend> PhotoMakerTrainer<A> {
         }
         let mut contexts = Vec::with_capacity(b);
         for s in &batch.samples {
-            let id = parts.encoder.forward(s.pixels.clone(), None)?;
+            let id = self.encoder.forward(s.pixels.clone(), None)?;
             let [n, t, d] = id.dims();
-            contexts.push(parts.encoder.fuse_module.forward(
+            contexts.push(self.encoder.fuse_module.forward(
                 s.context.clone(),
                 s.class_tokens.clone(),
                 id.reshape([n * t, d]),
             )?);
         }
-        let n = noised(
-            &self.schedule,
-            &self.config.loss,
+        objective.denoising_loss(
+            unet,
             batch.latents.clone(),
             &batch.draw,
-        )?;
-        let timesteps: Vec<f32> = batch.draw.timesteps.iter().map(|&t| t as f32).collect();
-        let device = batch.latents.device();
-        let prediction = self.unet.forward_with(
-            &UNetInput {
-                sample: n.noisy,
-                timesteps: Tensor::from_floats(timesteps.as_slice(), &device),
-                context: Tensor::cat(contexts, 0),
-                added: Some(batch.added.clone()),
-            },
-            &parts.lora,
-        );
-        diffusion_loss(
-            &self.schedule,
-            &self.config.loss,
-            prediction,
-            n.target,
-            &batch.draw.timesteps,
+            Tensor::cat(contexts, 0),
+            Some(batch.added.clone()),
+            &self.lora,
             batch.face_boxes.as_deref(),
         )
     }
+}
 
-    /// Forward and backward over the micro-batches (the mean of their gradients).
-    pub fn gradients(
-        &self,
-        parts: &PhotoMakerParts<A>,
-        micro_batches: &[PmBatch<A>],
-    ) -> Result<Gradients, TrainError> {
-        accumulate_gradients(parts, micro_batches, |p, b| self.loss(p, b))
+impl<B: Backend> ToDevice<B> for PmBatch<B> {
+    fn to_device(&self, device: &B::Device) -> Self {
+        PmBatch {
+            latents: self.latents.clone().to_device(device),
+            draw: self.draw.to_device(device),
+            samples: self
+                .samples
+                .iter()
+                .map(|s| PmSample {
+                    context: s.context.clone().to_device(device),
+                    class_tokens: s.class_tokens.clone(),
+                    pixels: s.pixels.clone().to_device(device),
+                })
+                .collect(),
+            added: added_to_device(&self.added, device),
+            face_boxes: self.face_boxes.clone(),
+        }
     }
+}
 
-    /// Clips `grads`, takes the step's learning rate and updates the trained tensors.
-    pub fn apply(
-        &mut self,
-        parts: PhotoMakerParts<A>,
-        grads: Gradients,
-    ) -> Result<(PhotoMakerParts<A>, StepReport), TrainError> {
-        let names = ParamNames::photomaker(&parts, &self.unet)?;
-        apply_update(
-            &mut self.optimizer,
-            &self.config,
-            &mut self.step,
-            parts,
-            grads,
-            &names,
-        )
-    }
-
-    /// [`PhotoMakerTrainer::gradients`] then [`PhotoMakerTrainer::apply`].
-    pub fn step(
-        &mut self,
-        parts: PhotoMakerParts<A>,
-        micro_batches: &[PmBatch<A>],
-    ) -> Result<(PhotoMakerParts<A>, StepReport), TrainError> {
-        let grads = self.gradients(&parts, micro_batches)?;
-        self.apply(parts, grads)
+/// SDXL's added conditions on `device`.
+pub(crate) fn added_to_device<B: Backend>(
+    added: &AddedConditions<B>,
+    device: &B::Device,
+) -> AddedConditions<B> {
+    AddedConditions {
+        text_embeds: added.text_embeds.clone().to_device(device),
+        time_ids: added.time_ids.clone().to_device(device),
     }
 }

@@ -74,16 +74,16 @@ use idforge_diffusion::adapters::split_prompt::{
 };
 use idforge_diffusion::pipeline::{Conditioning, Pipeline};
 use idforge_diffusion::unet::AddedConditions;
-use idforge_diffusion::{DdpmSchedule, Hooks, UNet, UNetInput};
+use idforge_diffusion::{Hooks, UNet};
 use idforge_models::WeightStore;
 
 use crate::error::TrainError;
 use crate::export::write_safetensors;
-use crate::loss::{NoiseDraw, diffusion_loss, noised};
+use crate::loss::NoiseDraw;
 use crate::names::ParamNames;
-use crate::optim::{Optimizer, ParamGroup};
-use crate::photomaker::{PhotoMakerParts, export_photomaker};
-use crate::step::{Gradients, StepConfig, StepReport, accumulate_gradients, apply_update};
+use crate::optim::ParamGroup;
+use crate::photomaker::{PhotoMakerParts, added_to_device, export_photomaker};
+use crate::step::{Objective, ToDevice, Trained, Trainer};
 
 /// What a split-prompt run trains: PhotoMaker's parts (backbone frozen) and the background /
 /// body projections.
@@ -292,70 +292,23 @@ pub struct SplitBatch<B: Backend> {
     pub face_boxes: Option<Vec<[f32; 4]>>,
 }
 
-/// Trains [`SplitParts`] on a frozen SDXL UNet.
-pub struct SplitPromptTrainer<A: AutodiffBackend> {
-    unet: UNet<A>,
-    schedule: DdpmSchedule,
-    optimizer: Optimizer<A::InnerBackend>,
-    config: StepConfig,
-    step: u64,
-}
+/// Trains the split-prompt adapter's parts on a frozen SDXL UNet.
+pub type SplitPromptTrainer<A> = Trainer<A, SplitParts<A>>;
 
-impl<A: AutodiffBackend> SplitPromptTrainer<A> {
-    /// A trainer on `unet` (frozen here). Fails when a trainable tensor of `parts` is in no
-    /// group (freeze the backbone first: [`SplitParts::freeze`]).
-    pub fn new(
-        unet: UNet<A>,
-        parts: &SplitParts<A>,
-        schedule: DdpmSchedule,
-        optimizer: Optimizer<A::InnerBackend>,
-        config: StepConfig,
-    ) -> Result<Self, TrainError> {
-        let unet = unet.no_grad();
-        optimizer.check(&ParamNames::split_prompt(parts, &unet)?)?;
-        Ok(Self {
-            unet,
-            schedule,
-            optimizer,
-            config,
-            step: 0,
-        })
+impl<A: AutodiffBackend> Trained<A> for SplitParts<A> {
+    type Batch = SplitBatch<A>;
+
+    fn names(&self, unet: &UNet<A>) -> Result<ParamNames, TrainError> {
+        ParamNames::split_prompt(self, unet)
     }
 
-    /// The frozen UNet.
-    pub fn unet(&self) -> &UNet<A> {
-        &self.unet
-    }
-
-    /// The optimizer (its state, for checkpoints).
-    pub fn optimizer(&self) -> &Optimizer<A::InnerBackend> {
-        &self.optimizer
-    }
-
-    /// The optimizer, to restore its state.
-    pub fn optimizer_mut(&mut self) -> &mut Optimizer<A::InnerBackend> {
-        &mut self.optimizer
-    }
-
-    /// Optimizer steps taken (the next step's index).
-    pub fn steps_taken(&self) -> u64 {
-        self.step
-    }
-
-    /// Sets the step counter (resuming: the schedule continues from there).
-    pub fn set_steps_taken(&mut self, step: u64) {
-        self.step = step;
-    }
-
-    /// `parts`' tensors with their checkpoint keys.
-    pub fn names(&self, parts: &SplitParts<A>) -> Result<ParamNames, TrainError> {
-        ParamNames::split_prompt(parts, &self.unet)
-    }
-
-    /// The loss of one batch, in the autodiff graph.
-    pub fn loss(
+    /// The fused main prompt as the context, the background / body prompts through their
+    /// decoupled attention, the LoRA; a dropped condition keeps the ID encoder in the graph
+    /// with zero gradients (persongen's dummy).
+    fn loss(
         &self,
-        parts: &SplitParts<A>,
+        unet: &UNet<A>,
+        objective: &Objective<'_>,
         batch: &SplitBatch<A>,
     ) -> Result<Tensor<A, 1>, TrainError> {
         let b = batch.latents.dims()[0];
@@ -365,7 +318,7 @@ impl<A: AutodiffBackend> SplitPromptTrainer<A> {
                 batch.samples.len()
             )));
         }
-        let encoder = &parts.photomaker.encoder;
+        let encoder = &self.photomaker.encoder;
         let mut contexts = Vec::with_capacity(b);
         for s in &batch.samples {
             contexts.push(match &s.identity {
@@ -398,31 +351,15 @@ impl<A: AutodiffBackend> SplitPromptTrainer<A> {
             parts: parts_tokens,
             uncond_parts: None,
         };
-        let split = parts.split.hook(&conditioning, SplitScale::default());
-        let hooks = Hooks(vec![&parts.photomaker.lora, &split]);
-        let n = noised(
-            &self.schedule,
-            &self.config.loss,
+        let split = self.split.hook(&conditioning, SplitScale::default());
+        let hooks = Hooks(vec![&self.photomaker.lora, &split]);
+        let loss = objective.denoising_loss(
+            unet,
             batch.latents.clone(),
             &batch.draw,
-        )?;
-        let timesteps: Vec<f32> = batch.draw.timesteps.iter().map(|&t| t as f32).collect();
-        let device = batch.latents.device();
-        let prediction = self.unet.forward_with(
-            &UNetInput {
-                sample: n.noisy,
-                timesteps: Tensor::from_floats(timesteps.as_slice(), &device),
-                context,
-                added: Some(batch.added.clone()),
-            },
+            context,
+            Some(batch.added.clone()),
             &hooks,
-        );
-        let loss = diffusion_loss(
-            &self.schedule,
-            &self.config.loss,
-            prediction,
-            n.target,
-            &batch.draw.timesteps,
             batch.face_boxes.as_deref(),
         )?;
         if batch.samples.iter().any(|s| s.identity.is_some()) {
@@ -435,41 +372,30 @@ impl<A: AutodiffBackend> SplitPromptTrainer<A> {
             None => loss,
         })
     }
+}
 
-    /// Forward and backward over the micro-batches (the mean of their gradients).
-    pub fn gradients(
-        &self,
-        parts: &SplitParts<A>,
-        micro_batches: &[SplitBatch<A>],
-    ) -> Result<Gradients, TrainError> {
-        accumulate_gradients(parts, micro_batches, |p, b| self.loss(p, b))
-    }
-
-    /// Clips `grads`, takes the step's learning rate and updates the trained tensors.
-    pub fn apply(
-        &mut self,
-        parts: SplitParts<A>,
-        grads: Gradients,
-    ) -> Result<(SplitParts<A>, StepReport), TrainError> {
-        let names = ParamNames::split_prompt(&parts, &self.unet)?;
-        apply_update(
-            &mut self.optimizer,
-            &self.config,
-            &mut self.step,
-            parts,
-            grads,
-            &names,
-        )
-    }
-
-    /// [`SplitPromptTrainer::gradients`] then [`SplitPromptTrainer::apply`].
-    pub fn step(
-        &mut self,
-        parts: SplitParts<A>,
-        micro_batches: &[SplitBatch<A>],
-    ) -> Result<(SplitParts<A>, StepReport), TrainError> {
-        let grads = self.gradients(&parts, micro_batches)?;
-        self.apply(parts, grads)
+impl<B: Backend> ToDevice<B> for SplitBatch<B> {
+    fn to_device(&self, device: &B::Device) -> Self {
+        let on = |t: &Tensor<B, 3>| t.clone().to_device(device);
+        SplitBatch {
+            latents: self.latents.clone().to_device(device),
+            draw: self.draw.to_device(device),
+            samples: self
+                .samples
+                .iter()
+                .map(|s| SplitSample {
+                    main: on(&s.main),
+                    identity: s.identity.as_ref().map(|id| SplitIdentity {
+                        pixels: id.pixels.clone().to_device(device),
+                        class_tokens: id.class_tokens.clone(),
+                    }),
+                    background: on(&s.background),
+                    body: on(&s.body),
+                })
+                .collect(),
+            added: added_to_device(&self.added, device),
+            face_boxes: self.face_boxes.clone(),
+        }
     }
 }
 

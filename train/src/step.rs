@@ -3,16 +3,21 @@
 //! run it: the UNet frozen, the adapter's projection, `to_k_ip` / `to_v_ip` (and FaceID's LoRA)
 //! trained, the decoupled attention at scale 1.
 //!
-//! A step is [`IpAdapterTrainer::gradients`] (forward and backward over `k` micro-batches, the
-//! mean of their gradients) then [`IpAdapterTrainer::apply`] (clipping, the learning rate of
-//! the step, Adam(W)); [`IpAdapterTrainer::step`] does both.
+//! A step is [`Trainer::gradients`] (forward and backward over `k` micro-batches, the mean of
+//! their gradients, on one device or spread over replicas) then [`Trainer::apply`] (clipping,
+//! the learning rate of the step, Adam(W)); [`Trainer::step`] does both. The trainer is one for
+//! every method: a method is its [`Trained`] implementation (the IP-Adapter family's is here,
+//! PhotoMaker's and the split-prompt adapter's beside their parts).
 
-use burn::module::Module;
+use std::marker::PhantomData;
+
+use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use idforge_diffusion::adapters::ip_adapter::{IpAdapter, IpScale, ProjectionInput};
-use idforge_diffusion::{DdpmSchedule, UNet, UNetInput};
+use idforge_diffusion::unet::AddedConditions;
+use idforge_diffusion::{AttentionHook, DdpmSchedule, UNet, UNetInput};
 
 use crate::error::TrainError;
 use crate::loss::{LossConfig, NoiseDraw, diffusion_loss, noised};
@@ -73,28 +78,125 @@ pub struct StepReport {
     pub lrs: Vec<f64>,
 }
 
-/// Trains an [`IpAdapter`] on a frozen UNet.
-pub struct IpAdapterTrainer<A: AutodiffBackend> {
+/// What a [`Trainer`] trains: a module of trained tensors, its batches, its loss on the frozen
+/// UNet. Each method implements it; the step around it (micro-batches and replicas, clipping,
+/// Adam, the schedule, the counters) is one piece of code for all.
+pub trait Trained<A: AutodiffBackend>: AutodiffModule<A> + Sync {
+    /// One (micro-)batch of this method.
+    type Batch: ToDevice<A> + Sync;
+    /// The trained tensors with their checkpoint keys (what the optimizer's groups select).
+    fn names(&self, unet: &UNet<A>) -> Result<ParamNames, TrainError>;
+    /// The loss of one batch, in the autodiff graph, `unet` frozen.
+    fn loss(
+        &self,
+        unet: &UNet<A>,
+        objective: &Objective<'_>,
+        batch: &Self::Batch,
+    ) -> Result<Tensor<A, 1>, TrainError>;
+}
+
+/// The diffusion objective of every method: the training noise schedule and the loss options.
+#[derive(Debug, Clone, Copy)]
+pub struct Objective<'a> {
+    /// The base model's training schedule (ᾱ, the prediction type).
+    pub schedule: &'a DdpmSchedule,
+    /// Noise offset and min-SNR.
+    pub loss: &'a LossConfig,
+}
+
+impl Objective<'_> {
+    /// Noises `latents` with `draw`, runs `unet` with `hook` on `context` (and SDXL's `added`
+    /// conditions), and returns the loss against the schedule's target (over the face boxes
+    /// when given).
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoising_loss<B: Backend>(
+        &self,
+        unet: &UNet<B>,
+        latents: Tensor<B, 4>,
+        draw: &NoiseDraw<B>,
+        context: Tensor<B, 3>,
+        added: Option<AddedConditions<B>>,
+        hook: &dyn AttentionHook<B>,
+        face_boxes: Option<&[[f32; 4]]>,
+    ) -> Result<Tensor<B, 1>, TrainError> {
+        let device = latents.device();
+        let n = noised(self.schedule, self.loss, latents, draw)?;
+        let timesteps: Vec<f32> = draw.timesteps.iter().map(|&t| t as f32).collect();
+        let prediction = unet.forward_with(
+            &UNetInput {
+                sample: n.noisy,
+                timesteps: Tensor::from_floats(timesteps.as_slice(), &device),
+                context,
+                added,
+            },
+            hook,
+        );
+        diffusion_loss(
+            self.schedule,
+            self.loss,
+            prediction,
+            n.target,
+            &draw.timesteps,
+            face_boxes,
+        )
+    }
+}
+
+impl<A: AutodiffBackend> Trained<A> for IpAdapter<A> {
+    type Batch = IpBatch<A>;
+
+    fn names(&self, unet: &UNet<A>) -> Result<ParamNames, TrainError> {
+        ParamNames::ip_adapter(self, unet)
+    }
+
+    /// The decoupled attention at scale 1 on the text context, as the reference scripts.
+    fn loss(
+        &self,
+        unet: &UNet<A>,
+        objective: &Objective<'_>,
+        batch: &IpBatch<A>,
+    ) -> Result<Tensor<A, 1>, TrainError> {
+        let b = batch.latents.dims()[0];
+        let tokens = self.tokens(&batch.references, b)?;
+        let hook = self.hook(tokens, IpScale::uniform(1.0));
+        objective.denoising_loss(
+            unet,
+            batch.latents.clone(),
+            &batch.draw,
+            batch.context.clone(),
+            None,
+            &hook,
+            batch.face_boxes.as_deref(),
+        )
+    }
+}
+
+/// Trains the tensors of `P` (an adapter, PhotoMaker's parts, ...) on a frozen UNet.
+pub struct Trainer<A: AutodiffBackend, P: Trained<A>> {
     unet: UNet<A>,
     schedule: DdpmSchedule,
     optimizer: Optimizer<A::InnerBackend>,
     config: StepConfig,
     step: u64,
     replicas: Replicas<A, UNet<A>>,
+    _trained: PhantomData<fn() -> P>,
 }
 
-impl<A: AutodiffBackend> IpAdapterTrainer<A> {
-    /// A trainer for `adapter` on `unet`, which is frozen here (`no_grad`: burn tracks no
-    /// gradient for its weights). Fails when a trainable tensor of `adapter` is in no group.
+/// Trains an [`IpAdapter`] (plain, Plus, full-face, FaceID with its LoRA, FaceID-Plus).
+pub type IpAdapterTrainer<A> = Trainer<A, IpAdapter<A>>;
+
+impl<A: AutodiffBackend, P: Trained<A>> Trainer<A, P> {
+    /// A trainer for `trained` on `unet`, which is frozen here (`no_grad`: burn tracks no
+    /// gradient for its weights). Fails when a trainable tensor of `trained` is in no group.
     pub fn new(
         unet: UNet<A>,
-        adapter: &IpAdapter<A>,
+        trained: &P,
         schedule: DdpmSchedule,
         optimizer: Optimizer<A::InnerBackend>,
         config: StepConfig,
     ) -> Result<Self, TrainError> {
         let unet = unet.no_grad();
-        optimizer.check(&ParamNames::ip_adapter(adapter, &unet)?)?;
+        optimizer.check(&trained.names(&unet)?)?;
         Ok(Self {
             replicas: Replicas::single(&unet),
             unet,
@@ -102,6 +204,7 @@ impl<A: AutodiffBackend> IpAdapterTrainer<A> {
             optimizer,
             config,
             step: 0,
+            _trained: PhantomData,
         })
     }
 
@@ -109,7 +212,7 @@ impl<A: AutodiffBackend> IpAdapterTrainer<A> {
     /// copied to each, each copy runs its share of the micro-batches on its own thread, and the
     /// gradients are summed on the first device in micro-batch order, so the step equals the
     /// one-device step with the same micro-batches bit for bit. The first device must be the
-    /// one the UNet and the adapter are on.
+    /// one the UNet and the trained tensors are on.
     pub fn with_devices(mut self, devices: Vec<A::Device>) -> Self {
         self.replicas = Replicas::new(&self.unet, devices);
         self
@@ -140,94 +243,58 @@ impl<A: AutodiffBackend> IpAdapterTrainer<A> {
         self.step = step;
     }
 
-    /// `adapter`'s tensors with their checkpoint keys.
-    pub fn names(&self, adapter: &IpAdapter<A>) -> Result<ParamNames, TrainError> {
-        ParamNames::ip_adapter(adapter, &self.unet)
+    /// `trained`'s tensors with their checkpoint keys.
+    pub fn names(&self, trained: &P) -> Result<ParamNames, TrainError> {
+        trained.names(&self.unet)
+    }
+
+    fn objective(&self) -> Objective<'_> {
+        Objective {
+            schedule: &self.schedule,
+            loss: &self.config.loss,
+        }
     }
 
     /// The loss of one batch, in the autodiff graph.
-    pub fn loss(
-        &self,
-        adapter: &IpAdapter<A>,
-        batch: &IpBatch<A>,
-    ) -> Result<Tensor<A, 1>, TrainError> {
-        self.loss_on(&self.unet, adapter, batch)
+    pub fn loss(&self, trained: &P, batch: &P::Batch) -> Result<Tensor<A, 1>, TrainError> {
+        trained.loss(&self.unet, &self.objective(), batch)
     }
 
-    fn loss_on(
-        &self,
-        unet: &UNet<A>,
-        adapter: &IpAdapter<A>,
-        batch: &IpBatch<A>,
-    ) -> Result<Tensor<A, 1>, TrainError> {
-        let b = batch.latents.dims()[0];
-        let n = noised(
-            &self.schedule,
-            &self.config.loss,
-            batch.latents.clone(),
-            &batch.draw,
-        )?;
-        let tokens = adapter.tokens(&batch.references, b)?;
-        let hook = adapter.hook(tokens, IpScale::uniform(1.0));
-        let timesteps: Vec<f32> = batch.draw.timesteps.iter().map(|&t| t as f32).collect();
-        let device = batch.latents.device();
-        let prediction = unet.forward_with(
-            &UNetInput {
-                sample: n.noisy,
-                timesteps: Tensor::from_floats(timesteps.as_slice(), &device),
-                context: batch.context.clone(),
-                added: None,
-            },
-            &hook,
-        );
-        diffusion_loss(
-            &self.schedule,
-            &self.config.loss,
-            prediction,
-            n.target,
-            &batch.draw.timesteps,
-            batch.face_boxes.as_deref(),
-        )
-    }
-
-    /// Forward and backward over the micro-batches: each loss divided by their count, the
-    /// gradients summed (their mean).
+    /// Forward and backward over the micro-batches (on the replicas, when there are several):
+    /// each loss divided by their count, the gradients summed (their mean).
     pub fn gradients(
         &self,
-        adapter: &IpAdapter<A>,
-        micro_batches: &[IpBatch<A>],
+        trained: &P,
+        micro_batches: &[P::Batch],
     ) -> Result<Gradients, TrainError> {
+        let objective = self.objective();
         self.replicas
-            .accumulate(adapter, micro_batches, |unet, a, b| {
-                self.loss_on(unet, a, b)
+            .accumulate(trained, micro_batches, |unet, t, b| {
+                t.loss(unet, &objective, b)
             })
     }
 
-    /// Clips `grads`, takes the step's learning rate and updates the adapter.
-    pub fn apply(
-        &mut self,
-        adapter: IpAdapter<A>,
-        grads: Gradients,
-    ) -> Result<(IpAdapter<A>, StepReport), TrainError> {
-        let names = ParamNames::ip_adapter(&adapter, &self.unet)?;
+    /// Clips `grads`, takes the step's learning rate and updates the trained tensors.
+    pub fn apply(&mut self, trained: P, grads: Gradients) -> Result<(P, StepReport), TrainError> {
+        let names = trained.names(&self.unet)?;
         apply_update(
             &mut self.optimizer,
             &self.config,
             &mut self.step,
-            adapter,
+            trained,
             grads,
             &names,
         )
     }
 
-    /// [`IpAdapterTrainer::gradients`] then [`IpAdapterTrainer::apply`].
+    /// [`Trainer::gradients`] then [`Trainer::apply`].
     pub fn step(
         &mut self,
-        adapter: IpAdapter<A>,
-        micro_batches: &[IpBatch<A>],
-    ) -> Result<(IpAdapter<A>, StepReport), TrainError> {
-        let grads = self.gradients(&adapter, micro_batches)?;
-        self.apply(adapter, grads)
+        trained: P,
+        micro_batches: &[P::Batch],
+    ) -> Result<(P, StepReport), TrainError> {
+        let grads = self.gradients(&trained, micro_batches)?;
+        self.apply(trained, grads)
     }
 }
 
@@ -308,11 +375,7 @@ impl<B: Backend> ToDevice<B> for IpBatch<B> {
         let opt2 = |t: &Option<Tensor<B, 2>>| t.as_ref().map(|t| t.clone().to_device(device));
         IpBatch {
             latents: self.latents.clone().to_device(device),
-            draw: NoiseDraw {
-                noise: self.draw.noise.clone().to_device(device),
-                offset_noise: opt2(&self.draw.offset_noise),
-                timesteps: self.draw.timesteps.clone(),
-            },
+            draw: self.draw.to_device(device),
             context: self.context.clone().to_device(device),
             references: ProjectionInput {
                 image_embeds: opt2(&self.references.image_embeds),
