@@ -38,6 +38,11 @@ fn save_jpeg(path: &Path, side: usize, seed: u64) {
 /// A run with three photos of each of `who`, captioned, exported to `<run>/dataset` with the
 /// last identity held out for validation.
 fn make_export(dir: &Path) -> PathBuf {
+    make_export_with(dir, None)
+}
+
+/// [`make_export`], the caption of take `untriggered` (of every identity) without its trigger.
+fn make_export_with(dir: &Path, untriggered: Option<u64>) -> PathBuf {
     let runs = dir.join("runs");
     let run = runs.join("demo");
     CuratedRun {
@@ -47,8 +52,9 @@ fn make_export(dir: &Path) -> PathBuf {
         face_box: [8.0, 6.0, 40.0, 44.0],
     }
     .write(&run, save_jpeg, |_, j| {
+        let trigger = if untriggered == Some(j) { "" } else { " sks" };
         Some((
-            format!("a photo of a person sks, take {j}"),
+            format!("a photo of a person{trigger}, take {j}"),
             format!("a photo of a person, take {j}"),
         ))
     });
@@ -222,7 +228,29 @@ fn bad_inputs_say_what_to_do() {
     fails(&r, &[], "unknown field `learning_rate`");
 
     let r = recipe(dir.path(), "pm", &export, "");
-    fails(&r, &["--method", "photomaker"], "not implemented yet");
+    fails(&r, &["--method", "split-prompt"], "not implemented yet");
+    fails(&r, &["--method", "photomaker"], "--adapter");
+    let pm_file = root().join("diffusion/tests/fixtures/photomaker/photomaker-v1.bin");
+    let pm_args = [
+        "--method",
+        "photomaker",
+        "--drop",
+        "persongen",
+        "--adapter",
+        pm_file.to_str().unwrap(),
+    ];
+    fails(&r, &pm_args, "is an SD 1.x pipeline");
+    fails(
+        &r,
+        &["--method", "photomaker", "--adapter", pm_args[5]],
+        "drop = \"persongen\"",
+    );
+    let sdxl_model = root().join("diffusion/tests/fixtures/tiny-sdxl");
+    fails(
+        &r,
+        &["--model", sdxl_model.to_str().unwrap()],
+        "IP-Adapter training on SDXL is not implemented",
+    );
     fails(&r, &["--method", "ip-adapter-plus"], "--image-encoder");
 
     let r = dir.path().join("noarc.toml");
@@ -342,4 +370,117 @@ fn clip_kinds_train_and_export() {
             assert!(png.is_file());
         }
     }
+}
+
+/// PhotoMaker v1 fine-tuned from the PhotoMaker fixture on the tiny SDXL pipeline: captions
+/// without the trigger are skipped and counted, a run killed (SIGKILL) after its step-2
+/// checkpoint and resumed ends with the uninterrupted run's file byte for byte, the frozen
+/// references' pooled outputs are cached, and the export generates through `generate
+/// --adapter`.
+#[test]
+fn photomaker_trains_resumes_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = make_export_with(dir.path(), Some(2));
+    let fixtures = root().join("diffusion/tests/fixtures");
+    let sdxl = fixtures.join("tiny-sdxl");
+    let pm = fixtures.join("photomaker");
+    let recipe = |name: &str| -> PathBuf {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\nruns_dir = \"{runs}\"\n\n[train]\nmethod = \"photomaker\"\n\
+                 model = \"{model}\"\ndataset = \"{export}\"\nadapter = \"{adapter}\"\n\
+                 id_encoder_heads = [16, 32]\ndrop = \"persongen\"\noptimizer = \"adam\"\n\
+                 resolution = 32\nbatch_size = 1\ngrad_accum = 2\nsteps = 4\nlr = 1e-3\n\
+                 lora_lr = 1e-2\nwarmup_steps = 1\nmasked_loss_p = 0.5\nmax_references = 2\n\
+                 checkpoint_every = 2\nkeep_checkpoints = 1\nseed = 7\ncache_dir = \"{cache}\"\n",
+                runs = dir.path().join("runs").display(),
+                model = sdxl.display(),
+                export = export.display(),
+                adapter = pm.join("photomaker-v1.bin").display(),
+                cache = dir.path().join("cache").display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+
+    let whole = recipe("pm_whole");
+    let out = train(&[], &whole);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("trained 4 steps (0–4) on 4 samples of 2 identities"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("skipped 2 rows as targets: captions without exactly one trigger"),
+        "{}",
+        text(&out)
+    );
+    let run = dir.path().join("runs/pm_whole/train");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "{metrics}");
+    let refs = dir.path().join("cache/photomaker-references");
+    let cached = std::fs::read_dir(&refs)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .count();
+    assert!(cached > 0, "no cached pooled outputs in {}", refs.display());
+
+    let killed = recipe("pm_killed");
+    let ckpt = dir
+        .path()
+        .join("runs/pm_killed/train/checkpoints/step-00000002/state.json");
+    let mut child = idforge()
+        .args(["train", "--recipe"])
+        .arg(&killed)
+        .env(idforge_train::run::HOLD_ENV, "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !ckpt.is_file() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint of step 2"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let out = train(&["--resume"], &killed);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("trained 2 steps (2–4)"),
+        "{}",
+        text(&out)
+    );
+    let a = std::fs::read(run.join("adapter.safetensors")).unwrap();
+    let b = std::fs::read(dir.path().join("runs/pm_killed/train/adapter.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the resumed PhotoMaker run's weights differ from the uninterrupted run's"
+    );
+
+    let png = dir.path().join("pm.png");
+    let out = idforge()
+        .args(["generate", "--model"])
+        .arg(&sdxl)
+        .args(["--prompt", "a photo of a man img", "--steps", "2"])
+        .args(["--width", "64", "--height", "64", "--adapter"])
+        .arg(run.join("adapter.safetensors"))
+        .arg("--ref")
+        .arg(pm.join("ref0.png"))
+        .args(["--id-encoder-heads", "16,32", "--output"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("photomaker-v1"), "{}", text(&out));
+    assert!(png.is_file());
 }
