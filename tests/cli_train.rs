@@ -466,6 +466,20 @@ fn photomaker_trains_resumes_and_generates() {
         a == b,
         "the resumed PhotoMaker run's weights differ from the uninterrupted run's"
     );
+    // The trained groups moved, CLIP's backbone is the starting file's, and the keys are a
+    // PhotoMaker file's.
+    let base = idforge_models::WeightStore::open(pm.join("photomaker-v1.bin")).unwrap();
+    let trained = idforge_models::WeightStore::open(run.join("adapter.safetensors")).unwrap();
+    let mut want: Vec<&str> = base.names().collect();
+    let mut got: Vec<&str> = trained.names().collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, want);
+    for name in want {
+        let moved = base.read_f32(name).unwrap() != trained.read_f32(name).unwrap();
+        let frozen = name.starts_with("id_encoder.vision_model.");
+        assert_eq!(moved, !frozen, "{name}: moved {moved}");
+    }
 
     let png = dir.path().join("pm.png");
     let out = idforge()
