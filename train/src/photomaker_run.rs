@@ -11,8 +11,8 @@
 //! - SDXL micro-conditioning `[original h, w, crop top, left, side, side]`: the export has no
 //!   source size, so the original is the training crop as decoded and the crop the centre
 //!   crop's offset (as diffusers' `train_text_to_image_sdxl.py`);
-//! - persongen's drop (`do_cfg_p`): the empty prompt, no identity, the ID encoder's zero
-//!   gradient.
+//! - persongen's drop (`do_cfg_p`, drawn once per micro-batch): the empty prompt, no identity,
+//!   the ID encoder's zero gradient.
 //!
 //! Cached: VAE latents (as the IP-Adapter path), the class-expanded prompt embeddings (the text
 //! encoders are frozen and the expansion depends only on the prompt and the reference count)
@@ -345,10 +345,10 @@ fn pm_batch<A: Backend, B: Backend>(
         time_ids.extend_from_slice(t);
         boxes.push(*fb);
     }
-    let dropped: Vec<bool> = draws
-        .iter()
-        .map(|&r| settings.drop == Drop::Persongen && r < 0.10)
-        .collect();
+    // persongen draws `do_cfg` once per batch (`trainer.py`): the first sample's uniform
+    // decides for the micro-batch.
+    let drop_all = settings.drop == Drop::Persongen && draws[0] < 0.10;
+    let dropped = vec![drop_all; b];
     let mut pm_samples = Vec::with_capacity(b);
     let mut pooled = Vec::with_capacity(b);
     let to_a3 = |t: &Tensor<B, 3>| Tensor::<A, 3>::from_data(t.to_data(), device);
