@@ -11,6 +11,9 @@
 //! - [`step`]: one IP-Adapter(-FaceID) step on a frozen UNet.
 //! - [`photomaker`]: one PhotoMaker v1 step (UNet LoRA, ID encoder projections, fuse module)
 //!   and its export as a PhotoMaker file.
+//! - [`split_prompt`]: one split-prompt step (persongen's `ipmakerbgbody`: PhotoMaker's parts
+//!   plus the background / body projections) and its export as a PhotoMaker file and a
+//!   split-prompt file.
 //! - [`data`]: the dataset export's train split, references, per-epoch shuffles, decoding on
 //!   worker threads.
 //! - [`checkpoint`]: atomic checkpoints (weights, optimizer, counters) and `--resume`.
@@ -38,6 +41,7 @@ pub mod photomaker_run;
 pub mod run;
 pub mod schedule;
 pub mod settings;
+pub mod split_prompt;
 pub mod step;
 
 pub use error::TrainError;
@@ -48,6 +52,9 @@ pub use optim::{AdamConfig, AdamKind, GradAccumulator, Optimizer, ParamGroup, cl
 pub use photomaker::{PhotoMakerParts, PhotoMakerTrainer, PmBatch, PmReferences, PmSample};
 pub use schedule::{Decay, LrSchedule, Warmup};
 pub use settings::{Method, TrainSettings};
+pub use split_prompt::{
+    SplitBatch, SplitIdentity, SplitParts, SplitPromptTrainer, SplitRates, SplitSample,
+};
 pub use step::{Gradients, IpAdapterTrainer, IpBatch, StepConfig, StepReport};
 
 /// Autodiff that recomputes cheap (memory-bound) operations in the backward pass instead of

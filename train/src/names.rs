@@ -123,6 +123,16 @@ impl ParamNames {
         })
     }
 
+    /// These parameters then `other`'s: the names of a module made of parts named apart (the
+    /// split-prompt adapter's PhotoMaker parts and its own projections).
+    pub fn chain(mut self, other: ParamNames) -> Self {
+        for t in other.tensors {
+            self.by_id.insert(t.id, self.tensors.len());
+            self.tensors.push(t);
+        }
+        self
+    }
+
     /// Every parameter, in visiting order.
     pub fn iter(&self) -> impl Iterator<Item = &NamedTensor> {
         self.tensors.iter()
