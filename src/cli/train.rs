@@ -45,7 +45,8 @@ pub struct TrainArgs {
     #[arg(long)]
     resume: bool,
     /// What is trained: the IP-Adapter family (plain, plus, full-face, faceid, faceid-plus) on
-    /// SD 1.x, or photomaker (v1) on SDXL.
+    /// SD 1.x, or photomaker (v1) and split-prompt (PhotoMaker v1 + background / body
+    /// attention, persongen's ipmakerbgbody) on SDXL.
     #[arg(long, value_enum)]
     method: Option<MethodArg>,
     /// The diffusers Stable Diffusion folder: SD 1.x for the IP-Adapter kinds, SDXL for
@@ -386,6 +387,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         println!("skipped {n} rows as targets: {why}");
     }
     println!("adapter\t{}", summary.adapter.display());
+    if let Some(also) = &summary.also {
+        println!("adapter\t{}", also.display());
+    }
     println!(
         "report\t{}",
         out.join(idforge_train::run::REPORT_FILE).display()

@@ -67,6 +67,11 @@ pub struct TrainRow {
     pub face_box: Option<[f32; 4]>,
     /// The token that stands for the identity in `prompt` (the export's `trigger`).
     pub trigger: Option<String>,
+    /// `prompt_background` and `prompt_body` (null: not described), for the split-prompt
+    /// adapter.
+    pub background: Option<String>,
+    /// See `background`.
+    pub body: Option<String>,
 }
 
 /// The train split, with the rows that can be trained on (identities with at least two photos).
@@ -209,9 +214,19 @@ fn read_batch(
         .and_then(|c| c.as_any().downcast_ref::<StructArray>());
     let identity: &StringArray = column(batch, shard, IDENTITY)?;
     let prompt: &StringArray = column(batch, shard, "prompt_general")?;
-    let triggers: Option<&StringArray> = batch
-        .column_by_name("trigger")
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+    let optional = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+    };
+    let (triggers, backgrounds, bodies) = (
+        optional("trigger"),
+        optional("prompt_background"),
+        optional("prompt_body"),
+    );
+    let value = |a: Option<&StringArray>, i: usize| {
+        a.filter(|t| !t.is_null(i)).map(|t| t.value(i).to_string())
+    };
     let boxes: Option<&FixedSizeListArray> = batch
         .column_by_name(FACE_BOX)
         .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>());
@@ -235,9 +250,9 @@ fn read_batch(
                 prompt.value(i).to_string()
             },
             face_box,
-            trigger: triggers
-                .filter(|t| !t.is_null(i))
-                .map(|t| t.value(i).to_string()),
+            trigger: value(triggers, i),
+            background: value(backgrounds, i),
+            body: value(bodies, i),
         });
     }
     Ok(())
@@ -510,6 +525,8 @@ mod tests {
                     prompt: String::new(),
                     face_box: None,
                     trigger: None,
+                    background: None,
+                    body: None,
                 });
             }
         }

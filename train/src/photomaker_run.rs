@@ -29,12 +29,13 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use idforge_diffusion::adapters::lora::Lora;
 use idforge_diffusion::adapters::photomaker::{
     DEFAULT_TRIGGER, IdEncoder, IdEncoderOptions, IdEncoderSpec, Version, trigger_ids,
 };
+use idforge_diffusion::adapters::split_prompt::SplitPrompt;
 use idforge_diffusion::pipeline::TextEncoder;
 use idforge_diffusion::unet::AddedConditions;
 use idforge_diffusion::{DdpmSchedule, ScheduleConfig, UNet, Vae};
@@ -49,7 +50,7 @@ use rand_distr::StandardNormal;
 use crate::checkpoint::{self, CheckpointState};
 use crate::data::{self, Plan, Prefetch, TrainRow, TrainSet, mix, salt};
 use crate::error::TrainError;
-use crate::export::write_safetensors;
+use crate::export::{F32Tensor, write_safetensors};
 use crate::loss::NoiseDraw;
 use crate::optim::Optimizer;
 use crate::photomaker::{
@@ -61,7 +62,16 @@ use crate::run::{
     RunSummary, Watch, adam_config, folder_fingerprint, open_metrics, sha_hex, step_config,
     write_report,
 };
-use crate::settings::{Drop, TrainSettings};
+use crate::settings::{Drop, Method, TrainSettings};
+use crate::split_prompt::{
+    SplitBatch, SplitExport, SplitIdentity, SplitParts, SplitPromptTrainer, SplitRates,
+    SplitSample, export_split_prompt, split_prompt_groups,
+};
+use crate::step::StepReport;
+
+/// The split-prompt adapter's background / body projections, beside the PhotoMaker part
+/// (`adapter.safetensors`) in the run folder.
+pub const SPLIT_FILE: &str = "split_prompt.safetensors";
 
 /// Why rows are left out as targets.
 const SKIP_REASON: &str = "captions without exactly one trigger word after a class word";
@@ -294,6 +304,7 @@ fn pm_batch<A: Backend, B: Backend>(
     schedule: &DdpmSchedule,
     targets: Vec<Target>,
     samples: Vec<(Expanded<B>, Vec<Vec<f32>>)>,
+    pixels_side: Option<usize>,
     empty: &Expanded<B>,
     scaling: f32,
     latent_channels: usize,
@@ -358,12 +369,19 @@ fn pm_batch<A: Backend, B: Backend>(
         } else {
             let width = refs.first().map_or(0, Vec::len);
             let flat: Vec<f32> = refs.iter().flatten().copied().collect();
+            let n = refs.len();
             (
                 e,
-                PmReferences::Pooled(Tensor::from_data(
-                    TensorData::new(flat, [refs.len(), width]),
-                    device,
-                )),
+                match pixels_side {
+                    Some(s) => PmReferences::Pixels(Tensor::from_data(
+                        TensorData::new(flat, [n, 3, s, s]),
+                        device,
+                    )),
+                    None => PmReferences::Pooled(Tensor::from_data(
+                        TensorData::new(flat, [n, width]),
+                        device,
+                    )),
+                },
             )
         };
         pooled.push(Tensor::<A, 2>::from_data(text.pooled.to_data(), device));
@@ -395,6 +413,112 @@ fn pm_batch<A: Backend, B: Backend>(
         },
         face_boxes: masked.then(|| boxes.into_iter().map(|fb| fb.unwrap_or_default()).collect()),
     })
+}
+
+/// The trainer and its parts: PhotoMaker's, or the split-prompt adapter's (PhotoMaker's plus
+/// the background / body projections).
+enum Trained<A: AutodiffBackend> {
+    PhotoMaker(PhotoMakerTrainer<A>, PhotoMakerParts<A>),
+    Split(SplitPromptTrainer<A>, SplitParts<A>),
+}
+
+impl<A: AutodiffBackend> Trained<A> {
+    fn optimizer(&self) -> &Optimizer<A::InnerBackend> {
+        match self {
+            Trained::PhotoMaker(t, _) => t.optimizer(),
+            Trained::Split(t, _) => t.optimizer(),
+        }
+    }
+
+    /// The checkpoint's tensors: the PhotoMaker file's (backbone from `base`), and for the
+    /// split-prompt adapter its `split_prompt.*` too.
+    fn tensors(&self, base: &WeightStore) -> Result<Vec<F32Tensor>, TrainError> {
+        match self {
+            Trained::PhotoMaker(t, p) => photomaker_tensors(p, t.unet(), base),
+            Trained::Split(t, p) => {
+                let mut all = photomaker_tensors(&p.photomaker, t.unet(), base)?;
+                all.extend(p.split.tensors());
+                all.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(all)
+            }
+        }
+    }
+
+    /// One optimizer step on `batches` (the split-prompt adapter's with each sample's
+    /// background and body embeddings, `split`).
+    fn step(
+        self,
+        batches: Vec<PmBatch<A>>,
+        split: Vec<Vec<(Tensor<A, 3>, Tensor<A, 3>)>>,
+    ) -> Result<(Self, StepReport), TrainError> {
+        match self {
+            Trained::PhotoMaker(mut t, p) => {
+                let (p, r) = t.step(p, &batches)?;
+                Ok((Trained::PhotoMaker(t, p), r))
+            }
+            Trained::Split(mut t, p) => {
+                let mut out = Vec::with_capacity(batches.len());
+                for (batch, texts) in batches.into_iter().zip(split) {
+                    let mut samples = Vec::with_capacity(batch.samples.len());
+                    for (s, (background, body)) in batch.samples.into_iter().zip(texts) {
+                        samples.push(match s.references {
+                            PmReferences::Pixels(pixels) => SplitSample {
+                                main: s.context,
+                                identity: Some(SplitIdentity {
+                                    class_tokens: s.class_tokens,
+                                    pixels,
+                                }),
+                                background,
+                                body,
+                            },
+                            // Dropped: every part is the empty prompt's.
+                            _ => SplitSample {
+                                main: s.context.clone(),
+                                identity: None,
+                                background: s.context.clone(),
+                                body: s.context,
+                            },
+                        });
+                    }
+                    out.push(SplitBatch {
+                        latents: batch.latents,
+                        draw: batch.draw,
+                        samples,
+                        added: batch.added,
+                        face_boxes: batch.face_boxes,
+                    });
+                }
+                let (p, r) = t.step(p, &out)?;
+                Ok((Trained::Split(t, p), r))
+            }
+        }
+    }
+}
+
+/// The SDXL embeddings of a plain prompt (the split-prompt adapter's background or body),
+/// cached: both encoders' penultimate states, `[1, 77, 2048]`.
+fn cached_plain<B: Backend>(
+    encoders: &[TextEncoder<B>],
+    cache: &Cache,
+    text: &str,
+    device: &B::Device,
+) -> Result<Tensor<B, 3>, TrainError> {
+    let key = sha_hex(format!("plain\u{0}{text}").as_bytes());
+    if let Some((shape, v)) = cache.get(&key)
+        && shape.len() == 3
+    {
+        return Ok(Tensor::from_data(
+            TensorData::new(v, [shape[0], shape[1], shape[2]]),
+            device,
+        ));
+    }
+    let mut contexts = Vec::new();
+    for e in encoders {
+        contexts.push(e.encode(text, device)?.penultimate_hidden_state);
+    }
+    let t = Tensor::cat(contexts, 2);
+    cache.put(&key, t.dims().to_vec(), to_vec(t.clone())?)?;
+    Ok(t)
 }
 
 /// Runs (or resumes) a PhotoMaker training run into `out` (see [`crate::run::train`], which
@@ -532,25 +656,56 @@ where
     let image_size = tower.config().image_size;
 
     let lr = settings.lr;
-    let mut trainer = PhotoMakerTrainer::new(
-        unet,
-        &parts,
-        schedule.clone(),
-        Optimizer::new(
-            adam_config(settings),
-            photomaker_groups(settings.lora_lr.unwrap_or(lr), lr),
-        )?,
-        step_config(settings),
-    )?;
+    let optimizer = |groups| Optimizer::new(adam_config(settings), groups);
+    let split = settings.method == Method::SplitPrompt;
+    let mut trained = if split {
+        // A checkpoint holds the projections; a fresh run copies them from to_k / to_v.
+        let parts = if loaded.is_some() {
+            SplitParts {
+                split: SplitPrompt::load(&start_file, &unet, device)?,
+                photomaker: parts,
+            }
+        } else {
+            SplitParts::from_photomaker(parts, &unet)?
+        };
+        let rates = SplitRates {
+            lora: settings.lora_lr.unwrap_or(lr),
+            ..SplitRates::uniform(lr)
+        };
+        let t = SplitPromptTrainer::new(
+            unet,
+            &parts,
+            schedule.clone(),
+            optimizer(split_prompt_groups(rates))?,
+            step_config(settings),
+        )?;
+        Trained::Split(t, parts)
+    } else {
+        let t = PhotoMakerTrainer::new(
+            unet,
+            &parts,
+            schedule.clone(),
+            optimizer(photomaker_groups(settings.lora_lr.unwrap_or(lr), lr))?,
+            step_config(settings),
+        )?;
+        Trained::PhotoMaker(t, parts)
+    };
     let first_step = match loaded {
         Some(l) => {
-            trainer.optimizer_mut().set_state(l.optimizer);
-            trainer.set_steps_taken(l.state.step);
+            match &mut trained {
+                Trained::PhotoMaker(t, _) => {
+                    t.optimizer_mut().set_state(l.optimizer);
+                    t.set_steps_taken(l.state.step);
+                }
+                Trained::Split(t, _) => {
+                    t.optimizer_mut().set_state(l.optimizer);
+                    t.set_steps_taken(l.state.step);
+                }
+            }
             l.state.step
         }
         None => 0,
     };
-    let mut parts = parts;
     crate::export::write_atomic(
         &out.join("settings.json"),
         &serde_json::to_vec_pretty(settings).unwrap_or_default(),
@@ -568,7 +723,7 @@ where
             .join("latents")
             .join(folder_fingerprint(&[model.join("vae")])?),
     };
-    let texts = Cache {
+    let text_cache = Cache {
         dir: cache_root
             .join("photomaker-text")
             .join(folder_fingerprint(&[
@@ -579,10 +734,18 @@ where
             ])?),
     };
     let base_bytes = std::fs::read(&base_path).map_err(|e| TrainError::io(&base_path, e))?;
+    // PhotoMaker trains from the tower's pooled outputs; the split-prompt step runs the tower,
+    // so its cache holds the CLIP-preprocessed pixels.
     let refs_cache = Cache {
-        dir: cache_root
-            .join("photomaker-references")
-            .join(&sha_hex(&base_bytes)[..16]),
+        dir: if split {
+            cache_root
+                .join("photomaker-pixels")
+                .join(image_size.to_string())
+        } else {
+            cache_root
+                .join("photomaker-references")
+                .join(&sha_hex(&base_bytes)[..16])
+        },
     };
     drop(base_bytes);
 
@@ -663,9 +826,11 @@ where
     let preprocess = ClipPreprocess::new(image_size, Convention::HuggingFace);
     for step in first_step..total {
         let mut batches = Vec::with_capacity(k);
+        let mut split_texts = Vec::with_capacity(k);
         for m in 0..k {
             let mut targets = Vec::with_capacity(b);
             let mut samples = Vec::with_capacity(b);
+            let mut texts = Vec::with_capacity(b);
             for _ in 0..b {
                 let (_, item) = prefetch
                     .next_item()
@@ -709,7 +874,8 @@ where
                 let expanded = match text_memo.get(&memo_key) {
                     Some(e) => e.clone(),
                     None => {
-                        let e = cached_expanded(&encoders, &texts, prompt, &trigger, n, device)?;
+                        let e =
+                            cached_expanded(&encoders, &text_cache, prompt, &trigger, n, device)?;
                         text_memo.insert(memo_key, e.clone());
                         e
                     }
@@ -727,7 +893,11 @@ where
                                 }],
                                 device,
                             );
-                            let v = to_vec(tower.forward(pixels).pooled)?;
+                            let v = if split {
+                                to_vec(pixels)?
+                            } else {
+                                to_vec(tower.forward(pixels).pooled)?
+                            };
                             refs_cache.put(&key, vec![v.len()], v.clone())?;
                             v
                         }
@@ -736,6 +906,19 @@ where
                     pooled.push(v);
                 }
                 samples.push((expanded, pooled));
+                if split {
+                    let r = &set.rows[item.row];
+                    let part = |t: &Option<String>| -> Result<Tensor<A<B>, 3>, TrainError> {
+                        let t = cached_plain(
+                            &encoders,
+                            &text_cache,
+                            t.as_deref().unwrap_or(""),
+                            device,
+                        )?;
+                        Ok(Tensor::from_data(t.into_data(), device))
+                    };
+                    texts.push((part(&r.background)?, part(&r.body)?));
+                }
             }
             batches.push(pm_batch::<A<B>, B>(
                 settings,
@@ -744,14 +927,16 @@ where
                 &schedule,
                 targets,
                 samples,
+                split.then_some(image_size),
                 &empty,
                 scaling,
                 latent_channels,
                 device,
             )?);
+            split_texts.push(texts);
         }
-        let (next, report) = trainer.step(parts, &batches)?;
-        parts = next;
+        let (next, report) = trained.step(batches, split_texts)?;
+        trained = next;
         last_loss = Some(report.loss);
         let line = MetricsLine {
             step: step + 1,
@@ -775,18 +960,18 @@ where
                 samples_seen: done * per_step,
                 seed: settings.seed,
                 settings: fingerprint.clone(),
-                optimizer_steps: trainer
+                optimizer_steps: trained
                     .optimizer()
                     .state()
                     .iter()
                     .map(|(k, s)| (k.clone(), s.step))
                     .collect(),
             };
-            let tensors = photomaker_tensors(&parts, trainer.unet(), &base)?;
+            let tensors = trained.tensors(&base)?;
             let dir = checkpoint::save(
                 &ckpt_root,
                 &tensors,
-                trainer.optimizer().state(),
+                trained.optimizer().state(),
                 &state,
                 settings.keep_checkpoints as usize,
             )?;
@@ -801,7 +986,25 @@ where
     }
     drop(prefetch);
     let adapter_path: PathBuf = out.join(ADAPTER_FILE);
-    export_photomaker(&parts, trainer.unet(), &base, &adapter_path)?;
+    let also = match &trained {
+        Trained::PhotoMaker(t, p) => {
+            export_photomaker(p, t.unet(), &base, &adapter_path)?;
+            None
+        }
+        Trained::Split(t, p) => {
+            let split_path = out.join(SPLIT_FILE);
+            export_split_prompt(
+                p,
+                t.unet(),
+                &base,
+                SplitExport {
+                    photomaker: &adapter_path,
+                    split_prompt: &split_path,
+                },
+            )?;
+            Some(split_path)
+        }
+    };
     write_report(out)?;
     Ok(RunSummary {
         first_step,
@@ -811,6 +1014,7 @@ where
         samples: set.samples.len(),
         identities: set.identities(),
         skipped: (skipped > 0).then_some((skipped, SKIP_REASON)),
+        also,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

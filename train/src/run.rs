@@ -91,6 +91,9 @@ pub struct RunSummary {
     pub samples: usize,
     /// Identities with two or more photos.
     pub identities: usize,
+    /// A second file `generate --adapter` loads beside `adapter` (the split-prompt adapter's
+    /// `split_prompt.safetensors`; `adapter` is then its PhotoMaker part).
+    pub also: Option<PathBuf>,
     /// Rows of the train split left out as targets, with why (PhotoMaker: captions without
     /// exactly one trigger word after a class word).
     pub skipped: Option<(usize, &'static str)>,
@@ -336,7 +339,7 @@ where
     let model = settings.model.clone().expect("validated");
     let export = settings.dataset.clone().expect("validated");
     check_family(settings.method, &model)?;
-    if settings.method == Method::Photomaker {
+    if settings.method.is_sdxl() {
         return crate::photomaker_run::train::<B>(settings, out, resume, device, watch);
     }
 
@@ -809,6 +812,7 @@ where
         samples: set.samples.len(),
         identities: set.identities(),
         skipped: None,
+        also: None,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

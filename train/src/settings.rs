@@ -43,22 +43,10 @@ impl Method {
         }
     }
 
-    /// `Err` with what to do for a method this build cannot train yet.
+    /// `Err` with what to do for a method this build cannot train yet (every method trains
+    /// now; kept as the one place a new method is gated).
     pub fn check_implemented(self) -> Result<(), String> {
-        match self {
-            Method::IpAdapter
-            | Method::IpAdapterPlus
-            | Method::IpAdapterFullFace
-            | Method::IpAdapterFaceid
-            | Method::IpAdapterFaceidPlus
-            | Method::Photomaker => Ok(()),
-            Method::SplitPrompt => Err(format!(
-                "method `{}` is not implemented yet: this build trains the IP-Adapter family \
-                 (ip-adapter, ip-adapter-plus, ip-adapter-full-face, ip-adapter-faceid, \
-                 ip-adapter-faceid-plus) on SD 1.x and photomaker on SDXL",
-                self.as_str(),
-            )),
-        }
+        Ok(())
     }
 
     /// Whether the method conditions SDXL (PhotoMaker's family) rather than SD 1.x.
@@ -300,21 +288,20 @@ impl TrainSettings {
                 }
             ));
         }
-        if self.method == Method::Photomaker {
+        if self.method.is_sdxl() {
             if self.adapter.is_none() {
-                return Err(
-                    "`photomaker` fine-tunes a PhotoMaker v1 file (its CLIP tower is the \
-                            frozen backbone): give --adapter (recipe key `adapter`), e.g. \
-                            photomaker-v1.bin; training the ID encoder from scratch is not \
-                            implemented"
-                        .into(),
-                );
+                return Err(format!(
+                    "`{}` fine-tunes a PhotoMaker v1 file (its CLIP tower is the frozen \
+                     backbone): give --adapter (recipe key `adapter`), e.g. photomaker-v1.bin; \
+                     training the ID encoder from scratch is not implemented",
+                    self.method.as_str()
+                ));
             }
             if self.drop == Drop::IpAdapter {
                 return Err(
                     "`drop` = \"ip-adapter\" splits image and text drops, which \
                             PhotoMaker's fused prompt does not have: set `drop = \"persongen\"` \
-                            (10 % of the samples trained on the empty prompt without identity, \
+                            (10 % of the micro-batches on the empty prompt without identity, \
                             persongen's do_cfg_p) or \"none\""
                         .into(),
                 );
