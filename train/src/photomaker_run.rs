@@ -14,6 +14,12 @@
 //! - persongen's drop (`do_cfg_p`, drawn once per micro-batch): the empty prompt, no identity,
 //!   the ID encoder's zero gradient.
 //!
+//! `method = "split-prompt"` (persongen's `ipmakerbgbody`, [`crate::split_prompt`]) runs the
+//! same data with the background / body prompts from the export's `prompt_background` /
+//! `prompt_body` (the empty prompt when null) and exports the PhotoMaker file beside
+//! [`SPLIT_FILE`]; its step runs the CLIP tower, so its cache holds the references'
+//! CLIP-preprocessed pixels instead of the pooled outputs.
+//!
 //! Cached: VAE latents (as the IP-Adapter path), the class-expanded prompt embeddings (the text
 //! encoders are frozen and the expansion depends only on the prompt and the reference count)
 //! and the frozen CLIP tower's pooled output of each reference (the trained
