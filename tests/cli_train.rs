@@ -38,6 +38,11 @@ fn save_jpeg(path: &Path, side: usize, seed: u64) {
 /// A run with three photos of each of `who`, captioned, exported to `<run>/dataset` with the
 /// last identity held out for validation.
 fn make_export(dir: &Path) -> PathBuf {
+    make_export_with(dir, None)
+}
+
+/// [`make_export`], the caption of take `untriggered` (of every identity) without its trigger.
+fn make_export_with(dir: &Path, untriggered: Option<u64>) -> PathBuf {
     let runs = dir.join("runs");
     let run = runs.join("demo");
     CuratedRun {
@@ -47,8 +52,9 @@ fn make_export(dir: &Path) -> PathBuf {
         face_box: [8.0, 6.0, 40.0, 44.0],
     }
     .write(&run, save_jpeg, |_, j| {
+        let trigger = if untriggered == Some(j) { "" } else { " sks" };
         Some((
-            format!("a photo of a person sks, take {j}"),
+            format!("a photo of a person{trigger}, take {j}"),
             format!("a photo of a person, take {j}"),
         ))
     });
@@ -222,7 +228,29 @@ fn bad_inputs_say_what_to_do() {
     fails(&r, &[], "unknown field `learning_rate`");
 
     let r = recipe(dir.path(), "pm", &export, "");
-    fails(&r, &["--method", "photomaker"], "not implemented yet");
+    fails(&r, &["--method", "split-prompt"], "--adapter");
+    fails(&r, &["--method", "photomaker"], "--adapter");
+    let pm_file = root().join("diffusion/tests/fixtures/photomaker/photomaker-v1.bin");
+    let pm_args = [
+        "--method",
+        "photomaker",
+        "--drop",
+        "persongen",
+        "--adapter",
+        pm_file.to_str().unwrap(),
+    ];
+    fails(&r, &pm_args, "is an SD 1.x pipeline");
+    fails(
+        &r,
+        &["--method", "photomaker", "--adapter", pm_args[5]],
+        "drop = \"persongen\"",
+    );
+    let sdxl_model = root().join("diffusion/tests/fixtures/tiny-sdxl");
+    fails(
+        &r,
+        &["--model", sdxl_model.to_str().unwrap()],
+        "IP-Adapter training on SDXL is not implemented",
+    );
     fails(&r, &["--method", "ip-adapter-plus"], "--image-encoder");
 
     let r = dir.path().join("noarc.toml");
@@ -342,4 +370,231 @@ fn clip_kinds_train_and_export() {
             assert!(png.is_file());
         }
     }
+}
+
+/// PhotoMaker v1 fine-tuned from the PhotoMaker fixture on the tiny SDXL pipeline: captions
+/// without the trigger are skipped and counted, a run killed (SIGKILL) after its step-2
+/// checkpoint and resumed ends with the uninterrupted run's file byte for byte, the frozen
+/// references' pooled outputs are cached, and the export generates through `generate
+/// --adapter`.
+#[test]
+fn photomaker_trains_resumes_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = make_export_with(dir.path(), Some(2));
+    let fixtures = root().join("diffusion/tests/fixtures");
+    let sdxl = fixtures.join("tiny-sdxl");
+    let pm = fixtures.join("photomaker");
+    let recipe = |name: &str| -> PathBuf {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\nruns_dir = \"{runs}\"\n\n[train]\nmethod = \"photomaker\"\n\
+                 model = \"{model}\"\ndataset = \"{export}\"\nadapter = \"{adapter}\"\n\
+                 id_encoder_heads = [16, 32]\ndrop = \"persongen\"\noptimizer = \"adam\"\n\
+                 resolution = 32\nbatch_size = 1\ngrad_accum = 2\nsteps = 4\nlr = 1e-3\n\
+                 lora_lr = 1e-2\nwarmup_steps = 1\nmasked_loss_p = 0.5\nmax_references = 2\n\
+                 checkpoint_every = 2\nkeep_checkpoints = 1\nseed = 7\ncache_dir = \"{cache}\"\n",
+                runs = dir.path().join("runs").display(),
+                model = sdxl.display(),
+                export = export.display(),
+                adapter = pm.join("photomaker-v1.bin").display(),
+                cache = dir.path().join("cache").display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+
+    let whole = recipe("pm_whole");
+    let out = train(&[], &whole);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("trained 4 steps (0–4) on 4 samples of 2 identities"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("skipped 2 rows as targets: captions without exactly one trigger"),
+        "{}",
+        text(&out)
+    );
+    let run = dir.path().join("runs/pm_whole/train");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "{metrics}");
+    let refs = dir.path().join("cache/photomaker-references");
+    let cached = std::fs::read_dir(&refs)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .count();
+    assert!(cached > 0, "no cached pooled outputs in {}", refs.display());
+
+    let killed = recipe("pm_killed");
+    let ckpt = dir
+        .path()
+        .join("runs/pm_killed/train/checkpoints/step-00000002/state.json");
+    let mut child = idforge()
+        .args(["train", "--recipe"])
+        .arg(&killed)
+        .env(idforge_train::run::HOLD_ENV, "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !ckpt.is_file() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint of step 2"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let out = train(&["--resume"], &killed);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("trained 2 steps (2–4)"),
+        "{}",
+        text(&out)
+    );
+    let a = std::fs::read(run.join("adapter.safetensors")).unwrap();
+    let b = std::fs::read(dir.path().join("runs/pm_killed/train/adapter.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the resumed PhotoMaker run's weights differ from the uninterrupted run's"
+    );
+    // The trained groups moved, CLIP's backbone is the starting file's, and the keys are a
+    // PhotoMaker file's.
+    let base = idforge_models::WeightStore::open(pm.join("photomaker-v1.bin")).unwrap();
+    let trained = idforge_models::WeightStore::open(run.join("adapter.safetensors")).unwrap();
+    let mut want: Vec<&str> = base.names().collect();
+    let mut got: Vec<&str> = trained.names().collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, want);
+    for name in want {
+        let moved = base.read_f32(name).unwrap() != trained.read_f32(name).unwrap();
+        let frozen = name.starts_with("id_encoder.vision_model.");
+        assert_eq!(moved, !frozen, "{name}: moved {moved}");
+    }
+
+    let png = dir.path().join("pm.png");
+    let out = idforge()
+        .args(["generate", "--model"])
+        .arg(&sdxl)
+        .args(["--prompt", "a photo of a man img", "--steps", "2"])
+        .args(["--width", "64", "--height", "64", "--adapter"])
+        .arg(run.join("adapter.safetensors"))
+        .arg("--ref")
+        .arg(pm.join("ref0.png"))
+        .args(["--id-encoder-heads", "16,32", "--output"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("photomaker-v1"), "{}", text(&out));
+    assert!(png.is_file());
+}
+
+/// The split-prompt adapter (PhotoMaker v1 + background / body attention) fine-tuned from the
+/// PhotoMaker fixture on the tiny SDXL pipeline: a run stopped after one step and resumed to two
+/// ends with the two-step run's files byte for byte, and the two exported files generate
+/// together through `generate --adapter PM --adapter SPLIT`.
+#[test]
+fn split_prompt_trains_resumes_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = make_export(dir.path());
+    let fixtures = root().join("diffusion/tests/fixtures");
+    let sdxl = fixtures.join("tiny-sdxl");
+    let pm = fixtures.join("photomaker");
+    let recipe = |name: &str, steps: u32| -> PathBuf {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\nruns_dir = \"{runs}\"\n\n[train]\nmethod = \"split-prompt\"\n\
+                 model = \"{model}\"\ndataset = \"{export}\"\nadapter = \"{adapter}\"\n\
+                 id_encoder_heads = [16, 32]\ndrop = \"persongen\"\noptimizer = \"adam\"\n\
+                 resolution = 32\nbatch_size = 2\nsteps = {steps}\nlr = 1e-3\nlora_lr = 1e-2\n\
+                 masked_loss_p = 0.5\nmax_references = 2\nmax_grad_norm = 0.0\n\
+                 checkpoint_every = 1\nseed = 3\ncache_dir = \"{cache}\"\n",
+                runs = dir.path().join("runs").display(),
+                model = sdxl.display(),
+                export = export.display(),
+                adapter = pm.join("photomaker-v1.bin").display(),
+                cache = dir.path().join("cache").display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let whole = recipe("sp_whole", 2);
+    let out = train(&[], &whole);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("split_prompt.safetensors"),
+        "{}",
+        text(&out)
+    );
+    let halves = recipe("sp_halves", 1);
+    let out = train(&[], &halves);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = train(&["--resume", "--steps", "2"], &halves);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("trained 1 steps (1–2)"),
+        "{}",
+        text(&out)
+    );
+    let a = dir.path().join("runs/sp_whole/train");
+    let b = dir.path().join("runs/sp_halves/train");
+    for file in ["adapter.safetensors", "split_prompt.safetensors"] {
+        assert!(
+            std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(),
+            "{file}: the resumed run differs from the uninterrupted one"
+        );
+    }
+    // The background / body projections train: step 2's differ from step 1's checkpoint.
+    let split = idforge_models::WeightStore::open(a.join("split_prompt.safetensors")).unwrap();
+    let step1 =
+        idforge_models::WeightStore::open(b.join("checkpoints/step-00000001/adapter.safetensors"))
+            .unwrap();
+    let name = split
+        .names()
+        .find(|n| n.ends_with(".to_k_ip_bg.weight"))
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        split.read_f32(&name).unwrap(),
+        step1.read_f32(&name).unwrap(),
+        "{name} did not move"
+    );
+
+    let png = dir.path().join("sp.png");
+    let out = idforge()
+        .args(["generate", "--model"])
+        .arg(&sdxl)
+        .args(["--prompt", "a photo of a man img", "--steps", "2"])
+        .args(["--width", "64", "--height", "64", "--adapter"])
+        .arg(a.join("adapter.safetensors"))
+        .arg("--adapter")
+        .arg(a.join("split_prompt.safetensors"))
+        .args([
+            "--bg-prompt",
+            "a sunny beach",
+            "--body-prompt",
+            "a red jacket",
+        ])
+        .arg("--ref")
+        .arg(pm.join("ref0.png"))
+        .args(["--id-encoder-heads", "16,32", "--output"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(png.is_file());
 }

@@ -24,11 +24,13 @@ Examples:
   idforge train --recipe train.toml --resume           # continue from the last checkpoint
   idforge train --name faceid --model sd15/ --dataset runs/demo/dataset \\
       --arcface w600k_r50.onnx --steps 2000 --lr 1e-4 --lora-lr 1e-4
+  idforge train --name pm --method photomaker --model sdxl/ --dataset runs/demo/dataset \\
+      --adapter photomaker-v1.bin --drop persongen --optimizer adam --lr 1e-5 --lora-lr 1e-4
 
 Writes runs/<name>/train/: metrics.jsonl (one line per step), checkpoints/step-N/ (weights,
 optimizer state, counters; the last --keep-checkpoints are kept), adapter.safetensors (the
-final adapter in the layout diffusers' load_ip_adapter and `idforge generate --adapter` read)
-and report.html (loss and learning-rate curves).")]
+final adapter in the layout diffusers' load_ip_adapter, PhotoMaker's loader and `idforge
+generate --adapter` read) and report.html (loss and learning-rate curves).")]
 pub struct TrainArgs {
     /// Recipe file (TOML) naming the run and its [train] settings.
     #[arg(long, short)]
@@ -42,18 +44,29 @@ pub struct TrainArgs {
     /// Continue from the run's last checkpoint (same settings; --steps may grow).
     #[arg(long)]
     resume: bool,
-    /// What is trained (the IP-Adapter family: plain, plus, full-face, faceid, faceid-plus).
+    /// What is trained: the IP-Adapter family (plain, plus, full-face, faceid, faceid-plus) on
+    /// SD 1.x, or photomaker (v1) and split-prompt (PhotoMaker v1 + background / body
+    /// attention, persongen's ipmakerbgbody) on SDXL.
     #[arg(long, value_enum)]
     method: Option<MethodArg>,
-    /// The diffusers Stable Diffusion 1.x folder.
+    /// The diffusers Stable Diffusion folder: SD 1.x for the IP-Adapter kinds, SDXL for
+    /// photomaker.
     #[arg(long)]
     model: Option<PathBuf>,
     /// The dataset export folder (`idforge dataset export`).
     #[arg(long)]
     dataset: Option<PathBuf>,
-    /// Start from this adapter file (fine-tuning) instead of from scratch.
+    /// Start from this adapter file (fine-tuning) instead of from scratch; photomaker needs a
+    /// PhotoMaker v1 file (photomaker-v1.bin).
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// PhotoMaker's trigger word (default img); the export's trigger is replaced by it.
+    #[arg(long)]
+    trigger: Option<String>,
+    /// The PhotoMaker ID encoder's head widths VISION,PERCEIVER (default 64,128, the
+    /// published; as `generate --id-encoder-heads`).
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    id_encoder_heads: Option<Vec<usize>>,
     /// insightface ArcFace ONNX for the FaceID inputs (w600k_r50.onnx).
     #[arg(long)]
     arcface: Option<PathBuf>,
@@ -241,6 +254,10 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<(String, PathBuf, TrainSettings)> {
     set!(opt model);
     set!(opt dataset);
     set!(opt adapter);
+    set!(opt trigger);
+    if let Some(h) = &a.id_encoder_heads {
+        s.id_encoder_heads = Some([h[0], h[1]]);
+    }
     set!(opt arcface);
     set!(opt image_encoder);
     set!(plus_v2);
@@ -312,7 +329,7 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<(String, PathBuf, TrainSettings)> {
         };
     }
     s.validate().map_err(anyhow::Error::msg)?;
-    if s.ref_faces == RefFaces::Detect && s.face_api_weights.is_none() {
+    if s.method.needs_arcface() && s.ref_faces == RefFaces::Detect && s.face_api_weights.is_none() {
         s.face_api_weights = Some(super::face_api_models(None)?);
     }
     Ok((name, runs_dir, s))
@@ -366,7 +383,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             .last_loss
             .map_or("—".to_string(), |l| format!("{l:.5}"))
     );
+    if let Some((n, why)) = summary.skipped {
+        println!("skipped {n} rows as targets: {why}");
+    }
     println!("adapter\t{}", summary.adapter.display());
+    if let Some(also) = &summary.also {
+        println!("adapter\t{}", also.display());
+    }
     println!(
         "report\t{}",
         out.join(idforge_train::run::REPORT_FILE).display()

@@ -65,6 +65,13 @@ pub struct TrainRow {
     pub prompt: String,
     /// The face box in the crop's pixels.
     pub face_box: Option<[f32; 4]>,
+    /// The token that stands for the identity in `prompt` (the export's `trigger`).
+    pub trigger: Option<String>,
+    /// `prompt_background` and `prompt_body` (null: not described), for the split-prompt
+    /// adapter.
+    pub background: Option<String>,
+    /// See `background`.
+    pub body: Option<String>,
 }
 
 /// The train split, with the rows that can be trained on (identities with at least two photos).
@@ -207,6 +214,19 @@ fn read_batch(
         .and_then(|c| c.as_any().downcast_ref::<StructArray>());
     let identity: &StringArray = column(batch, shard, IDENTITY)?;
     let prompt: &StringArray = column(batch, shard, "prompt_general")?;
+    let optional = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+    };
+    let (triggers, backgrounds, bodies) = (
+        optional("trigger"),
+        optional("prompt_background"),
+        optional("prompt_body"),
+    );
+    let value = |a: Option<&StringArray>, i: usize| {
+        a.filter(|t| !t.is_null(i)).map(|t| t.value(i).to_string())
+    };
     let boxes: Option<&FixedSizeListArray> = batch
         .column_by_name(FACE_BOX)
         .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>());
@@ -230,6 +250,9 @@ fn read_batch(
                 prompt.value(i).to_string()
             },
             face_box,
+            trigger: value(triggers, i),
+            background: value(backgrounds, i),
+            body: value(bodies, i),
         });
     }
     Ok(())
@@ -351,12 +374,24 @@ pub struct Pixels {
     pub chw: Vec<f32>,
     /// The face box at the training resolution, in pixels.
     pub face_box: Option<[f32; 4]>,
+    /// The decoded photo's `(height, width)` (SDXL's `original_size`).
+    pub original_size: [f32; 2],
+    /// The centre crop's `(top, left)` after the resize (SDXL's `crops_coords_top_left`).
+    pub crop_top_left: [f32; 2],
 }
 
 /// Decodes `bytes`, resizes the short side to `side` (bilinear, as torchvision's `Resize`) and
 /// crops the centre square; returns the pixels in [-1, 1] and the scale and offset that map a
 /// box of the original into the crop.
 pub fn decode_square(bytes: &[u8], side: usize) -> Result<(Vec<f32>, f32, [f32; 2]), String> {
+    decode_square_sized(bytes, side).map(|(chw, scale, offset, _)| (chw, scale, offset))
+}
+
+/// Pixels, scale, crop offset `(x, y)` and the decoded photo's `(height, width)`.
+type Decoded = (Vec<f32>, f32, [f32; 2], [f32; 2]);
+
+/// [`decode_square`] and the decoded photo's `(height, width)`.
+fn decode_square_sized(bytes: &[u8], side: usize) -> Result<Decoded, String> {
     let img = image::load_from_memory(bytes)
         .map_err(|e| format!("decoding an image: {e}"))?
         .to_rgb8();
@@ -377,7 +412,7 @@ pub fn decode_square(bytes: &[u8], side: usize) -> Result<(Vec<f32>, f32, [f32; 
             }
         }
     }
-    Ok((chw, scale, [ox as f32, oy as f32]))
+    Ok((chw, scale, [ox as f32, oy as f32], [h, w]))
 }
 
 /// Decodes `bytes` into RGB8 (`width`, `height`, data), for the face embedder.
@@ -391,7 +426,7 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
 /// A target photo at the training resolution, its face box mapped into the crop.
 pub fn target_pixels(row: &TrainRow, side: usize) -> Result<Pixels, String> {
     let bytes = row.image.bytes().map_err(|e| e.to_string())?;
-    let (chw, scale, [ox, oy]) = decode_square(&bytes, side)?;
+    let (chw, scale, [ox, oy], original_size) = decode_square_sized(&bytes, side)?;
     let s = side as f32;
     let face_box = row.face_box.map(|[x0, y0, x1, y1]| {
         [
@@ -401,7 +436,12 @@ pub fn target_pixels(row: &TrainRow, side: usize) -> Result<Pixels, String> {
             (y1 * scale - oy).clamp(0.0, s),
         ]
     });
-    Ok(Pixels { chw, face_box })
+    Ok(Pixels {
+        chw,
+        face_box,
+        original_size,
+        crop_top_left: [oy, ox],
+    })
 }
 
 /// Work done ahead of the step on worker threads: whatever `prepare` makes of a position.
@@ -484,6 +524,9 @@ mod tests {
                     identity: format!("id{g}"),
                     prompt: String::new(),
                     face_box: None,
+                    trigger: None,
+                    background: None,
+                    body: None,
                 });
             }
         }

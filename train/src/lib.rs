@@ -18,7 +18,8 @@
 //!   worker threads.
 //! - [`checkpoint`]: atomic checkpoints (weights, optimizer, counters) and `--resume`.
 //! - [`export`]: the adapter as one safetensors file in the reference layout.
-//! - [`settings`] and [`run`]: the `[train]` table and a whole run (`idforge train`).
+//! - [`settings`] and [`run`]: the `[train]` table and a whole run (`idforge train`);
+//!   [`photomaker_run`] the run of `method = "photomaker"` on SDXL.
 //! - [`init`]: starting from scratch as the reference scripts do (`to_k_ip` / `to_v_ip` copied
 //!   from the UNet's `to_k` / `to_v`).
 //!
@@ -36,6 +37,7 @@ pub mod loss;
 pub mod names;
 pub mod optim;
 pub mod photomaker;
+pub mod photomaker_run;
 pub mod run;
 pub mod schedule;
 pub mod settings;
@@ -47,7 +49,7 @@ pub use init::ip_layers_from_unet;
 pub use loss::{LossConfig, NoiseDraw};
 pub use names::{NamedTensor, ParamNames};
 pub use optim::{AdamConfig, AdamKind, GradAccumulator, Optimizer, ParamGroup, clip_grad_norm};
-pub use photomaker::{PhotoMakerParts, PhotoMakerTrainer, PmBatch, PmSample};
+pub use photomaker::{PhotoMakerParts, PhotoMakerTrainer, PmBatch, PmReferences, PmSample};
 pub use schedule::{Decay, LrSchedule, Warmup};
 pub use settings::{Method, TrainSettings};
 pub use split_prompt::{

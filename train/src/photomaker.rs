@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use idforge_diffusion::Projection;
@@ -95,6 +95,9 @@ pub fn fresh_lora<B: Backend>(
             layers.push((name, layer));
         }
     }
+    // In the order `Lora::load_unet` reads a file's layers (by name), so that a run resumed
+    // from a checkpoint visits the tensors in the order the uninterrupted run did.
+    layers.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Lora::new(layers, 1.0))
 }
 
@@ -221,16 +224,29 @@ pub fn export_photomaker<B: Backend>(
     write_safetensors(path, &tensors, Some(("format", "pt")))
 }
 
+/// What a sample's identity tokens come from.
+#[derive(Debug, Clone)]
+pub enum PmReferences<B: Backend> {
+    /// The references, CLIP-preprocessed, `[n, 3, 224, 224]`, through the whole ID encoder.
+    Pixels(Tensor<B, 4>),
+    /// The frozen CLIP tower's pooled outputs of the references, `[n, width]` (v1; what a run
+    /// caches, since the trained `visual_projection{,_2}` come after the tower).
+    Pooled(Tensor<B, 2>),
+    /// A dropped condition (persongen's `do_cfg`): `context` is the empty prompt's and no
+    /// identity is fused.
+    Dropped,
+}
+
 /// One training sample's prompt and references.
 #[derive(Debug, Clone)]
 pub struct PmSample<B: Backend> {
     /// The class-expanded prompt's embeddings (`TriggerPrompt::expanded.context`), `[1,
-    /// tokens, 2048]`.
+    /// tokens, 2048]` (the empty prompt's when dropped).
     pub context: Tensor<B, 3>,
     /// Where the class tokens are in `context`.
     pub class_tokens: Range<usize>,
-    /// The references, CLIP-preprocessed, `[n, 3, 224, 224]`.
-    pub pixels: Tensor<B, 4>,
+    /// The references.
+    pub references: PmReferences<B>,
 }
 
 /// One (micro-)batch.
@@ -246,6 +262,28 @@ pub struct PmBatch<B: Backend> {
     pub added: AddedConditions<B>,
     /// Face boxes for the masked loss.
     pub face_boxes: Option<Vec<[f32; 4]>>,
+}
+
+/// The sum of every trainable tensor of `module` (one value, in the autodiff graph); `None`
+/// without any. Times zero, it is persongen's `dummy` that gives a skipped ID encoder zero
+/// gradients (and so an Adam step) rather than none.
+pub(crate) fn trainable_sum<B: Backend, M: Module<B>>(module: &M) -> Option<Tensor<B, 1>> {
+    struct Sum<B: Backend>(Option<Tensor<B, 1>>);
+    impl<B: Backend> ModuleVisitor<B> for Sum<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let v = param.val();
+            if v.is_require_grad() {
+                let s = v.sum();
+                self.0 = Some(match self.0.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    let mut sum = Sum(None);
+    module.visit(&mut sum);
+    sum.0
 }
 
 /// Trains PhotoMaker's parts on a frozen SDXL UNet.
@@ -274,13 +312,32 @@ impl<A: AutodiffBackend> Trained<A> for PhotoMakerParts<A> {
         }
         let mut contexts = Vec::with_capacity(b);
         for s in &batch.samples {
-            let id = self.encoder.forward(s.pixels.clone(), None)?;
+            let id = match &s.references {
+                PmReferences::Pixels(p) => self.encoder.forward(p.clone(), None)?,
+                PmReferences::Pooled(p) => self.encoder.forward_pooled(p.clone())?,
+                PmReferences::Dropped => {
+                    contexts.push(s.context.clone());
+                    continue;
+                }
+            };
             let [n, t, d] = id.dims();
             contexts.push(self.encoder.fuse_module.forward(
                 s.context.clone(),
                 s.class_tokens.clone(),
                 id.reshape([n * t, d]),
             )?);
+        }
+        if batch
+            .samples
+            .iter()
+            .all(|s| matches!(s.references, PmReferences::Dropped))
+        {
+            // persongen's `dummy = sum(p.sum() for p in id_encoder.parameters()) * 0`: the ID
+            // encoder gets zero gradients (and so an Adam step) rather than none.
+            if let Some(dummy) = trainable_sum(&self.encoder) {
+                let dummy = dummy.mul_scalar(0.0).reshape([1, 1, 1]);
+                contexts = contexts.into_iter().map(|c| c + dummy.clone()).collect();
+            }
         }
         objective.denoising_loss(
             unet,
@@ -305,7 +362,15 @@ impl<B: Backend> ToDevice<B> for PmBatch<B> {
                 .map(|s| PmSample {
                     context: s.context.clone().to_device(device),
                     class_tokens: s.class_tokens.clone(),
-                    pixels: s.pixels.clone().to_device(device),
+                    references: match &s.references {
+                        PmReferences::Pixels(p) => {
+                            PmReferences::Pixels(p.clone().to_device(device))
+                        }
+                        PmReferences::Pooled(p) => {
+                            PmReferences::Pooled(p.clone().to_device(device))
+                        }
+                        PmReferences::Dropped => PmReferences::Dropped,
+                    },
                 })
                 .collect(),
             added: added_to_device(&self.added, device),

@@ -91,6 +91,12 @@ pub struct RunSummary {
     pub samples: usize,
     /// Identities with two or more photos.
     pub identities: usize,
+    /// A second file `generate --adapter` loads beside `adapter` (the split-prompt adapter's
+    /// `split_prompt.safetensors`; `adapter` is then its PhotoMaker part).
+    pub also: Option<PathBuf>,
+    /// Rows of the train split left out as targets, with why (PhotoMaker: captions without
+    /// exactly one trigger word after a class word).
+    pub skipped: Option<(usize, &'static str)>,
     /// Seconds of the run.
     pub seconds: f64,
 }
@@ -251,16 +257,16 @@ fn resized(view: RgbView<'_>, side: usize) -> Vec<u8> {
 
 /// A folder of cached tensors, one safetensors file per key (tensor `v`).
 #[derive(Debug, Clone)]
-struct Cache {
-    dir: PathBuf,
+pub(crate) struct Cache {
+    pub(crate) dir: PathBuf,
 }
 
 impl Cache {
-    fn path(&self, key: &str) -> PathBuf {
+    pub(crate) fn path(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.safetensors"))
     }
 
-    fn get(&self, key: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+    pub(crate) fn get(&self, key: &str) -> Option<(Vec<usize>, Vec<f32>)> {
         let p = self.path(key);
         if !p.is_file() {
             return None;
@@ -268,17 +274,17 @@ impl Cache {
         WeightStore::open(&p).ok()?.read_f32("v").ok()
     }
 
-    fn put(&self, key: &str, shape: Vec<usize>, v: Vec<f32>) -> Result<(), TrainError> {
+    pub(crate) fn put(&self, key: &str, shape: Vec<usize>, v: Vec<f32>) -> Result<(), TrainError> {
         crate::export::write_safetensors(&self.path(key), &[("v".into(), shape, v)], None)
     }
 }
 
-fn sha_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
 /// A fingerprint of a model component folder: its configuration and weight files' bytes.
-fn folder_fingerprint(dirs: &[PathBuf]) -> Result<String, TrainError> {
+pub(crate) fn folder_fingerprint(dirs: &[PathBuf]) -> Result<String, TrainError> {
     let mut h = Sha256::new();
     for dir in dirs {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -298,11 +304,11 @@ fn folder_fingerprint(dirs: &[PathBuf]) -> Result<String, TrainError> {
 }
 
 /// Cached latents: shape `[2c, h, w]`, mean ‖ logvar, the face box at the training size.
-type CachedLatents = (Vec<usize>, Vec<f32>, Option<[f32; 4]>);
+pub(crate) type CachedLatents = (Vec<usize>, Vec<f32>, Option<[f32; 4]>);
 /// A decoded photo: width, height, RGB8.
-type Rgb = (usize, usize, Vec<u8>);
+pub(crate) type Rgb = (usize, usize, Vec<u8>);
 /// A reference: its cache key, and its cached embedding or its decoded photo.
-type RefInput = (String, Option<Vec<f32>>, Option<Rgb>);
+pub(crate) type RefInput = (String, Option<Vec<f32>>, Option<Rgb>);
 
 /// What a data worker hands the step: the target (cached latents or pixels) and the
 /// references (cached embeddings or decoded photos).
@@ -332,18 +338,9 @@ where
     let started = Instant::now();
     let model = settings.model.clone().expect("validated");
     let export = settings.dataset.clone().expect("validated");
-    let index_path = model.join("model_index.json");
-    let index = std::fs::read_to_string(&index_path).map_err(|e| {
-        TrainError::data(
-            &model,
-            format!("no readable model_index.json ({e}): give a diffusers SD 1.x folder"),
-        )
-    })?;
-    if !index.contains("\"StableDiffusionPipeline\"") {
-        return Err(TrainError::data(
-            &index_path,
-            "not a StableDiffusionPipeline: training is implemented for SD 1.x (SDXL not yet)",
-        ));
+    check_family(settings.method, &model)?;
+    if settings.method.is_sdxl() {
+        return crate::photomaker_run::train::<B>(settings, out, resume, device, watch);
     }
 
     // The run folder: a fresh run refuses an earlier run's checkpoints.
@@ -572,37 +569,8 @@ where
     } else {
         vec![ParamGroup::new("", lr)]
     };
-    let config = AdamConfig {
-        kind: match settings.optimizer {
-            OptimizerKind::Adamw => AdamKind::AdamW,
-            OptimizerKind::Adam => AdamKind::Adam,
-        },
-        beta1: settings.betas[0],
-        beta2: settings.betas[1],
-        eps: settings.eps,
-        weight_decay: settings.weight_decay.unwrap_or(match settings.optimizer {
-            OptimizerKind::Adamw => 1e-2,
-            OptimizerKind::Adam => 0.0,
-        }),
-    };
-    let step_config = StepConfig {
-        loss: LossConfig {
-            noise_offset: settings.noise_offset,
-            snr_gamma: (settings.snr_gamma > 0.0).then_some(settings.snr_gamma),
-        },
-        max_grad_norm: (settings.max_grad_norm > 0.0).then_some(settings.max_grad_norm),
-        lr: LrSchedule {
-            warmup_steps: settings.warmup_steps,
-            warmup: Warmup::Persongen,
-            decay: match settings.lr_decay {
-                LrDecay::Constant => Decay::Constant,
-                LrDecay::Cosine => Decay::Cosine {
-                    total_steps: settings.steps,
-                    cycles: 0.5,
-                },
-            },
-        },
-    };
+    let config = adam_config(settings);
+    let step_config = step_config(settings);
     let mut trainer = IpAdapterTrainer::new(
         unet,
         &adapter,
@@ -843,8 +811,92 @@ where
         adapter: adapter_path,
         samples: set.samples.len(),
         identities: set.identities(),
+        skipped: None,
+        also: None,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Refuses a model folder of the other family than `method` trains on: SD 1.x for the
+/// IP-Adapter kinds, SDXL for PhotoMaker.
+fn check_family(method: Method, model: &Path) -> Result<(), TrainError> {
+    let index_path = model.join("model_index.json");
+    let index = std::fs::read_to_string(&index_path).map_err(|e| {
+        TrainError::data(
+            model,
+            format!(
+                "no readable model_index.json ({e}): give a diffusers {} folder (--model)",
+                if method.is_sdxl() { "SDXL" } else { "SD 1.x" }
+            ),
+        )
+    })?;
+    let sdxl = index.contains("\"StableDiffusionXLPipeline\"");
+    let sd = index.contains("\"StableDiffusionPipeline\"");
+    match (method.is_sdxl(), sd, sdxl) {
+        (false, true, _) | (true, _, true) => Ok(()),
+        (false, _, true) => Err(TrainError::data(
+            &index_path,
+            format!(
+                "is an SDXL pipeline: `method = \"{}\"` trains IP-Adapters on SD 1.x only \
+                 (IP-Adapter training on SDXL is not implemented); give an SD 1.x folder \
+                 (--model), or train `method = \"photomaker\"` on SDXL",
+                method.as_str()
+            ),
+        )),
+        (true, true, _) => Err(TrainError::data(
+            &index_path,
+            format!(
+                "is an SD 1.x pipeline: `method = \"{}\"` conditions SDXL (two text encoders, \
+                 2048-wide prompts); give a diffusers SDXL folder (--model), or an IP-Adapter \
+                 `method` for SD 1.x",
+                method.as_str()
+            ),
+        )),
+        _ => Err(TrainError::data(
+            &index_path,
+            "is neither a StableDiffusionPipeline nor a StableDiffusionXLPipeline: give a \
+             diffusers Stable Diffusion folder (--model)",
+        )),
+    }
+}
+
+/// torch's Adam / AdamW with the settings' betas, ε and weight decay (AdamW's default 0.01).
+pub(crate) fn adam_config(settings: &TrainSettings) -> AdamConfig {
+    AdamConfig {
+        kind: match settings.optimizer {
+            OptimizerKind::Adamw => AdamKind::AdamW,
+            OptimizerKind::Adam => AdamKind::Adam,
+        },
+        beta1: settings.betas[0],
+        beta2: settings.betas[1],
+        eps: settings.eps,
+        weight_decay: settings.weight_decay.unwrap_or(match settings.optimizer {
+            OptimizerKind::Adamw => 1e-2,
+            OptimizerKind::Adam => 0.0,
+        }),
+    }
+}
+
+/// The loss, clipping and learning-rate schedule of the settings.
+pub(crate) fn step_config(settings: &TrainSettings) -> StepConfig {
+    StepConfig {
+        loss: LossConfig {
+            noise_offset: settings.noise_offset,
+            snr_gamma: (settings.snr_gamma > 0.0).then_some(settings.snr_gamma),
+        },
+        max_grad_norm: (settings.max_grad_norm > 0.0).then_some(settings.max_grad_norm),
+        lr: LrSchedule {
+            warmup_steps: settings.warmup_steps,
+            warmup: Warmup::Persongen,
+            decay: match settings.lr_decay {
+                LrDecay::Constant => Decay::Constant,
+                LrDecay::Cosine => Decay::Cosine {
+                    total_steps: settings.steps,
+                    cycles: 0.5,
+                },
+            },
+        },
+    }
 }
 
 /// Refuses a starting adapter of another kind than `method`, or with other input widths than
@@ -1138,7 +1190,7 @@ fn make_batch<A: Backend, B: Backend>(
 
 /// Opens `metrics.jsonl` for appending, keeping only the lines of steps ≤ `first_step` (a
 /// killed run may have logged steps after its last checkpoint).
-fn open_metrics(path: &Path, first_step: u64) -> Result<std::fs::File, TrainError> {
+pub(crate) fn open_metrics(path: &Path, first_step: u64) -> Result<std::fs::File, TrainError> {
     let kept: Vec<String> = if first_step > 0 && path.is_file() {
         std::fs::read_to_string(path)
             .map_err(|e| TrainError::io(path, e))?

@@ -43,27 +43,15 @@ impl Method {
         }
     }
 
-    /// `Err` with what to do for a method this build cannot train yet.
+    /// `Err` with what to do for a method this build cannot train yet (every method trains
+    /// now; kept as the one place a new method is gated).
     pub fn check_implemented(self) -> Result<(), String> {
-        match self {
-            Method::IpAdapter
-            | Method::IpAdapterPlus
-            | Method::IpAdapterFullFace
-            | Method::IpAdapterFaceid
-            | Method::IpAdapterFaceidPlus => Ok(()),
-            Method::Photomaker | Method::SplitPrompt => Err(format!(
-                "method `{}` is not implemented yet{}: this build trains the IP-Adapter family \
-                 (ip-adapter, ip-adapter-plus, ip-adapter-full-face, ip-adapter-faceid, \
-                 ip-adapter-faceid-plus)",
-                self.as_str(),
-                if self == Method::Photomaker {
-                    " in `idforge train` (its training step and export are in the library, \
-                     `idforge_train::photomaker`)"
-                } else {
-                    ""
-                }
-            )),
-        }
+        Ok(())
+    }
+
+    /// Whether the method conditions SDXL (PhotoMaker's family) rather than SD 1.x.
+    pub fn is_sdxl(self) -> bool {
+        matches!(self, Method::Photomaker | Method::SplitPrompt)
     }
 
     /// Whether the method's references go through ArcFace.
@@ -149,12 +137,20 @@ pub enum RefFaces {
 pub struct TrainSettings {
     /// What is trained.
     pub method: Method,
-    /// The diffusers Stable Diffusion 1.x folder.
+    /// The diffusers Stable Diffusion folder: SD 1.x for the IP-Adapter kinds, SDXL for
+    /// `photomaker`.
     pub model: Option<PathBuf>,
     /// The dataset export folder (`idforge dataset export`).
     pub dataset: Option<PathBuf>,
-    /// Start from this adapter file (fine-tuning) instead of from scratch.
+    /// Start from this adapter file (fine-tuning) instead of from scratch; `photomaker` needs
+    /// one (a PhotoMaker v1 file: its CLIP tower is the frozen backbone).
     pub adapter: Option<PathBuf>,
+    /// PhotoMaker's trigger word (default `img`, the reference's): the export's trigger in
+    /// each caption is replaced by it.
+    pub trigger: Option<String>,
+    /// The PhotoMaker ID encoder's head widths `[vision, perceiver]`, not stored in its file
+    /// (default: the published 64, 128; `generate --id-encoder-heads`).
+    pub id_encoder_heads: Option<[usize; 2]>,
     /// The insightface ArcFace ONNX for FaceID inputs.
     pub arcface: Option<PathBuf>,
     /// diffusers' `image_encoder/` folder (CLIP vision + projection) for the CLIP-based kinds.
@@ -227,6 +223,8 @@ impl Default for TrainSettings {
             model: None,
             dataset: None,
             adapter: None,
+            trigger: None,
+            id_encoder_heads: None,
             arcface: None,
             image_encoder: None,
             face_crop_channels: CropOrder::default(),
@@ -281,7 +279,48 @@ impl TrainSettings {
             }
         };
         if self.model.is_none() {
-            return Err("`model` is missing: give the diffusers SD 1.x folder (--model)".into());
+            return Err(format!(
+                "`model` is missing: give the diffusers {} folder (--model)",
+                if self.method.is_sdxl() {
+                    "SDXL"
+                } else {
+                    "SD 1.x"
+                }
+            ));
+        }
+        if self.method.is_sdxl() {
+            if self.adapter.is_none() {
+                return Err(format!(
+                    "`{}` fine-tunes a PhotoMaker v1 file (its CLIP tower is the frozen \
+                     backbone): give --adapter (recipe key `adapter`), e.g. photomaker-v1.bin; \
+                     training the ID encoder from scratch is not implemented",
+                    self.method.as_str()
+                ));
+            }
+            if self.drop == Drop::IpAdapter {
+                return Err(
+                    "`drop` = \"ip-adapter\" splits image and text drops, which \
+                            PhotoMaker's fused prompt does not have: set `drop = \"persongen\"` \
+                            (10 % of the micro-batches on the empty prompt without identity, \
+                            persongen's do_cfg_p) or \"none\""
+                        .into(),
+                );
+            }
+            if let Some(t) = &self.trigger
+                && (t.is_empty() || t.chars().any(char::is_whitespace))
+            {
+                return Err(format!(
+                    "`trigger` = {t:?}: give one word without spaces (PhotoMaker's is `img`)"
+                ));
+            }
+        }
+        if let Some([v, p]) = self.id_encoder_heads
+            && (v == 0 || p == 0)
+        {
+            return Err(format!(
+                "`id_encoder_heads` = [{v}, {p}]: give two head widths above 0 (published \
+                 PhotoMaker: [64, 128])"
+            ));
         }
         if self.dataset.is_none() {
             return Err(

@@ -65,7 +65,7 @@
 use std::ops::Range;
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use idforge_diffusion::adapters::photomaker::PhotoMaker;
@@ -82,7 +82,7 @@ use crate::export::write_safetensors;
 use crate::loss::NoiseDraw;
 use crate::names::ParamNames;
 use crate::optim::ParamGroup;
-use crate::photomaker::{PhotoMakerParts, added_to_device, export_photomaker};
+use crate::photomaker::{PhotoMakerParts, added_to_device, export_photomaker, trainable_sum};
 use crate::step::{Objective, ToDevice, Trained, Trainer};
 
 /// What a split-prompt run trains: PhotoMaker's parts (backbone frozen) and the background /
@@ -397,26 +397,6 @@ impl<B: Backend> ToDevice<B> for SplitBatch<B> {
             face_boxes: self.face_boxes.clone(),
         }
     }
-}
-
-/// The sum of every trainable tensor of `module` (a scalar in the autodiff graph).
-fn trainable_sum<B: Backend, M: Module<B>>(module: &M) -> Option<Tensor<B, 1>> {
-    struct Sum<B: Backend>(Option<Tensor<B, 1>>);
-    impl<B: Backend> ModuleVisitor<B> for Sum<B> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let v = param.val();
-            if v.is_require_grad() {
-                let s = v.sum();
-                self.0 = Some(match self.0.take() {
-                    Some(acc) => acc + s,
-                    None => s,
-                });
-            }
-        }
-    }
-    let mut sum = Sum(None);
-    module.visit(&mut sum);
-    sum.0
 }
 
 /// Where [`export_split_prompt`] writes.

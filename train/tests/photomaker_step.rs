@@ -17,7 +17,7 @@ use idforge_train::photomaker::{
 };
 use idforge_train::{
     AdamConfig, LossConfig, LrSchedule, NoiseDraw, Optimizer, ParamNames, PhotoMakerParts,
-    PhotoMakerTrainer, PmBatch, PmSample, StepConfig,
+    PhotoMakerTrainer, PmBatch, PmReferences, PmSample, StepConfig,
 };
 
 type A = Autodiff<Flex>;
@@ -66,6 +66,16 @@ fn a_step_trains_the_groups_and_the_export_loads_back() {
     let mut trainer =
         PhotoMakerTrainer::new(pipe.unet.clone(), &parts, schedule, optimizer, config).unwrap();
     let normal = Distribution::Normal(0.0, 1.0);
+    // The run caches the frozen tower's pooled outputs: the tokens from them are the tokens
+    // from the pixels.
+    let pixels = Tensor::<A, 4>::random([2, 3, size, size], normal, &device);
+    let whole = parts.encoder.forward(pixels.clone(), None).unwrap();
+    let pooled = parts.encoder.vision.forward(pixels).pooled;
+    let split = parts.encoder.forward_pooled(pooled).unwrap();
+    assert_eq!(
+        whole.into_data().to_vec::<f32>().unwrap(),
+        split.into_data().to_vec::<f32>().unwrap()
+    );
     let batch = PmBatch {
         latents: Tensor::random([1, 4, 8, 8], normal, &device),
         draw: NoiseDraw {
@@ -76,7 +86,7 @@ fn a_step_trains_the_groups_and_the_export_loads_back() {
         samples: vec![PmSample {
             context: prompt.expanded.context.clone(),
             class_tokens: prompt.class_tokens.clone(),
-            pixels: Tensor::random([1, 3, size, size], normal, &device),
+            references: PmReferences::Pixels(Tensor::random([1, 3, size, size], normal, &device)),
         }],
         added: AddedConditions {
             text_embeds: prompt.expanded.pooled.clone().unwrap(),

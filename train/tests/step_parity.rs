@@ -547,7 +547,7 @@ fn photomaker_v1_step() {
     use idforge_diffusion::Pipeline;
     use idforge_diffusion::adapters::photomaker::{IdEncoderOptions, PhotoMaker};
     use idforge_train::photomaker::{FROZEN_PREFIX, photomaker_groups};
-    use idforge_train::{PhotoMakerParts, PhotoMakerTrainer, PmBatch, PmSample};
+    use idforge_train::{PhotoMakerParts, PhotoMakerTrainer, PmBatch, PmReferences, PmSample};
 
     let case = Case {
         store: WeightStore::open(root().join("tests/fixtures/photomaker_step.safetensors"))
@@ -606,7 +606,7 @@ fn photomaker_v1_step() {
         samples: vec![PmSample {
             context: case.t::<A, 3>("in.context"),
             class_tokens: class[0]..class[class.len() - 1] + 1,
-            pixels: case.t::<A, 4>("in.pixels"),
+            references: PmReferences::Pixels(case.t::<A, 4>("in.pixels")),
         }],
         added: AddedConditions {
             text_embeds: case.t::<A, 2>("in.pooled"),

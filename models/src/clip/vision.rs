@@ -141,6 +141,16 @@ impl<B: Backend> ClipVisionTransformer<B> {
         &self.config
     }
 
+    /// `visual_projection` of pooled outputs (`image_embeds` from [`VisionOutput::pooled`]), so
+    /// that a trainer that caches the frozen tower's pooled output can still train the
+    /// projection; `None` without a projection.
+    ///
+    /// # Shapes
+    /// - `pooled`: `[batch, width]` → `[batch, embed]`
+    pub fn project(&self, pooled: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        self.projection.as_ref().map(|p| p.forward(pooled))
+    }
+
     /// Runs the tower on normalised pixels (from [`super::ClipPreprocess`]).
     ///
     /// # Shapes
@@ -180,7 +190,7 @@ impl<B: Backend> ClipVisionTransformer<B> {
         let pooled = self
             .post_ln
             .forward(last.clone().narrow(1, 0, 1).reshape([batch, c.width]));
-        let embeds = self.projection.as_ref().map(|p| p.forward(pooled.clone()));
+        let embeds = self.project(pooled.clone());
         VisionOutput {
             last_hidden_state: last,
             penultimate_hidden_state: penultimate,

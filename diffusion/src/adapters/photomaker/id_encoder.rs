@@ -435,6 +435,34 @@ impl<B: Backend> IdEncoder<B> {
         })
     }
 
+    /// v1's identity tokens from the frozen CLIP tower's pooled outputs (`vision.forward(pixels)
+    /// .pooled`): both projections and their concatenation, as [`IdEncoder::forward`] does after
+    /// the tower. A trainer that caches the tower's output calls this.
+    ///
+    /// # Shapes
+    /// - `pooled`: `[n, width]` → `[n, 1, dim]`
+    pub fn forward_pooled(&self, pooled: Tensor<B, 2>) -> Result<Tensor<B, 3>, DiffusionError> {
+        if self.qformer_perceiver.is_some() {
+            return Err(DiffusionError::Setting(
+                "PhotoMaker v2 takes the tower's hidden states and ArcFace embeddings, not \
+                 pooled outputs: only v1 trains from cached pooled outputs"
+                    .into(),
+            ));
+        }
+        let width = self.vision.config().width;
+        let [n, w] = pooled.dims();
+        if w != width || n == 0 {
+            return Err(DiffusionError::Setting(format!(
+                "PhotoMaker pooled outputs [{n}, {w}]: the ID encoder takes [references, {width}]"
+            )));
+        }
+        let first = self.vision.project(pooled.clone()).ok_or_else(|| {
+            DiffusionError::Setting("the CLIP tower has no visual_projection".into())
+        })?;
+        let second = self.visual_projection_2.forward(pooled);
+        Ok(Tensor::cat(vec![first, second], 1).unsqueeze_dim(1))
+    }
+
     /// The identity tokens of each reference.
     ///
     /// # Shapes
