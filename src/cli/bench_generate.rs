@@ -31,7 +31,7 @@ use idforge_diffusion::adapters::split_prompt::{SplitPrompts, SplitScale};
 use idforge_diffusion::{Family, SamplerKind};
 use serde::{Deserialize, Serialize};
 
-use super::methods::{
+use idforge_diffusion::methods::{
     AdapterKind, Identity, MAX_REFERENCES, Method, MethodOptions, RenderSettings, adapter_kinds,
 };
 
@@ -135,8 +135,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         pooling: None,
         trigger: Some(a.trigger.clone()),
         id_encoder_heads: parse_heads(a.id_encoder_heads.as_deref())?,
+        log: Some(super::log_stderr),
     };
-    let kinds = adapter_kinds(&options, false)?;
+    let kinds = adapter_kinds(&options.adapters)?;
     let photomaker = kinds
         .iter()
         .any(|(_, k)| matches!(k, AdapterKind::PhotoMaker(_)));
@@ -205,7 +206,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let mut family = None;
     if !todo.is_empty() {
         let device = Default::default();
-        let method = Method::load(&a.model, options, &device, identity)?;
+        let method = Method::<super::device::Backend>::load(&a.model, options, &device, identity)?;
         family = Some(method.pipe.family);
         let side = a.size.map_or(method.pipe.default_size(), |s| s.usize());
         method.pipe.check_size(side, side)?;
