@@ -16,6 +16,7 @@
 //! - [`checkpoint`]: atomic checkpoints (weights, optimizer, counters) and `--resume`.
 //! - [`export`]: the adapter as one safetensors file in the reference layout.
 //! - [`settings`] and [`run`]: the `[train]` table and a whole run (`idforge train`).
+//! - [`validate`]: the periodic sample images, rendered through `idforge_diffusion::methods`.
 //! - [`init`]: starting from scratch as the reference scripts do (`to_k_ip` / `to_v_ip` copied
 //!   from the UNet's `to_k` / `to_v`).
 //!
