@@ -20,6 +20,7 @@
 //! - [`export`]: the adapter as one safetensors file in the reference layout.
 //! - [`settings`] and [`run`]: the `[train]` table and a whole run (`idforge train`);
 //!   [`photomaker_run`] the run of `method = "photomaker"` on SDXL.
+//! - [`validate`]: the periodic sample images, rendered through `idforge_diffusion::methods`.
 //! - [`init`]: starting from scratch as the reference scripts do (`to_k_ip` / `to_v_ip` copied
 //!   from the UNet's `to_k` / `to_v`).
 //!
@@ -43,6 +44,7 @@ pub mod schedule;
 pub mod settings;
 pub mod split_prompt;
 pub mod step;
+pub mod validate;
 
 pub use error::TrainError;
 pub use init::ip_layers_from_unet;
