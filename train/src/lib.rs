@@ -16,6 +16,8 @@
 //! - [`checkpoint`]: atomic checkpoints (weights, optimizer, counters) and `--resume`.
 //! - [`export`]: the adapter as one safetensors file in the reference layout.
 //! - [`settings`] and [`run`]: the `[train]` table and a whole run (`idforge train`).
+//! - [`costs`]: what a run cost (minutes over resumed processes, peak memory, the export's
+//!   size), for the benchmark's cost columns.
 //! - [`init`]: starting from scratch as the reference scripts do (`to_k_ip` / `to_v_ip` copied
 //!   from the UNet's `to_k` / `to_v`).
 //!
@@ -25,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod costs;
 pub mod data;
 pub mod error;
 pub mod export;
