@@ -9,6 +9,8 @@
 //! - [`pipeline`]: prompt encoding with the folder's CLIP text encoders, the guided denoising
 //!   loop, decoding.
 //! - [`reference`]: what each adapter takes from reference photos, and its inputs from them.
+//! - [`methods`]: an adapter file (or none) and reference photos to images, the one path that
+//!   `idforge generate`, `idforge bench generate` and the trainer's samples share.
 //!
 //! Every parameter is a burn `Param`: the UNet runs under `burn::backend::Autodiff` with its
 //! base weights frozen (`Module::no_grad`); the trainer (`idforge-train`) adds gradient
@@ -18,6 +20,7 @@ pub mod adapters;
 pub mod attention;
 pub mod config;
 pub mod error;
+pub mod methods;
 pub mod nn;
 pub mod pipeline;
 pub mod reference;

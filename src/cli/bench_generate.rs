@@ -35,8 +35,9 @@ use idforge_diffusion::{Family, SamplerKind};
 use idforge_train::costs::RunCost;
 use serde::{Deserialize, Serialize};
 
-use super::methods::{
-    AdapterKind, Identity, MAX_REFERENCES, Method, MethodOptions, RenderSettings, adapter_kinds,
+use idforge_diffusion::methods::{
+    AdapterKind, BatchItem, Identity, MAX_REFERENCES, Method, MethodOptions, RenderSettings,
+    adapter_kinds,
 };
 
 #[derive(Debug, Args)]
@@ -107,6 +108,10 @@ pub struct GenerateArgs {
     /// Render shard INDEX/COUNT of the jobs (default: the scheduler's, else all).
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
+    /// Jobs denoised together per UNet call (classifier-free guidance doubles the UNet's batch);
+    /// the images equal one-at-a-time rendering's.
+    #[arg(long, default_value = "1")]
+    batch: Count<1, 64>,
     /// PhotoMaker ID-encoder head widths for non-published checkpoints (tiny test files).
     #[arg(long, value_name = "V,P", hide = true)]
     id_encoder_heads: Option<String>,
@@ -155,8 +160,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         pooling: None,
         trigger: Some(a.trigger.clone()),
         id_encoder_heads: parse_heads(a.id_encoder_heads.as_deref())?,
+        log: Some(super::log_stderr),
     };
-    let kinds = adapter_kinds(&options, false)?;
+    let kinds = adapter_kinds(&options.adapters)?;
     let photomaker = kinds
         .iter()
         .any(|(_, k)| matches!(k, AdapterKind::PhotoMaker(_)));
@@ -229,59 +235,72 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let mut family = None;
     if !todo.is_empty() {
         let device = Default::default();
-        let method = Method::load(&a.model, options, &device, identity)?;
+        let method = Method::<super::device::Backend>::load(&a.model, options, &device, identity)?;
         family = Some(method.pipe.family);
         let side = a.size.map_or(method.pipe.default_size(), |s| s.usize());
         method.pipe.check_size(side, side)?;
         let progress = Progress::new(format!("{} images", a.method), todo.len() as u64);
         let started = Instant::now();
         let mut rendered = 0usize;
-        let mut current: Option<(String, Identity<super::device::Backend>)> = None;
+        let mut loaded: Vec<(String, Identity<super::device::Backend>)> = Vec::new();
         let mut result = Ok(());
-        for job in &todo {
+        for chunk in todo.chunks(a.batch.usize()) {
             let step = (|| -> anyhow::Result<()> {
-                if identity
-                    && current
-                        .as_ref()
-                        .is_none_or(|(name, _)| *name != job.identity)
-                {
-                    let photos: Vec<PathBuf> = job
-                        .references
-                        .iter()
-                        .take(MAX_REFERENCES)
-                        .map(|r| bench.root.join(r))
-                        .collect();
-                    let id = method
-                        .identity_from_photos(&photos, None, None, false)
-                        .with_context(|| format!("identity `{}`", job.identity))?;
-                    current = Some((job.identity.clone(), id));
+                // The chunk's identities, read once each (kept while consecutive chunks use them).
+                loaded.retain(|(name, _)| chunk.iter().any(|j| j.identity == *name));
+                for job in chunk {
+                    if identity && !loaded.iter().any(|(name, _)| *name == job.identity) {
+                        let photos: Vec<PathBuf> = job
+                            .references
+                            .iter()
+                            .take(MAX_REFERENCES)
+                            .map(|r| bench.root.join(r))
+                            .collect();
+                        let id = method
+                            .identity_from_photos(&photos, None, None, false)
+                            .with_context(|| format!("identity `{}`", job.identity))?;
+                        loaded.push((job.identity.clone(), id));
+                    }
                 }
                 let none = Identity::None;
-                let id = current.as_ref().map_or(&none, |(_, id)| id);
-                let prompts = if split {
-                    SplitPrompts {
-                        main: &job.prompt_general,
-                        background: &job.prompt_background,
-                        body: &job.prompt_body,
-                        negative: a.negative_prompt.as_deref(),
-                    }
-                } else {
-                    SplitPrompts {
-                        main: &job.prompt,
-                        negative: a.negative_prompt.as_deref(),
-                        ..SplitPrompts::default()
-                    }
-                };
-                let noise = method.pipe.seeded_noise(job.seed, (side, side))?;
-                let img = method.render(id, &prompts, &settings, noise, &mut |_, _| {})?;
-                write_atomically(&img, &folder.join(&job.output))
+                let mut items = Vec::with_capacity(chunk.len());
+                for job in chunk {
+                    let prompts = if split {
+                        SplitPrompts {
+                            main: &job.prompt_general,
+                            background: &job.prompt_background,
+                            body: &job.prompt_body,
+                            negative: a.negative_prompt.as_deref(),
+                        }
+                    } else {
+                        SplitPrompts {
+                            main: &job.prompt,
+                            negative: a.negative_prompt.as_deref(),
+                            ..SplitPrompts::default()
+                        }
+                    };
+                    items.push(BatchItem {
+                        identity: loaded
+                            .iter()
+                            .find(|(name, _)| *name == job.identity)
+                            .map_or(&none, |(_, id)| id),
+                        prompts,
+                        noise: method.pipe.seeded_noise(job.seed, (side, side))?,
+                    });
+                }
+                let images = method.render_batch(&items, &settings, &mut |_, _| {})?;
+                for (job, img) in chunk.iter().zip(&images) {
+                    write_atomically(img, &folder.join(&job.output))?;
+                    rendered += 1;
+                    progress.inc(1);
+                }
+                Ok(())
             })();
             if let Err(e) = step {
-                result = Err(e.context(format!("job {}", job.output)));
+                let names: Vec<&str> = chunk.iter().map(|j| j.output.as_str()).collect();
+                result = Err(e.context(format!("job {}", names.join(", "))));
                 break;
             }
-            rendered += 1;
-            progress.inc(1);
         }
         progress.finish();
         if rendered > 0 {

@@ -16,7 +16,7 @@ use idforge_diffusion::{Family, SamplerKind};
 use idforge_models::reference::CropChannels;
 
 use super::device::Backend;
-use super::methods::{
+use idforge_diffusion::methods::{
     AdapterKind, Identity, MAX_REFERENCES, Method, MethodOptions, RenderSettings, adapter_kinds,
 };
 
@@ -209,10 +209,10 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let options = method_options(&a)?;
     // The adapters' kinds from their keys alone, before anything loads: a missing piece fails
     // fast.
-    let kinds = adapter_kinds(&options, false)?;
+    let kinds = adapter_kinds(&options.adapters)?;
     precheck(&a, &kinds)?;
     let with_photos = !a.references.is_empty();
-    let method = Method::load(&a.model, options, &device, with_photos)?;
+    let method = Method::<Backend>::load(&a.model, options, &device, with_photos)?;
     let identity = if with_photos {
         method.identity_from_photos(
             &a.references,
@@ -326,6 +326,7 @@ fn method_options(a: &GenerateArgs) -> anyhow::Result<MethodOptions> {
         }),
         trigger: Some(a.trigger.clone()),
         id_encoder_heads,
+        log: Some(super::log_stderr),
     })
 }
 

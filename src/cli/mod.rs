@@ -11,7 +11,6 @@ mod device;
 mod faces;
 mod generate;
 mod ingest;
-mod methods;
 mod show;
 mod train;
 
@@ -94,6 +93,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// face-api's model folder: `given`, else the asset cache's (fetched by `make assets`).
+/// Prints a library's note (what loaded, which flag is unused) to stderr.
+fn log_stderr(message: &str) {
+    eprintln!("{message}");
+}
+
 fn face_api_models(given: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context;
     match given {

@@ -141,9 +141,24 @@ pub struct TrainArgs {
     /// Checkpoints kept (0: all).
     #[arg(long)]
     keep_checkpoints: Option<u32>,
-    /// Sample images every N steps (not implemented yet: 0).
+    /// Sample images every N steps into <run>/samples/step-NNNNNN/ (0: never).
     #[arg(long)]
     sample_every: Option<u64>,
+    /// A sample prompt (repeat; replaces the recipe's `sample_prompts`).
+    #[arg(long = "sample-prompt", value_name = "PROMPT")]
+    sample_prompts: Vec<String>,
+    /// Identities the samples show (the validation split's first, else the train split's).
+    #[arg(long)]
+    sample_identities: Option<u32>,
+    /// The samples' denoising steps.
+    #[arg(long)]
+    sample_steps: Option<u32>,
+    /// The samples' guidance scale.
+    #[arg(long)]
+    sample_cfg: Option<f64>,
+    /// The samples' noise seed.
+    #[arg(long)]
+    sample_seed: Option<u64>,
     /// Data decoding threads.
     #[arg(long)]
     workers: Option<u32>,
@@ -264,6 +279,13 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<(String, PathBuf, TrainSettings)> {
     set!(checkpoint_every);
     set!(keep_checkpoints);
     set!(sample_every);
+    if !a.sample_prompts.is_empty() {
+        s.sample_prompts = a.sample_prompts.clone();
+    }
+    set!(sample_identities);
+    set!(sample_steps);
+    set!(sample_cfg);
+    set!(sample_seed);
     set!(workers);
     set!(opt cache_dir);
     if let Some(b) = &a.betas {

@@ -195,6 +195,43 @@ fn image_at(images: &StructArray, i: usize, export: &Path) -> Option<ImageSource
     (!path.is_null(i)).then(|| ImageSource::File(export.join(path.value(i))))
 }
 
+/// Every row of one split of the export, in shard order (empty when the export has no such
+/// split): the trainer's samples take their references from the validation split.
+pub fn split_rows(export: &Path, split: Split) -> Result<Vec<TrainRow>, TrainError> {
+    let data = export.join(DATA_DIR);
+    let mut shards: Vec<PathBuf> = match std::fs::read_dir(&data) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(Split::of_shard_file)
+                    == Some(split)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    shards.sort();
+    let mut rows = Vec::new();
+    for shard in &shards {
+        let file = File::open(shard).map_err(|e| TrainError::io(shard, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| TrainError::Data {
+                path: shard.clone(),
+                message: format!("not a Parquet file: {e}"),
+            })?;
+        for batch in reader {
+            let batch = batch.map_err(|e| TrainError::Data {
+                path: shard.clone(),
+                message: format!("reading Parquet: {e}"),
+            })?;
+            read_batch(&batch, shard, export, &mut rows)?;
+        }
+    }
+    Ok(rows)
+}
+
 fn read_batch(
     batch: &RecordBatch,
     shard: &Path,

@@ -14,6 +14,15 @@ pub enum TrainError {
     /// A weight or model file could not be read.
     #[error(transparent)]
     Model(#[from] idforge_models::ModelError),
+    /// The periodic sample images could not be rendered.
+    #[error("rendering the samples of step {step}")]
+    Samples {
+        /// The step whose adapter was rendered.
+        step: u64,
+        /// Why.
+        #[source]
+        source: idforge_diffusion::methods::MethodError,
+    },
     /// A setting that cannot work (zero warm-up with a schedule that needs one, an empty
     /// batch, …); the message names it.
     #[error("{0}")]

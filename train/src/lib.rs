@@ -40,6 +40,7 @@ pub mod run;
 pub mod schedule;
 pub mod settings;
 pub mod step;
+pub mod validate;
 
 pub use error::TrainError;
 pub use init::ip_layers_from_unet;

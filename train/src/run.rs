@@ -802,6 +802,13 @@ where
         .map_err(|e| TrainError::io(&metrics_path, e))?;
         watch.step(&report);
         let done = step + 1;
+        // The periodic samples (their own noise: the training streams are untouched).
+        if settings.sample_every > 0
+            && (done.is_multiple_of(settings.sample_every) || done == total)
+        {
+            let export = |p: &Path| export_ip_adapter(&adapter, trainer.unet(), p);
+            crate::validate::render_samples::<B>(settings, out, done, &export, device, watch)?;
+        }
         if (every > 0 && done.is_multiple_of(every)) || done == total {
             let state = CheckpointState {
                 step: done,
@@ -1193,7 +1200,7 @@ pub fn write_report(out: &Path) -> Result<(), TrainError> {
          padding:1em;overflow:auto}}</style></head><body><h1>Training: {title}</h1>\
          <p>{steps} steps; last loss {loss}; {secs:.1} s.</p>\
          <h2>Loss</h2>{loss_svg}<h2>Learning rate</h2>{lr_svg}\
-         <h2>Settings</h2><pre>{settings}</pre></body></html>\n",
+         {samples}<h2>Settings</h2><pre>{settings}</pre></body></html>\n",
         title = idforge_core::html::escape(
             &out.parent()
                 .and_then(|p| p.file_name())
@@ -1218,6 +1225,8 @@ pub fn write_report(out: &Path) -> Result<(), TrainError> {
                 .collect::<Vec<_>>(),
             "lr"
         ),
+        samples = serde_json::from_str(&settings)
+            .map_or(String::new(), |s| crate::validate::report_section(out, &s)),
         settings = idforge_core::html::escape(&settings),
     );
     write_atomic(&out.join(REPORT_FILE), html.as_bytes())

@@ -211,8 +211,20 @@ pub struct TrainSettings {
     pub checkpoint_every: u64,
     /// Checkpoints kept (0: all).
     pub keep_checkpoints: u32,
-    /// Sample images every N steps (0: never).
+    /// Sample images every N steps (0: never), into `<run>/samples/step-NNNNNN/` (see
+    /// [`crate::validate`]).
     pub sample_every: u64,
+    /// The samples' prompts (each rendered for every sample identity).
+    pub sample_prompts: Vec<String>,
+    /// How many identities the samples show (the validation split's first, else the train
+    /// split's).
+    pub sample_identities: u32,
+    /// The samples' denoising steps (Euler).
+    pub sample_steps: u32,
+    /// The samples' guidance scale.
+    pub sample_cfg: f64,
+    /// The samples' noise seed (the same noise at every checkpoint).
+    pub sample_seed: u64,
     /// Data decoding threads.
     pub workers: u32,
     /// Where VAE latents, text embeddings and reference embeddings are cached (default: the
@@ -256,6 +268,14 @@ impl Default for TrainSettings {
             checkpoint_every: 500,
             keep_checkpoints: 3,
             sample_every: 0,
+            sample_prompts: vec![
+                "a photo of a person".into(),
+                "a portrait of a person in a garden, oil painting".into(),
+            ],
+            sample_identities: 2,
+            sample_steps: 30,
+            sample_cfg: 5.0,
+            sample_seed: 0,
             workers: 2,
             cache_dir: None,
         }
@@ -354,12 +374,25 @@ impl TrainSettings {
                 self.warmup_steps, self.steps
             ));
         }
-        if self.sample_every > 0 {
+        if self.sample_every > 0 && (self.sample_prompts.is_empty() || self.sample_identities == 0)
+        {
             return Err(
-                "`sample_every`: periodic sample images are not implemented yet; set 0 \
-                        and run `idforge generate --adapter` on a checkpoint's adapter.safetensors"
+                "`sample_every` > 0 needs at least one `sample_prompts` entry and \
+                 `sample_identities` ≥ 1 (or set `sample_every` = 0)"
                     .into(),
             );
+        }
+        if self.sample_every > 0 && !(1..=1000).contains(&self.sample_steps) {
+            return Err(format!(
+                "`sample_steps` = {}: give 1 to 1000",
+                self.sample_steps
+            ));
+        }
+        if !(self.sample_cfg.is_finite() && self.sample_cfg >= 0.0) {
+            return Err(format!(
+                "`sample_cfg` = {}: give a guidance scale ≥ 0 (1 turns guidance off)",
+                self.sample_cfg
+            ));
         }
         if self.method.needs_arcface() && self.arcface.is_none() {
             return Err(format!(
@@ -390,6 +423,11 @@ impl TrainSettings {
         s.checkpoint_every = 0;
         s.keep_checkpoints = 0;
         s.sample_every = 0;
+        s.sample_prompts = Vec::new();
+        s.sample_identities = 0;
+        s.sample_steps = 0;
+        s.sample_cfg = 0.0;
+        s.sample_seed = 0;
         s.workers = 0;
         s.cache_dir = None;
         s.face_api_weights = None;
