@@ -13,11 +13,20 @@ assets:
 ## runs/demo/curate/report.html), caption them offline (captions table), export the
 ## dataset (runs/demo/dataset/, loads in Hugging Face `datasets`), print the tables; then
 ## benchmark on the exported identities: copy-reference and two imported baseline method
-## folders, scored; the preference arena served on a free loopback port, 8 scripted raters
+## folders; a tiny $(DEMO_METHOD) adapter trained for a few CPU steps (each in-train identity's
+## reference and its mirror, datasets/demo-train-photos → runs/demo-train, curated, captioned,
+## exported, `idforge train`), rendered by `bench generate` with its training costs
+## (--train-run) beside the text-only baseline; all scored; the preference arena served on a free loopback port, 8 scripted raters
 ## voting, the votes exported to runs/demo/bench/arena/votes.parquet and the server stopped;
 ## the leaderboard in runs/demo/bench/leaderboard/index.html; finally `idforge generate` on the
 ## tiny random-weight diffusers pipeline of the tests (no real checkpoint is fetched: its image is
 ## noise, the point is the command).
+## The adapter the demo trains (an `idforge train --method` that trains on SD 1.x), the tiny
+## random-weight SD pipeline of the tests and the tiny ArcFace of the model tests it trains with.
+DEMO_METHOD ?= ip-adapter-faceid
+DEMO_MODEL := diffusion/tests/fixtures/tiny-sd
+DEMO_ARCFACE := models/tests/fixtures/iresnet/iresnet50_w4.onnx
+
 demo: assets
 	$(CARGO) run --quiet -- ingest --recipe datasets/recipes/demo.toml
 	$(CARGO) run --quiet -- curate --recipe datasets/recipes/demo.toml
@@ -31,6 +40,21 @@ demo: assets
 		$(CARGO) run --quiet -- bench baseline $$m --bench runs/demo/bench -o runs/demo/methods/$$m && \
 		$(CARGO) run --quiet -- bench import runs/demo/methods/$$m --bench runs/demo/bench || exit 1; \
 	done
+	IDFORGE="$(CARGO) run --quiet --" datasets/demo-train-photos runs/demo/bench runs/demo-train-photos
+	rm -rf runs/demo-train
+	$(CARGO) run --quiet -- ingest --recipe datasets/recipes/demo-train.toml
+	$(CARGO) run --quiet -- curate --recipe datasets/recipes/demo-train.toml
+	$(CARGO) run --quiet -- caption --recipe datasets/recipes/demo-train.toml
+	$(CARGO) run --quiet -- dataset export runs/demo-train
+	$(CARGO) run --quiet -- train --name demo-train --runs-dir runs --method $(DEMO_METHOD) \
+		--model $(DEMO_MODEL) --dataset runs/demo-train/dataset --arcface $(DEMO_ARCFACE) \
+		--resolution 64 --batch-size 2 --steps 6 --lr 1e-3 --checkpoint-every 3
+	rm -rf runs/demo/bench/renders
+	$(CARGO) run --quiet -- bench generate runs/demo/bench --method $(DEMO_METHOD)-demo \
+		--model $(DEMO_MODEL) --arcface $(DEMO_ARCFACE) --train-run runs/demo-train/train \
+		--steps 4 --id-start-step 1
+	$(CARGO) run --quiet -- bench generate runs/demo/bench --method text-only --model $(DEMO_MODEL) \
+		--steps 4 --id-start-step 0
 	$(CARGO) run --quiet -- bench score runs/demo/bench
 	rm -f runs/demo/arena/votes.sqlite runs/demo/arena/votes.sqlite-wal runs/demo/arena/votes.sqlite-shm
 	mkdir -p runs/demo/arena

@@ -176,7 +176,7 @@ fn leaderboard_joins_the_arena_ratings() {
     // No votes yet: no arena section, and nothing said about one.
     ok(idforge().args(["bench", "leaderboard"]).arg(&bench));
     let lb = read_json(&bench);
-    assert_eq!(lb["schema_version"], 2);
+    assert_eq!(lb["schema_version"], 3);
     assert!(lb["arena"].is_null(), "{}", lb["arena"]);
     let md = std::fs::read_to_string(bench.join("leaderboard/LEADERBOARD.md")).unwrap();
     assert!(!md.contains("Arena"), "{md}");

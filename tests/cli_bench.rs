@@ -284,7 +284,7 @@ fn bench_end_to_end() {
     ]));
     let lb_path = bench.join("leaderboard/leaderboard.json");
     let lb: Value = serde_json::from_str(&std::fs::read_to_string(&lb_path).unwrap()).unwrap();
-    assert_eq!(lb["schema_version"], 2);
+    assert_eq!(lb["schema_version"], 3);
     assert!(lb["arena"].is_null(), "no votes, no arena: {}", lb["arena"]);
     assert_eq!(lb["protocol"]["name"], "test-v1");
     let keys: Vec<&str> = field_of(&lb, "metrics", "key");

@@ -2,7 +2,9 @@
 //! diffusion/tests/fixtures: the whole plan rendered and imported with measured costs in
 //! method.toml; a run killed midway and rerun renders only the rest; two shards give the
 //! single process's images; PhotoMaker with the split-prompt adapter renders the image
-//! `idforge generate` makes for the same job; bad input leaves nothing half-written.
+//! `idforge generate` makes for the same job; `--train-run` fills the training costs, marked
+//! measured through to the leaderboard; bad input (no references, an adapter for another base
+//! model, a train run that is not one, an unwritable folder) leaves nothing half-written.
 
 mod common;
 
@@ -135,12 +137,16 @@ fn text_only_baseline_renders_the_whole_plan_resumes_and_shards() {
         "{toml}"
     );
     assert!(cost["peak_memory_gib"].as_float().unwrap() > 0.0, "{toml}");
-    assert!(
-        cost["hardware"]
-            .as_str()
-            .unwrap()
-            .contains("measured by idforge bench generate")
-    );
+    // Both measured, on this machine; no training figures without --train-run.
+    for key in ["seconds_per_image", "peak_memory_gib"] {
+        let m = &cost["measured"][key];
+        assert_eq!(m["by"].as_str(), Some("idforge bench generate"), "{toml}");
+        assert!(
+            m["hardware"].as_str().unwrap().contains("threads"),
+            "{toml}"
+        );
+    }
+    assert!(cost.get("training_minutes").is_none(), "{toml}");
 
     // Killed midway: a rerun renders only what is missing, and the same images.
     let killed = bench.join("renders/killed");
@@ -327,4 +333,252 @@ fn bench_generate_refuses_bad_input_and_writes_nothing() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+fn arcface() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/tests/fixtures/iresnet/iresnet18_w4_mxnet.onnx")
+}
+
+/// A finished `idforge train` run folder as the trainer leaves it: settings, metrics of two
+/// processes (the first killed after step 2, the second resumed from its checkpoint), the
+/// finished process's cost line and the exported adapter (the FaceID fixture).
+fn train_run(dir: &Path) -> PathBuf {
+    let run = dir.join("runs/faceid/train");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("settings.json"),
+        r#"{"method": "ip-adapter-faceid", "steps": 4}"#,
+    )
+    .unwrap();
+    let line = |step: u64, seconds: f64| {
+        format!(
+            "{{\"step\":{step},\"loss\":0.5,\"grad_norm\":1.0,\"lr\":[0.001],\"seconds\":{seconds}}}\n"
+        )
+    };
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        [line(1, 30.0), line(2, 60.0), line(3, 40.0), line(4, 80.0)].concat(),
+    )
+    .unwrap();
+    std::fs::write(
+        run.join("costs.jsonl"),
+        "{\"first_step\":2,\"last_step\":4,\"seconds\":90.0,\"peak_memory_gib\":1.5,\
+         \"hardware\":\"Test CPU, 2 threads (burn flex, CPU)\"}\n",
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures().join("ip-adapter/faceid.safetensors"),
+        run.join("adapter.safetensors"),
+    )
+    .unwrap();
+    run
+}
+
+#[test]
+fn train_run_costs_are_filled_measured_and_shown_in_the_leaderboard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bench = make_bench(tmp.path());
+    let run = train_run(tmp.path());
+    // The adapter comes from the run (no --adapter).
+    ok(idforge().args([
+        "bench",
+        "generate",
+        s(&bench),
+        "--method",
+        "faceid-trained",
+        "--model",
+        s(&fixtures().join("tiny-sd")),
+        "--arcface",
+        s(&arcface()),
+        "--train-run",
+        s(&run),
+        "--steps",
+        "2",
+        "--id-start-step",
+        "0",
+    ]));
+    let method = bench.join("generations/faceid-trained");
+    let toml: toml::Table =
+        toml::from_str(&std::fs::read_to_string(method.join("method.toml")).unwrap()).unwrap();
+    let cost = &toml["cost"];
+    // 60 s of the killed process (its metrics) + 90 s of the finished one (its cost line).
+    assert_eq!(cost["training_minutes"].as_float(), Some(2.5), "{toml}");
+    assert_eq!(cost["training_peak_memory_gib"].as_float(), Some(1.5));
+    assert_eq!(cost["disk_per_identity_mib"].as_float(), Some(0.0));
+    for key in [
+        "training_minutes",
+        "training_peak_memory_gib",
+        "disk_per_identity_mib",
+    ] {
+        let m = &cost["measured"][key];
+        assert_eq!(m["by"].as_str(), Some("idforge train"), "{key}: {toml}");
+        assert_eq!(
+            m["hardware"].as_str(),
+            Some("Test CPU, 2 threads (burn flex, CPU)")
+        );
+    }
+    let minutes_note = cost["measured"]["training_minutes"]["note"]
+        .as_str()
+        .unwrap();
+    assert!(
+        minutes_note.contains("ip-adapter-faceid") && minutes_note.contains("2 processes summed"),
+        "{minutes_note}"
+    );
+    let disk_note = cost["measured"]["disk_per_identity_mib"]["note"]
+        .as_str()
+        .unwrap();
+    let size = std::fs::metadata(run.join("adapter.safetensors"))
+        .unwrap()
+        .len();
+    assert!(
+        disk_note.contains(&format!("{:.3} MiB", size as f64 / (1024.0 * 1024.0))),
+        "{disk_note}"
+    );
+    assert!(
+        toml["settings"]["adapter"]
+            .as_str()
+            .unwrap()
+            .contains("adapter.safetensors")
+    );
+
+    // Scored beside copy-reference: the leaderboard marks the measured figures, JSON to HTML.
+    ok(idforge().args([
+        "bench",
+        "score",
+        s(&bench),
+        "--resamples",
+        "50",
+        "--set-resamples",
+        "10",
+    ]));
+    let lb: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bench.join("leaderboard/leaderboard.json")).unwrap())
+            .unwrap();
+    assert_eq!(lb["schema_version"], 3);
+    let entry = lb["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "faceid-trained")
+        .unwrap();
+    let sources = &entry["cost"]["sources"];
+    for key in [
+        "training_minutes",
+        "training_peak_memory_gib",
+        "disk_per_identity_mib",
+        "seconds_per_image",
+        "peak_memory_gib",
+    ] {
+        assert_eq!(sources[key]["kind"], "measured", "{key}: {entry}");
+    }
+    let copy = lb["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "copy-reference")
+        .unwrap();
+    assert_eq!(
+        copy["cost"]["sources"]["seconds_per_image"]["kind"],
+        "reported"
+    );
+    let md = std::fs::read_to_string(bench.join("leaderboard/LEADERBOARD.md")).unwrap();
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| faceid-trained |") && l.contains("2.5ᵐ"))
+        .unwrap_or_else(|| panic!("no marked row in\n{md}"));
+    assert!(row.contains("| 1.5ᵐ | 0.0ᵐ |"), "{row}");
+    assert!(md.contains("measured by idforge train on Test CPU"), "{md}");
+    let html = std::fs::read_to_string(bench.join("leaderboard/index.html")).unwrap();
+    assert!(
+        html.contains("class=\"num cost cost-first measured\""),
+        "the marked cell"
+    );
+}
+
+#[test]
+fn train_run_that_is_not_a_finished_run_is_refused_before_rendering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bench = make_bench(tmp.path());
+    let generate = |run: &Path| {
+        idforge()
+            .args([
+                "bench",
+                "generate",
+                s(&bench),
+                "--method",
+                "m",
+                "--model",
+                s(&fixtures().join("tiny-sd")),
+                "--arcface",
+                s(&arcface()),
+                "--train-run",
+                s(run),
+                "--steps",
+                "2",
+                "--id-start-step",
+                "0",
+            ])
+            .output()
+            .unwrap()
+    };
+    // The bench folder is not a train run.
+    let o = generate(&bench);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("--train-run") && text(&o).contains("not an idforge train run"),
+        "{}",
+        text(&o)
+    );
+    // A run killed before its export.
+    let run = train_run(tmp.path());
+    std::fs::remove_file(run.join("adapter.safetensors")).unwrap();
+    let o = generate(&run);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("has not finished"), "{}", text(&o));
+    assert!(!bench.join("renders").exists() && !bench.join("generations/m").exists());
+}
+
+#[test]
+fn an_unwritable_output_is_refused_before_rendering_and_nothing_is_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bench = make_bench(tmp.path());
+    // A render folder under a regular file (root ignores permission bits; a file is a file).
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let o = text_only(&bench, "m", "2", &["--folder", s(&file.join("renders"))])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("--folder") && text(&o).contains("is a file, not a folder"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a folder");
+    assert!(!bench.join("renders").exists() && !bench.join("generations/m").exists());
+    // The bench's generations/ a file: refused before any image is rendered, not at the import.
+    std::fs::write(bench.join("generations"), "").unwrap();
+    let o = text_only(&bench, "m", "2", &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("generations/ folder"), "{}", text(&o));
+    assert!(!bench.join("renders").exists(), "nothing rendered");
+    // A read-only folder, where permission bits count (not as root).
+    let ro = tmp.path().join("read-only");
+    std::fs::create_dir(&ro).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let probe = ro.join("probe");
+    if std::fs::write(&probe, "").is_ok() {
+        // Running as root: modes are ignored, the case above is the one that can be tested.
+        std::fs::remove_file(&probe).unwrap();
+    } else {
+        std::fs::remove_file(bench.join("generations")).unwrap();
+        let o = text_only(&bench, "m", "2", &["--folder", s(&ro.join("renders"))])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("cannot write in"), "{}", text(&o));
+    }
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }

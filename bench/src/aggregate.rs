@@ -588,18 +588,19 @@ pub fn write_files(bench: &BenchDir, lb: &Leaderboard) -> Result<(), BenchError>
     Ok(())
 }
 
-/// Reads a `leaderboard.json` of the current schema version, or of version 1 (which has no
-/// arena results: it reads as the current version without them); refuses other versions.
+/// Reads a `leaderboard.json` of the current schema version, or of version 1 or 2, migrated:
+/// version 1 has no arena results, versions 1 and 2 no cost sources (every figure reads as
+/// reported) and no training peak; refuses other versions.
 pub fn read_leaderboard(path: &Path) -> Result<Leaderboard, BenchError> {
     let text = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| BenchError::invalid(path, format!("not JSON: {e}")))?;
     let version = v.get("schema_version").and_then(|v| v.as_u64());
-    if !matches!(version, Some(1)) && version != Some(u64::from(LEADERBOARD_SCHEMA_VERSION)) {
+    if !matches!(version, Some(1 | 2)) && version != Some(u64::from(LEADERBOARD_SCHEMA_VERSION)) {
         return Err(BenchError::invalid(
             path,
             format!(
-                "schema_version {version:?}, this idforge reads 1 and {LEADERBOARD_SCHEMA_VERSION}: \
+                "schema_version {version:?}, this idforge reads 1 to {LEADERBOARD_SCHEMA_VERSION}: \
                  re-run `idforge bench leaderboard`"
             ),
         ));
@@ -616,7 +617,7 @@ mod tests {
     use crate::leaderboard::markdown::tests::sample;
 
     #[test]
-    fn reads_this_version_and_version_1_refuses_others() {
+    fn reads_this_version_and_versions_1_and_2_refuses_others() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("leaderboard.json");
         let lb = sample();
@@ -659,10 +660,41 @@ mod tests {
             &serde_json::to_value(&back.sets).unwrap(),
             &serde_json::to_value(&lb.sets).unwrap()
         ));
-        v1["schema_version"] = 3.into();
+        // Version 2: no cost sources and no training peak; its figures read as reported.
+        let mut v2 = serde_json::to_value(&lb).unwrap();
+        v2["schema_version"] = 2.into();
+        for m in v2["methods"].as_array_mut().unwrap() {
+            let cost = m["cost"].as_object_mut().unwrap();
+            cost.remove("sources");
+            cost.remove("training_peak_memory_gib");
+        }
+        std::fs::write(&path, v2.to_string()).unwrap();
+        let back = read_leaderboard(&path).unwrap();
+        assert_eq!(back.schema_version, LEADERBOARD_SCHEMA_VERSION);
+        let measured = lb
+            .methods
+            .iter()
+            .find(|m| !m.cost.sources.is_empty())
+            .expect("the sample has a measured figure");
+        let migrated = back
+            .methods
+            .iter()
+            .find(|m| m.name == measured.name)
+            .unwrap();
+        assert!(migrated.cost.sources.is_empty());
+        assert_eq!(migrated.cost.training_peak_memory_gib, None);
+        assert_eq!(
+            migrated.cost.source("seconds_per_image"),
+            Some(crate::leaderboard::CostSource::Reported)
+        );
+        assert_eq!(
+            migrated.cost.seconds_per_image,
+            measured.cost.seconds_per_image
+        );
+        v1["schema_version"] = 4.into();
         std::fs::write(&path, v1.to_string()).unwrap();
         let err = read_leaderboard(&path).unwrap_err().to_string();
-        assert!(err.contains("schema_version Some(3)"), "{err}");
+        assert!(err.contains("schema_version Some(4)"), "{err}");
         assert!(err.contains("re-run `idforge bench leaderboard`"), "{err}");
     }
 }

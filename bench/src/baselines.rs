@@ -57,7 +57,7 @@ pub fn copy_reference_method() -> MethodFile {
             peak_memory_gib: Some(0.0),
             disk_per_identity_mib: Some(0.0),
             seconds_per_image: Some(0.0),
-            hardware: None,
+            ..CostFile::default()
         },
     }
 }

@@ -140,6 +140,7 @@ fn leaderboard() -> Leaderboard {
                     disk_per_identity_mib: Some(0.0),
                     seconds_per_image: Some(6.4),
                     hardware: Some("1× A100 80GB".into()),
+                    ..Cost::default()
                 },
             ),
             method(

@@ -58,6 +58,17 @@ pub fn cpu_model() -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
+/// This process's peak resident memory (Linux `VmHWM`), GiB: the memory figure of a CPU run,
+/// for the benchmark's cost columns.
+pub fn peak_rss_gib() -> Option<f64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / (1024.0 * 1024.0))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -72,5 +83,6 @@ mod tests {
         assert!(super::cpu_seconds().unwrap() >= before);
         assert!(super::loadavg().unwrap() >= 0.0);
         assert!(!super::cpu_model().unwrap_or_default().is_empty());
+        assert!(super::peak_rss_gib().unwrap() > 0.0);
     }
 }

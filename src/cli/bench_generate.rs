@@ -8,7 +8,10 @@
 //!   `k` with `k mod N = i`; the process that finds the folder complete writes `method.toml` and
 //!   imports (one, by an exclusive lock file).
 //! - Costs measured: each process records images, seconds and peak memory in `.costs/`;
-//!   `method.toml` gets seconds per image (rendering only), the peak and the hardware.
+//!   `method.toml` gets seconds per image (rendering only) and the peak, each with the
+//!   hardware under `[cost.measured.*]`; `--train-run` adds the training minutes, training
+//!   peak and disk per identity from the `idforge train` run folder.
+//! - Refuses early, before any rendering, a render folder or bench that cannot be written.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +22,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use idforge_bench::generations::import;
 use idforge_bench::layout::{BenchDir, METHOD_FILE};
-use idforge_bench::method::{CostFile, MethodFile};
+use idforge_bench::method::{CostFile, MeasuredBy, MethodFile};
 use idforge_bench::plan::{Job, plan};
 use idforge_bench::protocol::Protocol;
 use idforge_bench::references::References;
@@ -29,6 +32,7 @@ use idforge_core::run::Shard;
 use idforge_diffusion::adapters::photomaker::IdEncoderOptions;
 use idforge_diffusion::adapters::split_prompt::{SplitPrompts, SplitScale};
 use idforge_diffusion::{Family, SamplerKind};
+use idforge_train::costs::RunCost;
 use serde::{Deserialize, Serialize};
 
 use idforge_diffusion::methods::{
@@ -96,6 +100,11 @@ pub struct GenerateArgs {
     /// `<bench>/renders/<method>`).
     #[arg(long)]
     folder: Option<PathBuf>,
+    /// The `idforge train` run folder (`runs/<name>/train`) that trained the adapter: its
+    /// training minutes (resumed processes summed), training peak memory and the export's disk
+    /// go into method.toml, marked measured; the adapter defaults to the run's export.
+    #[arg(long, value_name = "DIR")]
+    train_run: Option<PathBuf>,
     /// Render shard INDEX/COUNT of the jobs (default: the scheduler's, else all).
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
@@ -131,8 +140,19 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let bench = BenchDir::new(&a.bench);
     let protocol: Protocol = bench.protocol()?;
     let refs = References::scan(&bench, &protocol)?;
+    let train_run = match &a.train_run {
+        Some(dir) => Some(
+            idforge_train::costs::run_cost(dir)
+                .with_context(|| format!("--train-run {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let adapters = match &train_run {
+        Some(run) if a.adapter.is_empty() => vec![run.adapter.clone()],
+        _ => a.adapter.clone(),
+    };
     let options = MethodOptions {
-        adapters: a.adapter.clone(),
+        adapters,
         arcface: a.arcface.clone(),
         image_encoder: a.image_encoder.clone(),
         face_api_weights: a.face_api_weights.clone(),
@@ -177,6 +197,10 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         .folder
         .clone()
         .unwrap_or_else(|| bench.root.join("renders").join(&a.method));
+    // Both places written to must take files before anything is rendered: the render folder
+    // and the bench's generations/ (the import). Nothing is created by the check.
+    check_writable(&folder, "--folder (the render folder)")?;
+    check_writable(&bench.generations_dir(), "the bench's generations/ folder")?;
     let todo: Vec<&Job> = jobs
         .iter()
         .enumerate()
@@ -314,7 +338,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e).with_context(|| format!("creating {}", lock.display())),
     }
     let outcome = (|| -> anyhow::Result<()> {
-        let method_file = method_file(&a, &kinds, family, trigger, &folder)?;
+        let method_file = method_file(&a, &kinds, family, trigger, &folder, train_run.as_ref())?;
         std::fs::write(folder.join(METHOD_FILE), method_file.to_toml())
             .with_context(|| format!("writing {}", folder.join(METHOD_FILE).display()))?;
         let import_jobs = plan(&protocol, &refs, None);
@@ -331,6 +355,45 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_file(&lock);
     outcome?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses `dir` when it could not be created or written: its nearest existing ancestor must
+/// be a folder that takes a new file (tried with a probe that is removed at once; root ignores
+/// permission bits, so a probe is what tells).
+fn check_writable(dir: &Path, what: &str) -> anyhow::Result<()> {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => {
+                existing = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        bail!(
+            "{what} {}: cannot be created, {} is a file, not a folder; choose another place",
+            dir.display(),
+            existing.display()
+        );
+    }
+    let probe = existing.join(format!(".idforge-write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!(
+            "{what} {}: cannot write in {} ({e}); choose a writable place or fix its permissions",
+            dir.display(),
+            existing.display()
+        ),
+    }
 }
 
 fn parse_heads(s: Option<&str>) -> anyhow::Result<Option<IdEncoderOptions>> {
@@ -365,8 +428,8 @@ fn record_cost(folder: &Path, shard: Shard, images: usize, seconds: f64) -> anyh
     let m = Measured {
         images,
         seconds,
-        peak_memory_gib: peak_memory_gib(),
-        hardware: hardware(),
+        peak_memory_gib: idforge_core::bench::peak_rss_gib().unwrap_or(0.0),
+        hardware: super::device::machine(),
     };
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -383,37 +446,6 @@ fn record_cost(folder: &Path, shard: Shard, images: usize, seconds: f64) -> anyh
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The process's peak resident memory (Linux `VmHWM`), GiB; 0 where unknown.
-fn peak_memory_gib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / (1024.0 * 1024.0))
-}
-
-/// The CPU model and the backend, e.g. `AMD EPYC 7763 (burn flex, CPU)`.
-fn hardware() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let backend = if cfg!(feature = "cuda") {
-        "burn cuda"
-    } else {
-        "burn flex, CPU"
-    };
-    format!("{cpu}, {threads} threads ({backend})")
-}
-
 /// `method.toml` for the rendered folder: the settings and the measured costs.
 fn method_file(
     a: &GenerateArgs,
@@ -421,6 +453,7 @@ fn method_file(
     family: Option<Family>,
     trigger: Option<&str>,
     folder: &Path,
+    train_run: Option<&RunCost>,
 ) -> anyhow::Result<MethodFile> {
     let mut settings: BTreeMap<String, toml::Value> = BTreeMap::new();
     let mut set = |k: &str, v: toml::Value| {
@@ -483,6 +516,69 @@ fn method_file(
         }
     }
     let model = file_name(&a.model);
+    let mut cost = CostFile::default();
+    let by = |hardware: &str, note: String| MeasuredBy {
+        by: "idforge bench generate".into(),
+        hardware: hardware.to_string(),
+        note: Some(note),
+    };
+    if let Some(h) = &hardware {
+        if images > 0 {
+            cost.seconds_per_image = Some(round3(seconds / images as f64));
+            cost.measured.insert(
+                "seconds_per_image".into(),
+                by(h, format!("rendering only, {images} images")),
+            );
+        }
+        if peak > 0.0 {
+            cost.peak_memory_gib = Some(round3(peak));
+            cost.measured.insert(
+                "peak_memory_gib".into(),
+                by(h, "peak resident memory of the rendering processes".into()),
+            );
+        }
+    }
+    if let Some(run) = train_run {
+        let train_by = |note: String| MeasuredBy {
+            by: "idforge train".into(),
+            hardware: run
+                .hardware
+                .clone()
+                .unwrap_or_else(|| "not recorded".into()),
+            note: Some(note),
+        };
+        let what = run.method.as_deref().unwrap_or("adapter");
+        cost.training_minutes = Some(round3(run.minutes));
+        cost.measured.insert(
+            "training_minutes".into(),
+            train_by(format!(
+                "one-off training of the general {what} adapter: {} steps, {} process{} summed, \
+                 run {}",
+                run.steps,
+                run.processes,
+                if run.processes == 1 { "" } else { "es" },
+                run.folder.display()
+            )),
+        );
+        if let Some(p) = run.peak_memory_gib {
+            cost.training_peak_memory_gib = Some(round3(p));
+            cost.measured.insert(
+                "training_peak_memory_gib".into(),
+                train_by("peak resident memory of the training processes".into()),
+            );
+        }
+        // Every method `idforge train` trains is a general adapter: one file serves every
+        // identity, nothing is stored per identity.
+        let mib = run.adapter_bytes as f64 / (1024.0 * 1024.0);
+        cost.disk_per_identity_mib = Some(0.0);
+        cost.measured.insert(
+            "disk_per_identity_mib".into(),
+            train_by(format!(
+                "general adapter: nothing per identity; its one file {} is {mib:.3} MiB",
+                file_name(&run.adapter)
+            )),
+        );
+    }
     Ok(MethodFile {
         name: a.method.clone(),
         base_model: Some(match family {
@@ -492,13 +588,7 @@ fn method_file(
         link: None,
         trigger: trigger.map(str::to_string),
         settings,
-        cost: CostFile {
-            training_minutes: None,
-            peak_memory_gib: (peak > 0.0).then_some(round3(peak)),
-            disk_per_identity_mib: None,
-            seconds_per_image: (images > 0).then(|| round3(seconds / images as f64)),
-            hardware: hardware.map(|h| format!("{h}; measured by idforge bench generate")),
-        },
+        cost,
     })
 }
 

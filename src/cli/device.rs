@@ -14,6 +14,19 @@ pub type Backend = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type Backend = burn::backend::Cuda;
 
+/// The machine a measured cost was measured on: the CPU model, its threads and the backend,
+/// e.g. `AMD EPYC 7763, 2 threads (burn flex, CPU)`.
+pub fn machine() -> String {
+    let cpu = idforge_core::bench::cpu_model().unwrap_or_else(|| std::env::consts::ARCH.into());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let backend = if cfg!(feature = "cuda") {
+        "burn cuda"
+    } else {
+        "burn flex, CPU"
+    };
+    format!("{cpu}, {threads} threads ({backend})")
+}
+
 #[derive(Debug, Args)]
 pub struct DeviceArgs {
     /// Side of the square matrices multiplied (1 to 8192).

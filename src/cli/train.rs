@@ -393,6 +393,17 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = &bar.progress {
         p.finish();
     }
+    idforge_train::costs::record(
+        &out,
+        &idforge_train::costs::ProcessCost {
+            first_step: summary.first_step,
+            last_step: summary.steps,
+            seconds: summary.seconds,
+            peak_memory_gib: idforge_core::bench::peak_rss_gib().unwrap_or(0.0),
+            hardware: super::device::machine(),
+        },
+    )
+    .with_context(|| format!("recording the run's costs in {}", out.display()))?;
     println!(
         "trained {} steps ({}–{}) on {} samples of {} identities in {:.1} s; last loss {}",
         summary.steps - summary.first_step,

@@ -21,6 +21,8 @@
 //! - [`settings`] and [`run`]: the `[train]` table and a whole run (`idforge train`);
 //!   [`photomaker_run`] the run of `method = "photomaker"` on SDXL.
 //! - [`validate`]: the periodic sample images, rendered through `idforge_diffusion::methods`.
+//! - [`costs`]: what a run cost (minutes over resumed processes, peak memory, the export's
+//!   size), for the benchmark's cost columns.
 //! - [`init`]: starting from scratch as the reference scripts do (`to_k_ip` / `to_v_ip` copied
 //!   from the UNet's `to_k` / `to_v`).
 //!
@@ -30,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod costs;
 pub mod data;
 pub mod error;
 pub mod export;

@@ -11,10 +11,11 @@ use std::fmt::Write as _;
 use idforge_core::html::escape;
 
 use super::markdown::{
-    CLIP_T, COST_COLUMNS, DASH, FACE_SIM, GROUPS_NOTE, SEPARATED_NOTE, agreement_sentence,
-    any_separated, arena_definitions, arena_method_sentence, arena_votes_sentence,
-    bootstrap_sentence, categories, find_metric, is_web_link, metric_format, percent,
-    percent_short, question_text, question_title, rating_format, short_hash,
+    CLIP_T, COST_COLUMNS, DASH, FACE_SIM, GROUPS_NOTE, MEASURED_MARK, MEASURED_NOTE,
+    SEPARATED_NOTE, agreement_sentence, any_separated, arena_definitions, arena_method_sentence,
+    arena_votes_sentence, bootstrap_sentence, categories, cost_sources, find_metric, is_web_link,
+    metric_format, percent, percent_short, question_text, question_title, rating_format,
+    short_hash,
 };
 use super::{Grid, Leaderboard, MethodEntry, MetricInfo, SetResult, charts};
 use crate::ratings::{ArenaResults, QuestionRatings};
@@ -324,7 +325,7 @@ fn set_section(html: &mut String, lb: &Leaderboard, i: usize, set: &SetResult) {
     }
     let _ = writeln!(
         html,
-        "<th scope=\"colgroup\" colspan=\"{}\" class=\"group-cost\">Cost <span class=\"hint\">(as reported)</span></th></tr>",
+        "<th scope=\"colgroup\" colspan=\"{}\" class=\"group-cost\">Cost <span class=\"hint\">({MEASURED_MARK} measured by idforge, else as reported)</span></th></tr>",
         COST_COLUMNS.len()
     );
     html.push_str("<tr>");
@@ -430,16 +431,31 @@ fn set_section(html: &mut String, lb: &Leaderboard, i: usize, set: &SetResult) {
             }
         }
         for (j, c) in COST_COLUMNS.iter().enumerate() {
-            let v = entry
-                .and_then(|e| (c.get)(&e.cost))
-                .filter(|v| v.is_finite());
+            let cost = entry.map(|e| &e.cost);
+            let v = cost.and_then(|cost| c.get(cost));
+            let source = cost
+                .and_then(|cost| c.get(cost).and(cost.source(c.key)))
+                .map(|s| match s {
+                    super::CostSource::Measured {
+                        by, hardware, note, ..
+                    } => format!(
+                        " title=\"measured by {} on {}{}\"",
+                        escape(&by),
+                        escape(&hardware),
+                        note.map(|n| format!(" ({})", escape(&n)))
+                            .unwrap_or_default()
+                    ),
+                    super::CostSource::Reported => " title=\"as reported\"".to_string(),
+                })
+                .unwrap_or_default();
             let _ = write!(
                 html,
-                "<td class=\"num cost{}{}\" data-sort=\"{}\">{}</td>",
+                "<td class=\"num cost{}{}{}\" data-sort=\"{}\"{source}>{}</td>",
                 if j == 0 { " cost-first" } else { "" },
                 if v.is_none() { " absent" } else { "" },
+                if c.measured(cost) { " measured" } else { "" },
                 v.map(|v| v.to_string()).unwrap_or_default(),
-                c.format(entry.map(|e| &e.cost))
+                c.format(cost)
             );
         }
         html.push_str("</tr>\n");
@@ -448,6 +464,21 @@ fn set_section(html: &mut String, lb: &Leaderboard, i: usize, set: &SetResult) {
         html,
         "</tbody>\n</table>\n</div>\n<p class=\"sort-status visually-hidden\" aria-live=\"polite\"></p>"
     );
+    let any_measured = set.rows.iter().any(|row| {
+        let cost = lb
+            .methods
+            .iter()
+            .find(|m| m.name == row.method)
+            .map(|e| &e.cost);
+        COST_COLUMNS.iter().any(|c| c.measured(cost))
+    });
+    if any_measured {
+        let _ = writeln!(
+            html,
+            "<p class=\"hint cost-note\">{}</p>",
+            escape(MEASURED_NOTE)
+        );
+    }
 
     // The charts.
     html.push_str("<div class=\"charts\">\n");
@@ -627,7 +658,7 @@ fn methods(html: &mut String, lb: &Leaderboard) {
         "<section class=\"methods\" id=\"methods\" aria-labelledby=\"methods-h\">\n<div class=\"wrap\">\n\
          <h2 id=\"methods-h\">Methods</h2>\n<div class=\"table-wrap\" role=\"region\" aria-labelledby=\"methods-h\" tabindex=\"0\">\n\
          <table class=\"lb compact\">\n<thead><tr><th scope=\"col\">Method</th><th scope=\"col\">Base model</th>\
-         <th scope=\"col\">Trigger</th><th scope=\"col\">Settings</th><th scope=\"col\">Cost measured on</th>\
+         <th scope=\"col\">Trigger</th><th scope=\"col\">Settings</th><th scope=\"col\">Cost sources</th>\
          <th scope=\"col\">Paper or code</th></tr></thead>\n<tbody>\n",
     );
     let opt = |v: &Option<String>| v.as_deref().map_or_else(|| DASH.to_string(), escape);
@@ -667,7 +698,10 @@ fn methods(html: &mut String, lb: &Leaderboard) {
                 || DASH.to_string(),
                 |t| format!("<code>{}</code>", escape(t))
             ),
-            opt(&m.cost.hardware)
+            match cost_sources(&m.cost) {
+                s if s.is_empty() => DASH.to_string(),
+                s => s.iter().map(|l| escape(l)).collect::<Vec<_>>().join("<br>"),
+            }
         );
     }
     html.push_str("</tbody>\n</table>\n</div>\n</div>\n</section>\n");
@@ -691,7 +725,7 @@ fn definitions(html: &mut String, lb: &Leaderboard) {
     for c in &COST_COLUMNS {
         let _ = writeln!(
             html,
-            "<div><dt>{}</dt><dd>{}, as the method's authors measured it (see “Cost measured on”).</dd></div>",
+            "<div><dt>{}</dt><dd>{}; measured by idforge where marked {MEASURED_MARK}, else as reported in method.toml (see “Cost sources”).</dd></div>",
             escape(c.title),
             c.description
         );

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use idforge_core::schema::Question;
 
-use super::{Cost, Estimate, Leaderboard, MethodRow, MetricInfo, SetResult};
+use super::{Cost, CostSource, Estimate, Leaderboard, MethodRow, MetricInfo, SetResult};
 use crate::ratings::{Agreement, ArenaResults, NeitherPolicy, QuestionRatings};
 
 /// Shown wherever a value is absent (metric not computed, cost not given, image missing).
@@ -95,7 +95,7 @@ pub(crate) const FACE_SIM: &str = "face_sim";
 /// Key of CLIP-T, the prompt-following metric (absent without CLIP weights).
 pub(crate) const CLIP_T: &str = "clip_t";
 
-/// One cost column: title, unit-bearing header, decimals, getter.
+/// One cost column: title, unit-bearing header, decimals, its key in [`Cost`].
 pub(crate) struct CostColumn {
     /// Short header, e.g. `Train (min)`.
     pub title: &'static str,
@@ -103,46 +103,109 @@ pub(crate) struct CostColumn {
     pub description: &'static str,
     /// Decimals shown.
     pub decimals: usize,
-    /// The figure, if the method's authors gave it.
-    pub get: fn(&Cost) -> Option<f64>,
+    /// The figure's key ([`super::COST_KEYS`]), also its key in [`Cost::sources`].
+    pub key: &'static str,
 }
 
 /// The cost columns shown beside the quality columns, in display order.
-pub(crate) const COST_COLUMNS: [CostColumn; 4] = [
+pub(crate) const COST_COLUMNS: [CostColumn; 5] = [
     CostColumn {
         title: "Train (min)",
-        description: "Training or tuning time per identity, minutes (0 for tuning-free methods)",
+        description: "Training or tuning time, minutes: per identity for methods tuned per \
+                      identity (0 for tuning-free methods), the one-off training for a general \
+                      adapter trained for this bench (processes of a resumed run summed)",
         decimals: 1,
-        get: |c| c.training_minutes,
+        key: "training_minutes",
     },
     CostColumn {
-        title: "Peak (GiB)",
-        description: "Peak GPU memory, GiB",
+        title: "Train peak (GiB)",
+        description: "Peak memory while training, GiB",
         decimals: 1,
-        get: |c| c.peak_memory_gib,
+        key: "training_peak_memory_gib",
     },
     CostColumn {
         title: "Disk (MiB)",
-        description: "Extra disk per identity, MiB",
+        description: "Extra disk per identity, MiB (0 for a general adapter, whose one file \
+                      serves every identity)",
         decimals: 1,
-        get: |c| c.disk_per_identity_mib,
+        key: "disk_per_identity_mib",
     },
     CostColumn {
         title: "s/image",
         description: "Inference seconds per image",
         decimals: 2,
-        get: |c| c.seconds_per_image,
+        key: "seconds_per_image",
+    },
+    CostColumn {
+        title: "Peak (GiB)",
+        description: "Peak memory while generating, GiB (GPU memory on a GPU, resident memory \
+                      on the CPU)",
+        decimals: 1,
+        key: "peak_memory_gib",
     },
 ];
 
+/// The mark after a figure idforge measured, explained under every table.
+pub(crate) const MEASURED_MARK: &str = "ᵐ";
+
+/// The legend of [`MEASURED_MARK`].
+pub(crate) const MEASURED_NOTE: &str = "Costs: ᵐ measured by idforge (how and on which \
+    hardware: the Methods table); unmarked figures are as reported in the method's method.toml.";
+
 impl CostColumn {
-    /// The figure with this column's decimals, or [`DASH`].
+    /// The figure, if the method has it.
+    pub(crate) fn get(&self, cost: &Cost) -> Option<f64> {
+        cost.figure(self.key).filter(|v| v.is_finite())
+    }
+
+    /// Whether the figure is there and idforge measured it.
+    pub(crate) fn measured(&self, cost: Option<&Cost>) -> bool {
+        cost.and_then(|c| c.source(self.key))
+            .is_some_and(|s| s.is_measured())
+    }
+
+    /// The figure with this column's decimals (and [`MEASURED_MARK`] when measured), or
+    /// [`DASH`].
     pub(crate) fn format(&self, cost: Option<&Cost>) -> String {
-        match cost.and_then(|c| (self.get)(c)).filter(|v| v.is_finite()) {
+        match cost.and_then(|c| self.get(c)) {
+            Some(v) if self.measured(cost) => format!("{v:.*}{MEASURED_MARK}", self.decimals),
             Some(v) => format!("{v:.*}", self.decimals),
             None => DASH.to_string(),
         }
     }
+}
+
+/// Where a method's cost figures came from, one phrase per source, e.g. `s/image, Peak (GiB):
+/// measured by idforge bench generate on <hardware> (rendering only)` and `Train (min):
+/// reported (A100)`; empty without figures.
+pub(crate) fn cost_sources(cost: &Cost) -> Vec<String> {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for c in &COST_COLUMNS {
+        let Some(source) = cost.source(c.key) else {
+            continue;
+        };
+        let what = match source {
+            CostSource::Measured { by, hardware, note } => {
+                let mut w = format!("measured by {by} on {hardware}");
+                if let Some(n) = note {
+                    let _ = write!(w, " ({n})");
+                }
+                w
+            }
+            CostSource::Reported => match &cost.hardware {
+                Some(h) => format!("reported ({h})"),
+                None => "reported".to_string(),
+            },
+        };
+        match groups.iter_mut().find(|(w, _)| *w == what) {
+            Some((_, titles)) => titles.push(c.title),
+            None => groups.push((what, vec![c.title])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(what, titles)| format!("{}: {what}", titles.join(", ")))
+        .collect()
 }
 
 /// The first 12 hex digits of a sha256: enough to tell two protocols apart by eye.
@@ -333,6 +396,17 @@ fn set_table(md: &mut String, lb: &Leaderboard, set: &SetResult) {
         let _ = writeln!(md, "| {} |", cells.join(" | "));
     }
     md.push('\n');
+    let any_measured = set.rows.iter().any(|row| {
+        let cost = lb
+            .methods
+            .iter()
+            .find(|m| m.name == row.method)
+            .map(|e| &e.cost);
+        COST_COLUMNS.iter().any(|c| c.measured(cost))
+    });
+    if any_measured {
+        let _ = writeln!(md, "{}\n", escape(MEASURED_NOTE));
+    }
 }
 
 fn method_cell(name: &str, builtin: bool) -> String {
@@ -392,7 +466,7 @@ fn methods(md: &mut String, lb: &Leaderboard) {
     let _ = writeln!(md, "## Methods\n");
     let _ = writeln!(
         md,
-        "| Method | Base model | Trigger | Cost measured on | Link |"
+        "| Method | Base model | Trigger | Cost sources | Link |"
     );
     let _ = writeln!(md, "|:---|:---|:---|:---|:---|");
     for m in &lb.methods {
@@ -408,7 +482,10 @@ fn methods(md: &mut String, lb: &Leaderboard) {
             method_cell(&m.name, m.builtin),
             opt(&m.base_model),
             m.trigger.as_deref().map_or_else(|| DASH.to_string(), code),
-            opt(&m.cost.hardware),
+            match cost_sources(&m.cost) {
+                s if s.is_empty() => DASH.to_string(),
+                s => escape(&s.join("; ")),
+            },
             link
         );
     }
@@ -437,7 +514,8 @@ fn definitions(md: &mut String, lb: &Leaderboard) {
     for c in &COST_COLUMNS {
         let _ = writeln!(
             md,
-            "- **{}**: {}, as the method's authors measured it.",
+            "- **{}**: {}; measured by idforge where marked {MEASURED_MARK}, else as reported \
+             in method.toml.",
             escape(c.title),
             c.description
         );
@@ -877,6 +955,16 @@ pub(crate) mod tests {
                         disk_per_identity_mib: None,
                         seconds_per_image: Some(4.2),
                         hardware: Some("1× A100 80GB".into()),
+                        training_peak_memory_gib: None,
+                        sources: [(
+                            "seconds_per_image".to_string(),
+                            CostSource::Measured {
+                                by: "idforge bench generate".into(),
+                                hardware: "2× CPU <x>".into(),
+                                note: Some("rendering only".into()),
+                            },
+                        )]
+                        .into(),
                     },
                 ),
                 method("<b>&\"x\"", false, Cost::default()),
@@ -989,9 +1077,9 @@ pub(crate) mod tests {
     fn pipes_and_markup_in_names_are_escaped() {
         let md = render(&sample());
         let row = line_with(&md, "photo\\|maker");
-        // Escaped pipes do not split cells: Method, scored, 5 metrics, 4 costs = 11 cells.
+        // Escaped pipes do not split cells: Method, scored, 5 metrics, 5 costs = 12 cells.
         let unescaped = row.replace("\\|", "");
-        assert_eq!(unescaped.matches('|').count(), 12, "{row}");
+        assert_eq!(unescaped.matches('|').count(), 13, "{row}");
         assert!(md.contains("\\<b\\>\\&\"x\""), "{md}");
         assert!(!md.contains("<b>"), "{md}");
         assert!(line_with(&md, "**Face-Sim**").contains("Face-Sim \\| what it measures"));
@@ -1022,8 +1110,32 @@ pub(crate) mod tests {
             row.starts_with("| photo\\|maker | 40/40 | 0.612"),
             "scored: {row}"
         );
-        assert!(row.ends_with("| 0.0 | 23.5 | — | 4.20 |"), "cost: {row}");
+        assert!(
+            row.ends_with("| 0.0 | — | — | 4.20ᵐ | 23.5 |"),
+            "cost, the measured one marked: {row}"
+        );
         assert!(line_with(&md, "| Method |").contains("KID×10³ ↓"));
+    }
+
+    #[test]
+    fn measured_costs_are_marked_and_their_sources_listed() {
+        let md = render(&sample());
+        let methods = &md[md.find("## Methods").unwrap()..];
+        let row = line_with(methods, "| photo\\|maker |");
+        assert!(
+            row.contains(
+                "Train (min), Peak (GiB): reported (1× A100 80GB); s/image: measured by \
+                 idforge bench generate on 2× CPU \\<x\\> (rendering only)"
+            ),
+            "{row}"
+        );
+        assert!(md.contains(MEASURED_NOTE), "the legend under the tables");
+        let mut none = sample();
+        for m in &mut none.methods {
+            m.cost.sources.clear();
+        }
+        let md = render(&none);
+        assert!(!md.contains(MEASURED_NOTE) && !md.contains("4.20ᵐ"), "{md}");
     }
 
     #[test]
@@ -1031,7 +1143,7 @@ pub(crate) mod tests {
         let md = render(&sample());
         let base = line_with(&md, "| copy-reference (baseline) |");
         // No FID/KID for the baseline, no cost but training time.
-        assert!(base.contains("| 0.912 [0.900, 0.925] | 21.46 [20.96, 21.96] | — | — | 0.0 [-1.0, 1.0] | 0.0 | — | — | — |"), "{base}");
+        assert!(base.contains("| 0.912 [0.900, 0.925] | 21.46 [20.96, 21.96] | — | — | 0.0 [-1.0, 1.0] | 0.0 | — | — | — | — |"), "{base}");
         // CLIP-T absent on the second set.
         let second = &md[md.find("\n## out-of-train").unwrap()..];
         let row = line_with(second, "| photo\\|maker |");

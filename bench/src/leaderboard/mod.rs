@@ -3,6 +3,11 @@
 //!
 //! # Schema versions
 //!
+//! - **3**: a method's [`Cost`] says where each figure came from: `sources` maps a figure's
+//!   key (`seconds_per_image`, …) to [`CostSource`] — `measured` (by which idforge command, on
+//!   which hardware, with a note) or `reported` (typed into `method.toml`, e.g. from a paper) —
+//!   and gains `training_peak_memory_gib`. A version 1 or 2 file reads as version 3 with every
+//!   figure it has `reported` (those versions could not tell) and no training peak.
 //! - **2**: adds `arena` (optional, `null` without votes): the preference arena's
 //!   Bradley–Terry ratings ([`crate::ratings::ArenaResults`]): the votes file, the `neither`
 //!   policy, the bootstrap (resamples, seed, level), the rating scale (`scale` 400, `base` 10,
@@ -23,8 +28,8 @@ pub mod html;
 pub mod markdown;
 
 /// Version of `leaderboard.json` (see the module's schema versions); readers take this one and
-/// version 1, and refuse others.
-pub const LEADERBOARD_SCHEMA_VERSION: u32 = 2;
+/// versions 1 and 2 (migrated as the module's schema versions say), and refuse others.
+pub const LEADERBOARD_SCHEMA_VERSION: u32 = 3;
 
 /// Everything the three leaderboard files show.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -159,16 +164,86 @@ pub struct MethodEntry {
 /// What a method costs, per its `method.toml`; absent figures stay absent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Cost {
-    /// Training or tuning time per identity, minutes (0 for tuning-free methods).
+    /// Training or tuning time, minutes: per identity for methods tuned per identity (0 for
+    /// tuning-free methods used as published); the one-off training of a general adapter
+    /// trained for this bench (its source's note says so).
     pub training_minutes: Option<f64>,
-    /// Peak GPU memory, GiB.
+    /// Peak memory while generating, GiB (GPU memory on a GPU, resident memory on the CPU).
     pub peak_memory_gib: Option<f64>,
-    /// Extra disk per identity, MiB.
+    /// Extra disk per identity, MiB (0 for a general adapter: nothing is stored per identity;
+    /// the shared file's size is in the source's note).
     pub disk_per_identity_mib: Option<f64>,
     /// Inference seconds per image.
     pub seconds_per_image: Option<f64>,
-    /// The hardware the figures were measured on.
+    /// The hardware the reported figures were measured on (measured figures carry their own).
     pub hardware: Option<String>,
+    /// Peak memory while training, GiB. Absent from version 1 and 2 files.
+    #[serde(default)]
+    pub training_peak_memory_gib: Option<f64>,
+    /// Figure key (as the fields above are named) → where it came from; a figure without an
+    /// entry is reported. Absent from version 1 and 2 files.
+    #[serde(default)]
+    pub sources: BTreeMap<String, CostSource>,
+}
+
+/// The figures of a [`Cost`] by key, in display order: what `sources` keys name.
+pub const COST_KEYS: [&str; 5] = [
+    "training_minutes",
+    "training_peak_memory_gib",
+    "disk_per_identity_mib",
+    "seconds_per_image",
+    "peak_memory_gib",
+];
+
+impl Cost {
+    /// The figure named `key` (one of [`COST_KEYS`]).
+    pub fn figure(&self, key: &str) -> Option<f64> {
+        match key {
+            "training_minutes" => self.training_minutes,
+            "training_peak_memory_gib" => self.training_peak_memory_gib,
+            "disk_per_identity_mib" => self.disk_per_identity_mib,
+            "seconds_per_image" => self.seconds_per_image,
+            "peak_memory_gib" => self.peak_memory_gib,
+            _ => None,
+        }
+    }
+
+    /// Where the figure `key` came from, `None` when the figure is absent.
+    pub fn source(&self, key: &str) -> Option<CostSource> {
+        self.figure(key)?;
+        Some(
+            self.sources
+                .get(key)
+                .cloned()
+                .unwrap_or(CostSource::Reported),
+        )
+    }
+}
+
+/// Where a cost figure came from, so a reader can tell a number idforge measured from one
+/// typed in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CostSource {
+    /// Measured by idforge while it ran the method.
+    Measured {
+        /// The command that measured it, e.g. `idforge bench generate`.
+        by: String,
+        /// The machine, e.g. `AMD EPYC 7763, 2 threads (burn flex, CPU)`.
+        hardware: String,
+        /// What exactly was measured (processes summed, the file sized…).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// Typed into `method.toml` (the authors', a paper's or the user's figure).
+    Reported,
+}
+
+impl CostSource {
+    /// Whether idforge measured it.
+    pub fn is_measured(&self) -> bool {
+        matches!(self, CostSource::Measured { .. })
+    }
 }
 
 /// One reference set's table.
