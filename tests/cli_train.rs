@@ -598,3 +598,45 @@ fn split_prompt_trains_resumes_and_generates() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(png.is_file());
 }
+
+#[test]
+fn two_data_parallel_devices_equal_two_accumulated_micro_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = make_export(dir.path());
+    // The recipe's grad_accum = 2 on one device …
+    let one = recipe(dir.path(), "one", &export, "");
+    let out = train(&[], &one);
+    assert!(out.status.success(), "{}", text(&out));
+    // … and one micro-batch on each of two replicas (threads of the CPU backend).
+    let two = recipe(dir.path(), "two", &export, "");
+    let out = train(&["--grad-accum", "1", "--devices", "2"], &two);
+    assert!(out.status.success(), "{}", text(&out));
+    let read = |name: &str, file: &str| {
+        std::fs::read(dir.path().join("runs").join(name).join("train").join(file)).unwrap()
+    };
+    assert_eq!(
+        read("one", "adapter.safetensors"),
+        read("two", "adapter.safetensors"),
+        "the exports differ"
+    );
+    let losses = |name: &str| -> Vec<String> {
+        String::from_utf8(read(name, "metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                l.split("\"loss\":")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(losses("one"), losses("two"));
+    // A device count the run is not given is refused by name.
+    let bad = train(&["--devices", "0"], &two);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("`devices` = 0"), "{}", text(&bad));
+}

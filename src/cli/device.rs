@@ -14,6 +14,21 @@ pub type Backend = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type Backend = burn::backend::Cuda;
 
+/// `n` data-parallel devices: GPUs 0..n on CUDA; on the CPU the one device n times (a thread
+/// each, the CPU backend being single-threaded by itself).
+pub fn devices(n: usize) -> Vec<burn::tensor::Device<Backend>> {
+    #[cfg(feature = "cuda")]
+    {
+        (0..n.max(1))
+            .map(burn::backend::cuda::CudaDevice::new)
+            .collect()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        vec![Default::default(); n.max(1)]
+    }
+}
+
 /// The machine a measured cost was measured on: the CPU model, its threads and the backend,
 /// e.g. `AMD EPYC 7763, 2 threads (burn flex, CPU)`.
 pub fn machine() -> String {

@@ -93,9 +93,14 @@ pub struct TrainArgs {
     /// Samples per micro-batch.
     #[arg(long)]
     batch_size: Option<u32>,
-    /// Micro-batches per optimizer step.
+    /// Micro-batches per optimizer step and device.
     #[arg(long)]
     grad_accum: Option<u32>,
+    /// Data-parallel devices: GPUs 0..N on CUDA, threads on the CPU (each step takes
+    /// batch_size × grad_accum × devices samples; the result equals one device with
+    /// grad_accum × devices).
+    #[arg(long)]
+    devices: Option<u32>,
     /// Optimizer steps.
     #[arg(long)]
     steps: Option<u64>,
@@ -280,6 +285,7 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<(String, PathBuf, TrainSettings)> {
     set!(resolution);
     set!(batch_size);
     set!(grad_accum);
+    set!(devices);
     set!(steps);
     set!(lr);
     set!(opt lora_lr);
@@ -385,10 +391,10 @@ impl Watch for Bar {
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let (name, runs_dir, settings) = resolve(&a)?;
     let out = runs_dir.join(&name).join("train");
-    let device = Default::default();
+    let devices = super::device::devices(settings.devices as usize);
     let mut bar = Bar { progress: None };
     let summary: RunSummary =
-        idforge_train::run::train::<Backend>(&settings, &out, a.resume, &device, &mut bar)
+        idforge_train::run::train::<Backend>(&settings, &out, a.resume, &devices, &mut bar)
             .with_context(|| format!("training into {}", out.display()))?;
     if let Some(p) = &bar.progress {
         p.finish();

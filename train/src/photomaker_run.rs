@@ -65,8 +65,8 @@ use crate::photomaker::{
 };
 use crate::run::{
     ADAPTER_FILE, CHECKPOINTS_DIR, Cache, CachedLatents, HOLD_ENV, METRICS_FILE, MetricsLine,
-    RunSummary, Watch, adam_config, folder_fingerprint, open_metrics, sha_hex, step_config,
-    write_report,
+    RunSummary, Watch, adam_config, check_devices, folder_fingerprint, open_metrics, sha_hex,
+    step_config, write_report,
 };
 use crate::settings::{Drop, Method, TrainSettings};
 use crate::split_prompt::{
@@ -533,12 +533,13 @@ pub(crate) fn train<B: Backend>(
     settings: &TrainSettings,
     out: &Path,
     resume: bool,
-    device: &B::Device,
+    devices: &[B::Device],
     watch: &mut dyn Watch,
 ) -> Result<RunSummary, TrainError>
 where
     B::FloatElem: Send,
 {
+    let device = check_devices::<B>(settings, devices)?;
     type A<B> = Autodiff<B>;
     let started = Instant::now();
     let model = settings.model.clone().expect("validated");
@@ -684,7 +685,8 @@ where
             schedule.clone(),
             optimizer(split_prompt_groups(rates))?,
             step_config(settings),
-        )?;
+        )?
+        .with_devices(devices.to_vec());
         Trained::Split(t, parts)
     } else {
         let t = PhotoMakerTrainer::new(
@@ -693,7 +695,8 @@ where
             schedule.clone(),
             optimizer(photomaker_groups(settings.lora_lr.unwrap_or(lr), lr))?,
             step_config(settings),
-        )?;
+        )?
+        .with_devices(devices.to_vec());
         Trained::PhotoMaker(t, parts)
     };
     let first_step = match loaded {
@@ -756,7 +759,7 @@ where
     drop(base_bytes);
 
     let b = settings.batch_size as usize;
-    let k = settings.grad_accum as usize;
+    let k = (settings.grad_accum * settings.devices) as usize;
     let per_step = (b * k) as u64;
     let max_refs = settings.max_references as usize;
     let end = settings.steps * per_step;

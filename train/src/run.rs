@@ -283,6 +283,22 @@ pub(crate) fn sha_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The first of `devices` (where the run's tensors live), after checking that there are as
+/// many as `settings.devices` asks for.
+pub(crate) fn check_devices<'a, B: Backend>(
+    settings: &TrainSettings,
+    devices: &'a [B::Device],
+) -> Result<&'a B::Device, TrainError> {
+    match devices.first() {
+        Some(d) if devices.len() == settings.devices as usize => Ok(d),
+        _ => Err(TrainError::Setting(format!(
+            "`devices` = {} but the run was given {} device(s)",
+            settings.devices,
+            devices.len()
+        ))),
+    }
+}
+
 /// A fingerprint of a model component folder: its configuration and weight files' bytes.
 pub(crate) fn folder_fingerprint(dirs: &[PathBuf]) -> Result<String, TrainError> {
     let mut h = Sha256::new();
@@ -327,7 +343,7 @@ pub fn train<B: Backend>(
     settings: &TrainSettings,
     out: &Path,
     resume: bool,
-    device: &B::Device,
+    devices: &[B::Device],
     watch: &mut dyn Watch,
 ) -> Result<RunSummary, TrainError>
 where
@@ -335,12 +351,13 @@ where
 {
     type A<B> = Autodiff<B>;
     settings.validate().map_err(TrainError::Setting)?;
+    let device = check_devices::<B>(settings, devices)?;
     let started = Instant::now();
     let model = settings.model.clone().expect("validated");
     let export = settings.dataset.clone().expect("validated");
     check_family(settings.method, &model)?;
     if settings.method.is_sdxl() {
-        return crate::photomaker_run::train::<B>(settings, out, resume, device, watch);
+        return crate::photomaker_run::train::<B>(settings, out, resume, devices, watch);
     }
 
     // The run folder: a fresh run refuses an earlier run's checkpoints.
@@ -577,7 +594,8 @@ where
         schedule.clone(),
         Optimizer::new(config, groups)?,
         step_config,
-    )?;
+    )?
+    .with_devices(devices.to_vec());
     let first_step = match loaded {
         Some(l) => {
             trainer.optimizer_mut().set_state(l.optimizer);
@@ -594,7 +612,7 @@ where
     let mut metrics = open_metrics(&metrics_path, first_step)?;
 
     let b = settings.batch_size as usize;
-    let k = settings.grad_accum as usize;
+    let k = (settings.grad_accum * settings.devices) as usize;
     let per_step = (b * k) as u64;
     let max_refs = settings.max_references as usize;
     let end = settings.steps * per_step;

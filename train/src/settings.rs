@@ -167,8 +167,12 @@ pub struct TrainSettings {
     pub resolution: u32,
     /// Samples per micro-batch.
     pub batch_size: u32,
-    /// Micro-batches per optimizer step.
+    /// Micro-batches per optimizer step and device.
     pub grad_accum: u32,
+    /// Data-parallel devices (GPUs on CUDA, threads on the CPU backend, which is single-threaded
+    /// by itself): each step takes `batch_size × grad_accum × devices` samples, as accelerate's
+    /// processes do, and equals the one-device step with `grad_accum × devices` micro-batches.
+    pub devices: u32,
     /// Optimizer steps of the run.
     pub steps: u64,
     /// The base learning rate of everything but the LoRA.
@@ -246,6 +250,7 @@ impl Default for TrainSettings {
             resolution: 512,
             batch_size: 1,
             grad_accum: 1,
+            devices: 1,
             steps: 1000,
             lr: 1e-4,
             lora_lr: None,
@@ -357,6 +362,7 @@ impl TrainSettings {
         for (name, v, max) in [
             ("batch_size", self.batch_size as u64, 4096),
             ("grad_accum", self.grad_accum as u64, 4096),
+            ("devices", self.devices as u64, 64),
             ("steps", self.steps, 100_000_000),
             ("workers", self.workers as u64, 256),
         ] {
@@ -464,6 +470,9 @@ impl TrainSettings {
     /// workers or paths of caches): a resume with other values is refused.
     pub fn fingerprint(&self) -> String {
         let mut s = self.clone();
+        // What decides the result is the micro-batches per step, not how they are spread.
+        s.grad_accum *= s.devices;
+        s.devices = 1;
         if s.lr_decay == LrDecay::Constant {
             // The cosine's length depends on the steps; the constant schedule does not.
             s.steps = 0;

@@ -213,8 +213,11 @@ impl<A: AutodiffBackend, P: Trained<A>> Trainer<A, P> {
     /// gradients are summed on the first device in micro-batch order, so the step equals the
     /// one-device step with the same micro-batches bit for bit. The first device must be the
     /// one the UNet and the trained tensors are on.
+    /// One device (or none) leaves the trainer as it is.
     pub fn with_devices(mut self, devices: Vec<A::Device>) -> Self {
-        self.replicas = Replicas::new(&self.unet, devices);
+        if devices.len() > 1 {
+            self.replicas = Replicas::new(&self.unet, devices);
+        }
         self
     }
 
