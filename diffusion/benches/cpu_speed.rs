@@ -4,7 +4,8 @@
 //!
 //! `cargo bench -p idforge-diffusion --features flex-rayon --bench cpu_speed -- --net NET
 //! [--latent 32] [--batch B] [--rounds 3]` prints one JSON line with the best of N timed rounds
-//! after a warm-up. NET is `unet` (SD1.5, `batch` × 4 × `latent`² latents, 77 context tokens,
+//! after a warm-up (`ms`; `cpu_ms`: the least CPU time of a round, all threads). NET is `unet`
+//! (SD1.5, `batch` × 4 × `latent`² latents, 77 context tokens,
 //! default batch 2), `clip-image` / `clip-text` (ViT-L/14's towers: 224² pixels / 77 tokens),
 //! `dino` (ViT-S/16, 224²) or `inception` (FID InceptionV3, 299²), default batch 1. With
 //! `flex-rayon` the thread count is rayon's (`RAYON_NUM_THREADS`).
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use burn::backend::Flex;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use idforge_core::bench::{BenchArgs, cpu_model, loadavg};
+use idforge_core::bench::{BenchArgs, cpu_model, cpu_seconds, loadavg};
 use idforge_diffusion::{UNet, UNetConfig, UNetInput};
 use idforge_models::clip::ClipConfig;
 use idforge_models::dino::DinoConfig;
@@ -23,16 +24,20 @@ use idforge_models::inception::InceptionConfig;
 
 type B = Flex;
 
-/// Best of `rounds` timed calls after one warm-up, in ms.
-fn best_ms(rounds: usize, mut f: impl FnMut()) -> f64 {
+/// Best of `rounds` timed calls after one warm-up, in ms: wall time, and CPU time (user +
+/// system, all threads; what a loaded machine distorts least).
+fn best_ms(rounds: usize, mut f: impl FnMut()) -> (f64, f64) {
     f();
     (0..rounds)
         .map(|_| {
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), cpu_seconds().unwrap_or(0.0));
             f();
-            t.elapsed().as_secs_f64() * 1e3
+            let cpu = (cpu_seconds().unwrap_or(0.0) - c) * 1e3;
+            (t.elapsed().as_secs_f64() * 1e3, cpu)
         })
-        .fold(f64::INFINITY, f64::min)
+        .fold((f64::INFINITY, f64::INFINITY), |(w, c), (w2, c2)| {
+            (w.min(w2), c.min(c2))
+        })
 }
 
 fn main() {
@@ -50,7 +55,7 @@ fn main() {
     }
     let device = Default::default();
     let normal = Distribution::Normal(0.0, 1.0);
-    let ms = match net.as_str() {
+    let (ms, cpu_ms) = match net.as_str() {
         "unet" => {
             let config = UNetConfig::sd15();
             let cross = config.levels()[0].cross_attention_dim;
@@ -107,7 +112,7 @@ fn main() {
     };
     println!(
         "{{\"net\":\"{net}\",\"backend\":\"flex\",\"latent\":{latent},\"batch\":{batch},\
-         \"rounds\":{rounds},\"ms\":{ms:.1},\"rayon_threads\":{},\"cpu\":{:?},\"loadavg\":{}}}",
+         \"rounds\":{rounds},\"ms\":{ms:.1},\"cpu_ms\":{cpu_ms:.0},\"rayon_threads\":{},\"cpu\":{:?},\"loadavg\":{}}}",
         std::env::var("RAYON_NUM_THREADS").map_or("null".into(), |t| format!("{t:?}")),
         cpu_model().unwrap_or_default(),
         loadavg().map_or("null".into(), |l| format!("{l:.2}")),

@@ -4,7 +4,6 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 pub use idforge_models::nn::{
     Conv2d, GroupNorm, Init, LayerNorm, Linear, child, merge_heads, multi_head_attention,
@@ -43,15 +42,13 @@ impl<B: Backend> Geglu<B> {
     /// The gating on the projection's output `[h, gate]` (for callers that project through a
     /// hook themselves).
     pub fn gate(h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let inner = h.dims()[2] / 2;
-        let gate = h.clone().narrow(2, inner, inner);
-        h.narrow(2, 0, inner) * gelu(gate)
+        idforge_models::nn::geglu(h)
     }
 }
 
 /// `x · sigmoid(x)`.
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    burn::tensor::activation::silu(x)
+    idforge_models::nn::silu(x)
 }
 
 /// Nearest-neighbour 2× upsampling (torch's `interpolate(scale_factor=2, mode="nearest")`),

@@ -22,7 +22,6 @@ use std::path::Path;
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -33,7 +32,7 @@ use serde_json::Value;
 
 use crate::error::ModelError;
 use crate::face_api::preprocess::RgbView;
-use crate::nn::{LayerNorm, Linear, multi_head_attention, split_heads};
+use crate::nn::{LayerNorm, Linear, gelu, multi_head_attention, split_heads};
 use crate::readback::ReadBack;
 use crate::weights::WeightStore;
 

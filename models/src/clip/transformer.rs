@@ -4,13 +4,12 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::backend::Backend;
 
 use super::config::Activation;
 use super::load::{BlockSpec, LinearSpec, NormSpec, tensor};
 use crate::error::ModelError;
-use crate::nn::{Init, LayerNorm, Linear, multi_head_attention, split_heads};
+use crate::nn::{Init, LayerNorm, Linear, gelu, multi_head_attention, quick_gelu, split_heads};
 use crate::weights::WeightStore;
 
 /// A LayerNorm from its spec.
@@ -114,7 +113,7 @@ impl<B: Backend> ResidualBlock<B> {
         let x = x + self.out.forward(a);
         let m = self.fc1.forward(self.ln2.forward(x.clone()));
         let m = match self.activation {
-            Activation::QuickGelu => m.clone() * sigmoid(m * 1.702),
+            Activation::QuickGelu => quick_gelu(m),
             Activation::Gelu => gelu(m),
         };
         x + self.fc2.forward(m)

@@ -58,8 +58,13 @@ impl<B: Backend> Linear<B> {
         self.weight.dims()[1]
     }
 
-    /// Applies the layer on the last axis.
+    /// Applies the layer on the last axis (on flex f32 through the host GEMM of `nn::fast`, the
+    /// bias folded into it).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        let (weight, bias) = (self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        match super::fast::linear(x, &weight, bias.as_ref()) {
+            Ok(y) => y,
+            Err(x) => linear(x, weight, bias),
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! Parameters are `Param`s, so that every network runs under burn's autodiff backend and can be
 //! frozen with `Module::no_grad`.
 
+mod activation;
 mod attention;
 mod conv;
 pub(crate) mod fast;
@@ -17,6 +18,7 @@ use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
+pub use activation::{geglu, gelu, quick_gelu, silu};
 pub use attention::{merge_heads, multi_head_attention, split_heads};
 pub use conv::Conv2d;
 pub use linear::Linear;
