@@ -13,7 +13,9 @@
 #   2. UNet speed: unet_forward (idforge) and time_unet.py (diffusers) for SD1.5 at 512 px
 #      (latent 64, batch 2) and SDXL at 1024 px (latent 128, batch 2), f32 / f16 / bf16, with
 #      the card's peak memory from nvidia-smi polling for both and torch's own peak (unet.jsonl)
-#   3. training step: skipped, the trainer has not landed
+#   3. training step: IP-Adapter-FaceID on the SD1.5-sized UNet at 512 px (latent 64), batch 8,
+#      f32: train_step (idforge, 1 GPU and --replicas 2 when two are present) beside
+#      time_step.py (diffusers + PEFT + torch AdamW), ms per step and peak memory (train.jsonl)
 #   4. curate: the demo photographs ingested, then curated with --device cpu and --device cuda
 #      by the same binary, wall time and training crops of each (curate.jsonl)
 # They run in the order 1, 3, 4, 2 (the UNet timings are the longest and last) against one
@@ -120,8 +122,14 @@ for p in f32 f16 bf16; do
 done
 
 # --- 3. training step -----------------------------------------------------------------------
-echo '{"step":"train-sd15-512-b8-faceid","skipped":"trainer not landed"}' >>"$RESULTS/train.jsonl"
-log "trainer not landed: skipped"
+run_step "train-sd15-512-b8-faceid-idforge" 120 train.jsonl \
+  "$BIN/train_step" --bench --sd15 --latent 64 --batch 8 --rounds 3
+run_step "train-sd15-512-b8-faceid-torch" 90 train.jsonl \
+  "$PY" "$BUNDLE/time_step.py" --device cuda --latent 64 --batch 8 --rounds 3
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+  run_step "train-sd15-512-b8-faceid-idforge-2gpu" 120 train.jsonl \
+    "$BIN/train_step" --bench --sd15 --latent 64 --batch 8 --rounds 3 --replicas 2
+fi
 
 # --- 4. curate on the demo photographs, CPU and CUDA ----------------------------------------
 export IDFORGE_CACHE="$BUNDLE/cache"
@@ -165,6 +173,8 @@ done
   cat "$RESULTS/parity.jsonl" 2>/dev/null
   echo "== unet =="
   cat "$RESULTS/unet.jsonl" 2>/dev/null
+  echo "== train step =="
+  cat "$RESULTS/train.jsonl" 2>/dev/null
   echo "== curate =="
   cat "$RESULTS/curate.jsonl" 2>/dev/null
 } >>"$RESULTS/summary.txt"

@@ -61,11 +61,18 @@ def main():
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--lora-rank", type=int, default=128)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     from peft import LoraConfig
 
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        # Same arithmetic as idforge's CUDA f32 (no TF32).
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     unet = UNet2DConditionModel(**SD15)
     unet.requires_grad_(False)
     cross = SD15["cross_attention_dim"]
@@ -76,40 +83,48 @@ def main():
     for proc in unet.attn_processors.values():
         if isinstance(proc, torch.nn.Module):
             proc.requires_grad_(True)
+    unet.to(dev)
     trained = [q for q in unet.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=1e-4)
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     b = a.batch
 
     def step():
-        latents = torch.randn(b, 4, a.latent, a.latent)
+        latents = torch.randn(b, 4, a.latent, a.latent, device=dev)
         noise = torch.randn_like(latents)
-        t = torch.tensor([(100 + 300 * i) % 1000 for i in range(b)])
+        t = torch.tensor([(100 + 300 * i) % 1000 for i in range(b)], device=dev)
         noisy = scheduler.add_noise(latents, noise, t)
-        ctx = torch.randn(b, 77, cross)
-        embeds = torch.randn(b, 1, 512)
+        ctx = torch.randn(b, 77, cross, device=dev)
+        embeds = torch.randn(b, 1, 512, device=dev)
         pred = unet(noisy, t, ctx, added_cond_kwargs={"image_embeds": [embeds]}).sample
         loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        return loss.item()
+        value = loss.item()  # waits for the device
+        return value
 
     step()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     best = float("inf")
     for _ in range(a.rounds):
         s = time.perf_counter()
         step()
         best = min(best, (time.perf_counter() - s) * 1e3)
-    print(json.dumps({
+    row = {
         "bench": "train_step", "method": "ip-adapter-faceid", "model": "unet-sd15",
-        "backend": f"torch-{torch.__version__}-cpu-f32", "latent": a.latent, "batch": b,
+        "backend": f"torch-{torch.__version__}-{a.device}-f32", "latent": a.latent, "batch": b,
         "lora_rank": a.lora_rank, "trained_tensors": len(trained),
         "ms_per_step": round(best, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "rounds": a.rounds, "threads": a.threads,
-    }))
+    }
+    if cuda:
+        row["device_name"] = torch.cuda.get_device_name(dev)
+        row["peak_allocated_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+    print(json.dumps(row))
 
 
 if __name__ == "__main__":
