@@ -49,24 +49,20 @@ use idforge_models::WeightStore;
 use idforge_models::clip::{ClipPreprocess, Convention};
 use idforge_models::face_api::preprocess::RgbView;
 use idforge_models::nn::Init;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::data::{self, Plan, Prefetch, TrainRow, TrainSet, mix, salt};
 use crate::error::TrainError;
 use crate::export::{F32Tensor, write_safetensors};
-use crate::loss::NoiseDraw;
 use crate::optim::Optimizer;
 use crate::photomaker::{
     PhotoMakerParts, PhotoMakerTrainer, PmBatch, PmReferences, PmSample, export_photomaker,
     fresh_lora, photomaker_groups, photomaker_tensors,
 };
 use crate::run::{
-    ADAPTER_FILE, CHECKPOINTS_DIR, Cache, CachedLatents, HOLD_ENV, METRICS_FILE, MetricsLine,
-    RunSummary, Watch, adam_config, check_devices, folder_fingerprint, open_metrics, sha_hex,
-    step_config, write_report,
+    ADAPTER_FILE, BatchDraws, CHECKPOINTS_DIR, Cache, CachedLatents, HOLD_ENV, METRICS_FILE,
+    MetricsLine, RunSummary, Watch, adam_config, check_devices, folder_fingerprint, open_metrics,
+    sha_hex, step_config, write_report,
 };
 use crate::settings::{Drop, Method, TrainSettings};
 use crate::split_prompt::{
@@ -317,51 +313,19 @@ fn pm_batch<A: Backend, B: Backend>(
     device: &A::Device,
 ) -> Result<PmBatch<A>, TrainError> {
     let b = targets.len();
-    let mut rng = StdRng::seed_from_u64(mix(&[settings.seed, salt::STEP, step, m as u64]));
-    let draws: Vec<f64> = (0..b).map(|_| rng.random::<f64>()).collect();
-    let mask_draw: f64 = rng.random();
-    let timesteps: Vec<usize> = (0..b)
-        .map(|_| rng.random_range(0..schedule.len()))
-        .collect();
-    let [c2, h, w]: [usize; 3] = targets[0]
-        .0
-        .0
-        .clone()
-        .try_into()
-        .map_err(|_| TrainError::Setting("cached latents of another rank".into()))?;
-    if c2 != 2 * latent_channels {
-        return Err(TrainError::Setting(format!(
-            "cached latents have {c2} channels, the VAE makes {}",
-            2 * latent_channels
-        )));
-    }
-    let c = latent_channels;
-    let n = b * c * h * w;
-    let mut normal = |count: usize| -> Vec<f32> {
-        (0..count)
-            .map(|_| rng.sample::<f32, _>(StandardNormal))
-            .collect()
-    };
-    let sample_noise = normal(n);
-    let noise = normal(n);
-    let offset = normal(b * c);
-    let plane = c * h * w;
-    let mut lat = Vec::with_capacity(n);
-    let mut time_ids = Vec::with_capacity(b * 6);
-    let mut boxes = Vec::with_capacity(b);
-    for (i, ((shape, v), fb, t)) in targets.iter().enumerate() {
-        if shape != &targets[0].0.0 {
-            return Err(TrainError::Setting(
-                "cached latents of different sizes in one batch".into(),
-            ));
-        }
-        for j in 0..plane {
-            let eps = sample_noise[i * plane + j];
-            lat.push((v[j] + (0.5 * v[plane + j]).exp() * eps) * scaling);
-        }
-        time_ids.extend_from_slice(t);
-        boxes.push(*fb);
-    }
+    let posteriors: Vec<&(Vec<usize>, Vec<f32>)> = targets.iter().map(|t| &t.0).collect();
+    let batch_draws = BatchDraws::new(
+        settings,
+        step,
+        m,
+        schedule,
+        &posteriors,
+        scaling,
+        latent_channels,
+    )?;
+    let draws = &batch_draws.drops;
+    let time_ids: Vec<f32> = targets.iter().flat_map(|t| t.2).collect();
+    let boxes: Vec<Option<[f32; 4]>> = targets.iter().map(|t| t.1).collect();
     // persongen draws `do_cfg` once per batch (`trainer.py`): the first sample's uniform
     // decides for the micro-batch.
     let drop_all = settings.drop == Drop::Persongen && draws[0] < 0.10;
@@ -397,21 +361,11 @@ fn pm_batch<A: Backend, B: Backend>(
             references,
         });
     }
-    let masked = mask_draw < settings.masked_loss_p
-        && boxes.iter().all(|fb| {
-            fb.is_some_and(|[x0, y0, x1, y1]| {
-                let s = 8.0;
-                (x1 / s).ceil() - (x0 / s).floor() >= 1.0
-                    && (y1 / s).ceil() - (y0 / s).floor() >= 1.0
-            })
-        });
+    let masked = batch_draws.masked(settings.masked_loss_p, &boxes);
+    let (latents, draw) = batch_draws.tensors::<A>(device);
     Ok(PmBatch {
-        latents: Tensor::from_data(TensorData::new(lat, [b, c, h, w]), device),
-        draw: NoiseDraw {
-            noise: Tensor::from_data(TensorData::new(noise, [b, c, h, w]), device),
-            offset_noise: Some(Tensor::from_data(TensorData::new(offset, [b, c]), device)),
-            timesteps,
-        },
+        latents,
+        draw,
         samples: pm_samples,
         added: AddedConditions {
             text_embeds: Tensor::cat(pooled, 0),

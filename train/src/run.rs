@@ -1056,6 +1056,122 @@ fn text_embedding<B: Backend>(
     Ok(Tensor::from_data(TensorData::new(v, dims), device))
 }
 
+/// A micro-batch's random draws and its sampled latents, shared by every method's batch: the
+/// stream of `(seed, step, m)` in a fixed order — one uniform per sample (the drop), the mask
+/// decision, the timesteps, the VAE-sample noise, the noise, the offset noise — so the stream
+/// is the same whatever the settings.
+pub(crate) struct BatchDraws {
+    /// One uniform per sample, for the condition drop.
+    pub drops: Vec<f64>,
+    /// The uniform that decides the masked loss.
+    pub mask_draw: f64,
+    /// `latents`' shape `[batch, channels, h, w]`.
+    pub dims: [usize; 4],
+    /// The posteriors sampled (`mean + exp(logvar / 2)·ε`) and scaled.
+    pub latents: Vec<f32>,
+    /// ε and the noise offset's draw.
+    pub noise: Vec<f32>,
+    pub offset: Vec<f32>,
+    pub timesteps: Vec<usize>,
+}
+
+impl BatchDraws {
+    /// The draws of micro-batch `m` of `step` for `posteriors` (each cached as `[2·c, h, w]`:
+    /// mean then log-variance).
+    pub(crate) fn new(
+        settings: &TrainSettings,
+        step: u64,
+        m: usize,
+        schedule: &DdpmSchedule,
+        posteriors: &[&(Vec<usize>, Vec<f32>)],
+        scaling: f32,
+        latent_channels: usize,
+    ) -> Result<Self, TrainError> {
+        let b = posteriors.len();
+        let mut rng = StdRng::seed_from_u64(mix(&[settings.seed, salt::STEP, step, m as u64]));
+        let drops: Vec<f64> = (0..b).map(|_| rng.random::<f64>()).collect();
+        let mask_draw: f64 = rng.random();
+        let timesteps: Vec<usize> = (0..b)
+            .map(|_| rng.random_range(0..schedule.len()))
+            .collect();
+        let first = posteriors
+            .first()
+            .ok_or_else(|| TrainError::Setting("an empty micro-batch".into()))?;
+        let [c2, h, w]: [usize; 3] = first
+            .0
+            .clone()
+            .try_into()
+            .map_err(|_| TrainError::Setting("cached latents of another rank".into()))?;
+        if c2 != 2 * latent_channels {
+            return Err(TrainError::Setting(format!(
+                "cached latents have {c2} channels, the VAE makes {}",
+                2 * latent_channels
+            )));
+        }
+        let c = latent_channels;
+        let n = b * c * h * w;
+        let mut normal = |count: usize| -> Vec<f32> {
+            (0..count)
+                .map(|_| rng.sample::<f32, _>(StandardNormal))
+                .collect()
+        };
+        let sample_noise = normal(n);
+        let noise = normal(n);
+        let offset = normal(b * c);
+        let plane = c * h * w;
+        let mut latents = Vec::with_capacity(n);
+        for (i, (shape, v)) in posteriors.iter().map(|p| (&p.0, &p.1)).enumerate() {
+            if shape != &first.0 {
+                return Err(TrainError::Setting(
+                    "cached latents of different sizes in one batch".into(),
+                ));
+            }
+            for j in 0..plane {
+                let eps = sample_noise[i * plane + j];
+                latents.push((v[j] + (0.5 * v[plane + j]).exp() * eps) * scaling);
+            }
+        }
+        Ok(Self {
+            drops,
+            mask_draw,
+            dims: [b, c, h, w],
+            latents,
+            noise,
+            offset,
+            timesteps,
+        })
+    }
+
+    /// Whether this micro-batch uses the masked loss: the draw says so and every face box
+    /// covers at least one latent pixel.
+    pub(crate) fn masked(&self, p: f64, boxes: &[Option<[f32; 4]>]) -> bool {
+        self.mask_draw < p
+            && boxes.iter().all(|fb| {
+                fb.is_some_and(|[x0, y0, x1, y1]| {
+                    let s = 8.0;
+                    (x1 / s).ceil() - (x0 / s).floor() >= 1.0
+                        && (y1 / s).ceil() - (y0 / s).floor() >= 1.0
+                })
+            })
+    }
+
+    /// The sampled latents and the noise as tensors on `device`.
+    pub(crate) fn tensors<A: Backend>(self, device: &A::Device) -> (Tensor<A, 4>, NoiseDraw<A>) {
+        let [b, c, h, w] = self.dims;
+        (
+            Tensor::from_data(TensorData::new(self.latents, [b, c, h, w]), device),
+            NoiseDraw {
+                noise: Tensor::from_data(TensorData::new(self.noise, [b, c, h, w]), device),
+                offset_noise: Some(Tensor::from_data(
+                    TensorData::new(self.offset, [b, c]),
+                    device,
+                )),
+                timesteps: self.timesteps,
+            },
+        )
+    }
+}
+
 /// One micro-batch from its samples and the random draws of `(seed, step, m)`: drops first
 /// (one uniform per sample), the mask decision, timesteps, the VAE-sample noise, the noise, the
 /// offset noise — always in this order, so the stream is fixed whatever the settings.
@@ -1078,48 +1194,16 @@ fn make_batch<A: Backend, B: Backend>(
     device: &A::Device,
 ) -> Result<IpBatch<A>, TrainError> {
     let b = posteriors.len();
-    let mut rng = StdRng::seed_from_u64(mix(&[settings.seed, salt::STEP, step, m as u64]));
-    let draws: Vec<f64> = (0..b).map(|_| rng.random::<f64>()).collect();
-    let mask_draw: f64 = rng.random();
-    let timesteps: Vec<usize> = (0..b)
-        .map(|_| rng.random_range(0..schedule.len()))
-        .collect();
-    let [c2, h, w]: [usize; 3] = posteriors[0]
-        .0
-        .clone()
-        .try_into()
-        .map_err(|_| TrainError::Setting("cached latents of another rank".into()))?;
-    if c2 != 2 * latent_channels {
-        return Err(TrainError::Setting(format!(
-            "cached latents have {c2} channels, the VAE makes {}",
-            2 * latent_channels
-        )));
-    }
-    let c = latent_channels;
-    let n = b * c * h * w;
-    let mut normal = |count: usize| -> Vec<f32> {
-        (0..count)
-            .map(|_| rng.sample::<f32, _>(StandardNormal))
-            .collect()
-    };
-    let sample_noise = normal(n);
-    let noise = normal(n);
-    let offset = normal(b * c);
-    let mut lat = Vec::with_capacity(n);
-    for (i, (shape, v)) in posteriors.iter().enumerate() {
-        if shape != &posteriors[0].0 {
-            return Err(TrainError::Setting(
-                "cached latents of different sizes in one batch".into(),
-            ));
-        }
-        let plane = c * h * w;
-        for j in 0..plane {
-            let mean = v[j];
-            let logvar = v[plane + j];
-            let eps = sample_noise[i * plane + j];
-            lat.push((mean + (0.5 * logvar).exp() * eps) * scaling);
-        }
-    }
+    let batch_draws = BatchDraws::new(
+        settings,
+        step,
+        m,
+        schedule,
+        &posteriors.iter().collect::<Vec<_>>(),
+        scaling,
+        latent_channels,
+    )?;
+    let draws = &batch_draws.drops;
     let (drop_image, drop_text): (Vec<bool>, Vec<bool>) = draws
         .iter()
         .map(|&r| match settings.drop {
@@ -1137,7 +1221,6 @@ fn make_batch<A: Backend, B: Backend>(
         .map(|(ctx, &d)| if d { empty_context.clone() } else { ctx })
         .collect();
     let context = Tensor::<B, 3>::cat(contexts, 0);
-    let cdims = context.dims();
     let context = Tensor::<A, 3>::from_data(context.into_data(), device);
     // Each reference's features split into the adapter's inputs; a dropped image's are zeros
     // (ArcFace, image_embeds) or CLIP's features of zero pixels (hidden states).
@@ -1191,22 +1274,11 @@ fn make_batch<A: Backend, B: Backend>(
         id_embeds: (id_dim > 0)
             .then(|| Tensor::from_data(TensorData::new(id_values, [n_refs, id_dim]), device)),
     };
-    let masked = mask_draw < settings.masked_loss_p
-        && boxes.iter().all(|fb| {
-            fb.is_some_and(|[x0, y0, x1, y1]| {
-                let s = 8.0;
-                (x1 / s).ceil() - (x0 / s).floor() >= 1.0
-                    && (y1 / s).ceil() - (y0 / s).floor() >= 1.0
-            })
-        });
-    let _ = cdims;
+    let masked = batch_draws.masked(settings.masked_loss_p, &boxes);
+    let (latents, draw) = batch_draws.tensors::<A>(device);
     Ok(IpBatch {
-        latents: Tensor::from_data(TensorData::new(lat, [b, c, h, w]), device),
-        draw: NoiseDraw {
-            noise: Tensor::from_data(TensorData::new(noise, [b, c, h, w]), device),
-            offset_noise: Some(Tensor::from_data(TensorData::new(offset, [b, c]), device)),
-            timesteps,
-        },
+        latents,
+        draw,
         context,
         references,
         face_boxes: masked.then(|| boxes.into_iter().map(|fb| fb.unwrap_or_default()).collect()),
