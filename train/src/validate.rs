@@ -229,10 +229,14 @@ pub fn report_section(out: &Path, settings: &TrainSettings) -> String {
         .as_deref()
         .and_then(|d| split_rows(d, Split::Validation).ok())
         .is_some_and(|r| !r.is_empty());
+    // The identities actually sampled (a split may hold fewer than `sample_identities`).
+    let identities = std::fs::read_dir(root.join("references"))
+        .map(|d| d.filter(|e| e.is_ok()).count())
+        .unwrap_or(0);
     let mut html = format!(
         "<h2>Samples</h2><p>{} identities of the {} split × {} prompts, {} Euler steps, cfg {}, \
          seed {} (the same noise at every step).</p>",
-        settings.sample_identities,
+        identities,
         if held_out { "validation" } else { "train" },
         settings.sample_prompts.len(),
         settings.sample_steps,
