@@ -234,9 +234,14 @@ pub fn report_section(out: &Path, settings: &TrainSettings) -> String {
         .map(|d| d.filter(|e| e.is_ok()).count())
         .unwrap_or(0);
     let mut html = format!(
-        "<h2>Samples</h2><p>{} identities of the {} split × {} prompts, {} Euler steps, cfg {}, \
+        "<h2>Samples</h2><p>{} {} of the {} split × {} prompts, {} Euler steps, cfg {}, \
          seed {} (the same noise at every step).</p>",
         identities,
+        if identities == 1 {
+            "identity"
+        } else {
+            "identities"
+        },
         if held_out { "validation" } else { "train" },
         settings.sample_prompts.len(),
         settings.sample_steps,
